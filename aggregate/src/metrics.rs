@@ -1,0 +1,89 @@
+//! Prometheus metrics of the aggregation core.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokentally_schemas::RejectReason;
+
+use crate::core::BatchStats;
+
+/// Counters and histograms updated once per micro-batch.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub events_received: IntCounter,
+    pub events_accepted: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub late_events: IntCounter,
+    pub beyond_dedup_horizon: IntCounter,
+    pub dedup_ids: IntGauge,
+    pub batch_events: Histogram,
+}
+
+impl PipelineMetrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = PipelineMetrics {
+            events_received: IntCounter::new(
+                "tokentally_events_received_total",
+                "Input records read from the source (valid or not, duplicates included).",
+            )?,
+            events_accepted: IntCounter::new(
+                "tokentally_events_accepted_total",
+                "Valid, first-seen events counted in the roll-ups.",
+            )?,
+            events_rejected: IntCounterVec::new(
+                Opts::new(
+                    "tokentally_events_rejected_total",
+                    "Invalid records sent to the dead-letter destination, by reason.",
+                ),
+                &["reason"],
+            )?,
+            duplicates: IntCounter::new(
+                "tokentally_duplicates_dropped_total",
+                "Valid events dropped because their event_id was already counted.",
+            )?,
+            late_events: IntCounter::new(
+                "tokentally_late_events_total",
+                "Events older than the watermark by more than the allowed lateness (counted, never dropped).",
+            )?,
+            beyond_dedup_horizon: IntCounter::new(
+                "tokentally_events_beyond_dedup_horizon_total",
+                "Events older than the dedup horizon: counted without a duplicate check.",
+            )?,
+            dedup_ids: IntGauge::new(
+                "tokentally_dedup_ids",
+                "Event ids currently remembered for dedup.",
+            )?,
+            batch_events: Histogram::with_opts(
+                HistogramOpts::new("tokentally_batch_events", "Records per micro-batch.")
+                    .buckets(prometheus::exponential_buckets(16.0, 4.0, 9)?),
+            )?,
+        };
+        registry.register(Box::new(m.events_received.clone()))?;
+        registry.register(Box::new(m.events_accepted.clone()))?;
+        registry.register(Box::new(m.events_rejected.clone()))?;
+        registry.register(Box::new(m.duplicates.clone()))?;
+        registry.register(Box::new(m.late_events.clone()))?;
+        registry.register(Box::new(m.beyond_dedup_horizon.clone()))?;
+        registry.register(Box::new(m.dedup_ids.clone()))?;
+        registry.register(Box::new(m.batch_events.clone()))?;
+        for r in RejectReason::ALL {
+            m.events_rejected.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    pub(crate) fn observe(&self, stats: &BatchStats, dedup_ids: usize) {
+        self.events_received.inc_by(stats.records);
+        self.events_accepted.inc_by(stats.accepted);
+        for (reason, n) in &stats.rejected {
+            self.events_rejected
+                .with_label_values(&[reason.as_str()])
+                .inc_by(*n);
+        }
+        self.duplicates.inc_by(stats.duplicates);
+        self.late_events.inc_by(stats.late);
+        self.beyond_dedup_horizon.inc_by(stats.beyond_horizon);
+        self.dedup_ids.set(dedup_ids as i64);
+        self.batch_events.observe(stats.records as f64);
+    }
+}

@@ -1,0 +1,36 @@
+//! The driver: source → aggregator → sink, one micro-batch at a time.
+
+use crate::core::{Aggregator, AggregatorConfig, BatchOutcome, BatchStats};
+use crate::error::{Error, Result};
+use crate::metrics::PipelineMetrics;
+use crate::sink::UsageSink;
+use crate::source::EventSource;
+
+/// Run until the source is exhausted. Each batch is committed to the sink
+/// before the next is read; `on_commit` sees every committed outcome (for
+/// progress displays and milestone checks).
+pub async fn run<S, K>(
+    source: &mut S,
+    sink: &mut K,
+    config: AggregatorConfig,
+    metrics: Option<PipelineMetrics>,
+    mut on_commit: impl FnMut(&BatchOutcome),
+) -> Result<BatchStats>
+where
+    S: EventSource,
+    K: UsageSink,
+{
+    let recovered = sink.recover().await.map_err(Error::Recover)?;
+    let mut aggregator = Aggregator::new(config, &recovered);
+    if let Some(m) = metrics {
+        aggregator = aggregator.with_metrics(m);
+    }
+    let mut totals = BatchStats::default();
+    while let Some(raw) = source.next_batch().await.map_err(Error::Source)? {
+        let outcome = aggregator.process(&raw).await?;
+        sink.commit(&outcome).await.map_err(Error::Sink)?;
+        totals.add(&outcome.stats);
+        on_commit(&outcome);
+    }
+    Ok(totals)
+}

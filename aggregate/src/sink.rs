@@ -1,0 +1,31 @@
+//! The boundary between aggregation and storage.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use crate::core::BatchOutcome;
+use crate::source::BoxError;
+
+/// What a sink remembers across restarts, handed back to the aggregator.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovered {
+    /// The newest event time committed so far.
+    pub watermark_ms: Option<i64>,
+    /// Remembered event ids as (hour bucket, id hash), for dedup.
+    pub dedup_ids: Vec<(i64, u128)>,
+    /// Source progress committed with the data (partition key → next position).
+    pub progress: BTreeMap<String, i64>,
+}
+
+/// Durable storage of roll-up deltas.
+///
+/// `commit` must be atomic: after a crash, either everything in the outcome
+/// (deltas, dead letters, dedup ids, progress, watermark) is visible to
+/// `recover` and to readers, or none of it is.
+pub trait UsageSink {
+    fn recover(&mut self) -> impl Future<Output = Result<Recovered, BoxError>> + Send;
+    fn commit(
+        &mut self,
+        outcome: &BatchOutcome,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}

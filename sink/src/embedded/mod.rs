@@ -1,0 +1,402 @@
+//! The embedded store: a directory of append-only Parquet delta files,
+//! dedup id segments and dead-letter files, tied together by an atomically
+//! replaced manifest. Nothing is rewritten in place; compaction writes a new
+//! file and swaps it in with the next manifest.
+//!
+//! ```text
+//! DIR/MANIFEST.json                    what is committed
+//! DIR/LOCK                             one writer at a time
+//! DIR/tables/<table>/<gen>.parquet     roll-up deltas (c<gen> = compacted)
+//! DIR/dedup/<gen>.ids                  ids remembered for dedup
+//! DIR/dead-letter/<gen>.ndjson         refused records with their reasons
+//! ```
+
+mod idfile;
+mod manifest;
+mod query;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::DataFusionError;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use tokentally_aggregate::BatchOutcome;
+use tokentally_aggregate::rollup::Rollup;
+use tokentally_aggregate::sink::{Recovered, UsageSink};
+use tokentally_aggregate::source::BoxError;
+
+pub use manifest::Manifest;
+pub use query::{QueryError, open_query_context};
+
+use manifest::{Garbage, sync_dir};
+
+/// The table of reject counts.
+pub const REJECTED: &str = "rejected";
+
+/// Schema of `rejected` rows.
+pub fn rejected_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+    ]))
+}
+
+/// Store settings (`[store]` in the config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The store directory. Default `./tokentally-data`.
+    pub dir: PathBuf,
+    /// Compact a table once it has more than this many delta files.
+    pub compact_after_files: usize,
+    /// Seconds a replaced file is kept for readers of an older manifest.
+    pub garbage_grace_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: PathBuf::from("tokentally-data"),
+            compact_after_files: 16,
+            garbage_grace_secs: 60,
+        }
+    }
+}
+
+/// Errors of the embedded store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "store {0} is in use by another tokentally process (its LOCK file is held); stop it or use another --store"
+    )]
+    Locked(PathBuf),
+    #[error("writing Parquet failed: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("compaction query failed: {0}")]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// The embedded store, opened for writing.
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    config: StoreConfig,
+    manifest: Manifest,
+    _lock: File,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl EmbeddedStore {
+    /// Open (creating if needed) the store at `config.dir` for writing.
+    /// Files left by an interrupted commit are removed.
+    pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        let dir = config.dir.clone();
+        let io_err = |source| StoreError::Io {
+            dir: dir.clone(),
+            source,
+        };
+        for sub in ["tables", "dedup", "dead-letter"] {
+            fs::create_dir_all(dir.join(sub)).map_err(io_err)?;
+        }
+        for r in Rollup::ALL {
+            fs::create_dir_all(dir.join("tables").join(r.table())).map_err(io_err)?;
+        }
+        fs::create_dir_all(dir.join("tables").join(REJECTED)).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_err)?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(dir));
+        }
+        let manifest = Manifest::load(&dir)
+            .map_err(io_err)?
+            .unwrap_or_else(Manifest::empty);
+        let store = EmbeddedStore {
+            dir: dir.clone(),
+            config,
+            manifest,
+            _lock: lock,
+        };
+        store.remove_orphans().map_err(io_err)?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Remove files no manifest references (left by a crash mid-commit).
+    fn remove_orphans(&self) -> io::Result<()> {
+        let live: BTreeSet<&str> = self.manifest.referenced().collect();
+        let mut dirs = vec![self.dir.join("dedup"), self.dir.join("dead-letter")];
+        for t in Rollup::ALL.iter().map(|r| r.table()).chain([REJECTED]) {
+            dirs.push(self.dir.join("tables").join(t));
+        }
+        for d in dirs {
+            for entry in fs::read_dir(&d)? {
+                let path = entry?.path();
+                let rel = self.relative(&path);
+                if !live.contains(rel.as_str()) {
+                    fs::remove_file(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn write_parquet(
+        &self,
+        rel: &str,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<(), StoreError> {
+        let path = self.dir.join(rel);
+        let file = File::create(&path).map_err(|source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::LZ4_RAW)
+            .build();
+        let mut w = ArrowWriter::try_new(file, schema, Some(props))?;
+        for b in batches {
+            w.write(b)?;
+        }
+        let file = w.into_inner()?;
+        file.sync_all().map_err(|source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn write_dead_letters(
+        &self,
+        rel: &str,
+        outcome: &BatchOutcome,
+        generation: u64,
+    ) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Record<'a> {
+            reason: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'a str>,
+            detail: &'a str,
+            raw: std::borrow::Cow<'a, str>,
+            generation: u64,
+            index: usize,
+        }
+        let mut w = BufWriter::new(File::create(self.dir.join(rel))?);
+        for dl in &outcome.dead_letters {
+            let rec = Record {
+                reason: dl.rejection.reason.as_str(),
+                field: dl.rejection.field,
+                detail: &dl.rejection.detail,
+                raw: String::from_utf8_lossy(&dl.raw),
+                generation,
+                index: dl.index,
+            };
+            serde_json::to_writer(&mut w, &rec)?;
+            w.write_all(b"\n")?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
+
+    fn commit_outcome(&mut self, outcome: &BatchOutcome) -> Result<(), StoreError> {
+        let io_err = |dir: &Path| {
+            let dir = dir.to_path_buf();
+            move |source| StoreError::Io { dir, source }
+        };
+        let generation = self.manifest.generation + 1;
+        let mut next = self.manifest.clone();
+        next.generation = generation;
+        next.watermark_ms = outcome.watermark_ms.or(next.watermark_ms);
+        next.progress
+            .extend(outcome.progress.iter().map(|(k, v)| (k.clone(), *v)));
+
+        for r in Rollup::ALL {
+            let batches = outcome.deltas.get(r);
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                continue;
+            }
+            let rel = format!("tables/{}/{generation:010}.parquet", r.table());
+            self.write_parquet(&rel, r.schema(), batches)?;
+            next.tables
+                .entry(r.table().to_string())
+                .or_default()
+                .push(rel);
+        }
+        if !outcome.stats.rejected.is_empty() {
+            let reasons: Vec<&str> = outcome.stats.rejected.keys().map(|r| r.as_str()).collect();
+            let counts: Vec<u64> = outcome.stats.rejected.values().copied().collect();
+            let batch = RecordBatch::try_new(
+                rejected_schema(),
+                vec![
+                    Arc::new(StringArray::from(reasons)),
+                    Arc::new(UInt64Array::from(counts)),
+                ],
+            )
+            .map_err(|e| StoreError::DataFusion(e.into()))?;
+            let rel = format!("tables/{REJECTED}/{generation:010}.parquet");
+            self.write_parquet(&rel, rejected_schema(), &[batch])?;
+            next.tables
+                .entry(REJECTED.to_string())
+                .or_default()
+                .push(rel);
+        }
+        if !outcome.new_ids.is_empty() {
+            let rel = format!("dedup/{generation:010}.ids");
+            idfile::write(&self.dir.join(&rel), &outcome.new_ids).map_err(io_err(&self.dir))?;
+            next.dedup_segments.push(rel);
+        }
+        if !outcome.dead_letters.is_empty() {
+            let rel = format!("dead-letter/{generation:010}.ndjson");
+            self.write_dead_letters(&rel, outcome, generation)
+                .map_err(io_err(&self.dir))?;
+            next.dead_letters.push(rel);
+        }
+        sync_dir(&self.dir.join("tables")).map_err(io_err(&self.dir))?;
+        next.store(&self.dir).map_err(io_err(&self.dir))?;
+        self.manifest = next;
+        Ok(())
+    }
+
+    /// Merge tables and dedup segments that have accumulated too many
+    /// files, then drop garbage past its grace period.
+    async fn maintain(&mut self, dedup_floor: i64) -> Result<(), StoreError> {
+        let limit = self.config.compact_after_files.max(2);
+        let mut next = self.manifest.clone();
+        let mut replaced = Vec::new();
+        let generation = next.generation;
+        let tables: Vec<(String, Vec<String>)> = next
+            .tables
+            .iter()
+            .filter(|(_, files)| files.len() > limit)
+            .map(|(t, f)| (t.clone(), f.clone()))
+            .collect();
+        for (table, files) in tables {
+            let batches = query::merge_files(&self.dir, &table, &files).await?;
+            let rel = format!("tables/{table}/c{generation:010}.parquet");
+            let schema = query::table_schema(&table);
+            self.write_parquet(&rel, schema, &batches)?;
+            next.tables.insert(table, vec![rel]);
+            replaced.extend(files);
+        }
+        let io_err = |dir: &Path| {
+            let dir = dir.to_path_buf();
+            move |source| StoreError::Io { dir, source }
+        };
+        if next.dedup_segments.len() > 4 * limit {
+            let mut ids = Vec::new();
+            for seg in &next.dedup_segments {
+                idfile::read(&self.dir.join(seg), &mut ids).map_err(io_err(&self.dir))?;
+            }
+            ids.retain(|(bucket, _)| *bucket >= dedup_floor);
+            let rel = format!("dedup/c{generation:010}.ids");
+            idfile::write(&self.dir.join(&rel), &ids).map_err(io_err(&self.dir))?;
+            replaced.append(&mut next.dedup_segments);
+            next.dedup_segments.push(rel);
+        }
+        if next.dead_letters.len() > 4 * limit {
+            let rel = format!("dead-letter/c{generation:010}.ndjson");
+            let mut out =
+                BufWriter::new(File::create(self.dir.join(&rel)).map_err(io_err(&self.dir))?);
+            for f in &next.dead_letters {
+                let mut src = File::open(self.dir.join(f)).map_err(io_err(&self.dir))?;
+                io::copy(&mut src, &mut out).map_err(io_err(&self.dir))?;
+            }
+            out.into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&self.dir))?;
+            replaced.append(&mut next.dead_letters);
+            next.dead_letters.push(rel);
+        }
+        let now = now_ms();
+        let grace = self.config.garbage_grace_secs as i64 * 1000;
+        let (expired, kept): (Vec<Garbage>, Vec<Garbage>) = next
+            .garbage
+            .drain(..)
+            .partition(|g| now - g.since_ms >= grace);
+        next.garbage = kept;
+        next.garbage
+            .extend(replaced.into_iter().map(|file| Garbage {
+                file,
+                since_ms: now,
+            }));
+        if next == self.manifest && expired.is_empty() {
+            return Ok(());
+        }
+        next.store(&self.dir).map_err(io_err(&self.dir))?;
+        self.manifest = next;
+        for g in expired {
+            match fs::remove_file(self.dir.join(&g.file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&self.dir)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// All remembered dedup ids.
+    fn read_dedup_ids(&self) -> io::Result<Vec<(i64, u128)>> {
+        let mut ids = Vec::new();
+        for seg in &self.manifest.dedup_segments {
+            idfile::read(&self.dir.join(seg), &mut ids)?;
+        }
+        Ok(ids)
+    }
+}
+
+impl UsageSink for EmbeddedStore {
+    async fn recover(&mut self) -> Result<Recovered, BoxError> {
+        Ok(Recovered {
+            watermark_ms: self.manifest.watermark_ms,
+            dedup_ids: self.read_dedup_ids().map_err(|source| StoreError::Io {
+                dir: self.dir.clone(),
+                source,
+            })?,
+            progress: self.manifest.progress.clone(),
+        })
+    }
+
+    async fn commit(&mut self, outcome: &BatchOutcome) -> Result<(), BoxError> {
+        self.commit_outcome(outcome)?;
+        self.maintain(outcome.dedup_floor).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! Where roll-ups land.
+//!
+//! - [`embedded`]: the local store (Parquet deltas + manifest) and SQL over it.
+//! - [`milestones`]: pure milestone detection over running daily totals.
+
+pub mod embedded;
+pub mod milestones;

@@ -1,0 +1,71 @@
+use std::io::Write;
+
+use anyhow::Context;
+use arrow::array::RecordBatch;
+use clap::{Args, ValueEnum};
+use tokentally_sink::embedded::open_query_context;
+
+use crate::config::{Config, StoreArgs};
+
+/// Run SQL (DataFusion dialect) over the store. Tables: usage_daily(day,
+/// model, provider, requests, prompt_tokens, completion_tokens, total_tokens,
+/// cached_tokens, error_requests), usage_minute(minute, model, ...),
+/// usage_app_daily(day, app, model, requests, prompt_tokens,
+/// completion_tokens, total_tokens), rejected(reason, count).
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQL statement.
+    pub sql: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+pub async fn run(mut config: Config, args: QueryArgs) -> anyhow::Result<()> {
+    config.apply_store(&args.store);
+    let ctx = open_query_context(&config.store.dir).await?;
+    let df = ctx.sql(&args.sql).await.context("invalid query")?;
+    let batches = df.collect().await.context("query failed")?;
+    let mut out = std::io::stdout().lock();
+    write(&mut out, &batches, args.format)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn write(out: &mut impl Write, batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Table => writeln!(
+            out,
+            "{}",
+            arrow::util::pretty::pretty_format_batches(batches)?
+        )?,
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::ArrayWriter::new(&mut *out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs)?;
+            w.finish()?;
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                write!(out, "[]")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! `tokentally`: real-time token-usage metrics for LLM inference fleets.
+
+mod cmd;
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tokentally",
+    version,
+    about = "Real-time token-usage metrics for LLM inference fleets",
+    long_about = "Real-time token-usage metrics for LLM inference fleets.\n\n\
+        Inference nodes emit one JSON event per request (see docs/EVENTS.md). tokentally \
+        validates, deduplicates (by event_id) and rolls them up with DataFusion into exact \
+        per-model per-day, per-minute and per-app totals, stored as Parquet deltas and \
+        queryable with SQL.\n\n\
+        Start with `tokentally demo`, then `tokentally query --store tokentally-demo \"SELECT ...\"`."
+)]
+struct Cli {
+    /// TOML configuration file (see tokentally.example.toml); flags and environment override it.
+    #[arg(long, global = true, env = "TOKENTALLY_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr (level from RUST_LOG, default warn).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a fleet's day through the pipeline into a local store, live.
+    Demo(cmd::demo::DemoArgs),
+    /// Read NDJSON events from a file or stdin into the store.
+    Ingest(cmd::ingest::IngestArgs),
+    /// Run SQL over the store (tables usage_daily, usage_minute, usage_app_daily, rejected).
+    Query(cmd::query::QueryArgs),
+    /// Write simulated fleet traffic as NDJSON.
+    Simulate(cmd::simulate::SimulateArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = Config::load(cli.config.as_deref()).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            match cli.command {
+                Command::Demo(a) => cmd::demo::run(config, a).await,
+                Command::Ingest(a) => cmd::ingest::run(config, a).await,
+                Command::Query(a) => cmd::query::run(config, a).await,
+                Command::Simulate(a) => cmd::simulate::run(config, a),
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
