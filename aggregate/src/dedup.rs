@@ -1,26 +1,26 @@
 //! Exact dedup of `event_id`s within a bounded horizon.
 //!
-//! Ids are stored as 128-bit xxh3 hashes (16 bytes each; the chance that two
-//! distinct ids among 10^10 collide is below 10^-18) in hourly buckets keyed
-//! by event time. A duplicate carries the same `ts` as its original, so it
-//! is looked up in exactly one bucket.
+//! Ids are stored as 128-bit xxh3 hashes (the chance that two distinct ids
+//! among 10^10 collide is below 10^-18), each with the hour of the event
+//! time it was first seen at: one hash map, 24 bytes per entry plus the
+//! table's slack. The same `event_id` is a duplicate whatever its `ts`.
 //!
-//! Memory is bounded two ways: buckets whose hour is older than the
-//! watermark minus the horizon are evicted, and when more than `max_ids`
-//! ids are held the oldest buckets are evicted first. An event older than the
-//! evicted range is counted (never dropped) without being remembered: a
-//! duplicate of it arriving later is counted again (see
-//! `docs/ARCHITECTURE.md`).
+//! Memory is bounded two ways: ids first seen at an hour older than the
+//! watermark minus the horizon are forgotten, and when more than `max_ids`
+//! ids are held the oldest hours are forgotten first. An event older than
+//! the remembered range whose id is not remembered is counted (never
+//! dropped) without being remembered: a duplicate of it arriving later is
+//! counted again (see `docs/ARCHITECTURE.md`).
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 const MS_PER_HOUR: i64 = 3_600_000;
 
-/// Dedup settings (`[dedup]` in the config file).
+/// Dedup settings (`[aggregate.dedup]` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
@@ -28,8 +28,9 @@ pub struct DedupConfig {
     /// remembered. Default 24h.
     #[serde(with = "humantime_serde")]
     pub horizon: Duration,
-    /// The most ids held in memory (about 24 bytes each, so 10M ≈ 250 MB).
-    /// Past it the oldest hours are forgotten first. Default 10,000,000.
+    /// The most ids held in memory (24 bytes each plus hash-table slack:
+    /// 10M ≈ 300-500 MB). Past it the oldest hours are forgotten first.
+    /// Default 10,000,000.
     pub max_ids: usize,
 }
 
@@ -53,11 +54,28 @@ pub fn bucket_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(MS_PER_HOUR)
 }
 
-/// The keys are already uniform hashes: use their low bits as is.
-#[derive(Default)]
-struct IdHasher(u64);
+/// An id hash as two words (8-byte alignment keeps map entries at 24 bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key(u64, u64);
 
-impl Hasher for IdHasher {
+impl Key {
+    fn new(id: u128) -> Key {
+        Key(id as u64, (id >> 64) as u64)
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniform hash: its low word is the table hash.
+        state.write_u64(self.0);
+    }
+}
+
+/// Passes the key's low word through unchanged.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -68,12 +86,10 @@ impl Hasher for IdHasher {
             self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
-
-type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
 /// What the index says about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,16 +98,18 @@ pub enum Seen {
     New,
     /// Already counted: drop it.
     Duplicate,
-    /// Older than the remembered range: counted, not remembered.
+    /// Older than the remembered range and not remembered: counted, not
+    /// remembered.
     BeyondHorizon,
 }
 
-/// The set of recently seen event ids, bucketed by event hour.
+/// The set of recently seen event ids, each with the hour it was first seen at.
 pub struct DedupIndex {
     config: DedupConfig,
-    buckets: BTreeMap<i64, IdSet>,
-    len: usize,
-    /// Buckets below this hour have been evicted (or were never kept).
+    ids: HashMap<Key, i64, BuildHasherDefault<PassThrough>>,
+    /// Ids per hour, to find which hours to forget under `max_ids`.
+    per_hour: BTreeMap<i64, usize>,
+    /// Ids first seen before this hour have been forgotten.
     floor: i64,
 }
 
@@ -99,37 +117,38 @@ impl DedupIndex {
     pub fn new(config: DedupConfig) -> Self {
         DedupIndex {
             config,
-            buckets: BTreeMap::new(),
-            len: 0,
+            ids: HashMap::default(),
+            per_hour: BTreeMap::new(),
             floor: i64::MIN,
         }
     }
 
     /// Number of ids held.
     pub fn len(&self) -> usize {
-        self.len
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ids.is_empty()
     }
 
-    /// The oldest hour bucket still remembered (ids of older events are not).
+    /// The oldest hour still remembered (ids of older events are not).
     pub fn floor_bucket(&self) -> i64 {
         self.floor
     }
 
     /// Check an id and remember it if new.
     pub fn observe(&mut self, bucket: i64, id: u128) -> Seen {
+        let key = Key::new(id);
+        if self.ids.contains_key(&key) {
+            return Seen::Duplicate;
+        }
         if bucket < self.floor {
             return Seen::BeyondHorizon;
         }
-        if self.buckets.entry(bucket).or_default().insert(id) {
-            self.len += 1;
-            Seen::New
-        } else {
-            Seen::Duplicate
-        }
+        self.ids.insert(key, bucket);
+        *self.per_hour.entry(bucket).or_default() += 1;
+        Seen::New
     }
 
     /// Restore remembered ids (from a sink's recovery); ids below the
@@ -144,17 +163,23 @@ impl DedupIndex {
     /// `max_ids` by forgetting the oldest hours.
     pub fn advance(&mut self, watermark_ms: i64) {
         let horizon_ms = i64::try_from(self.config.horizon.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = bucket_of(watermark_ms.saturating_sub(horizon_ms));
-        if cutoff > self.floor {
-            self.floor = cutoff;
-        }
-        while let Some((&oldest, _)) = self.buckets.first_key_value() {
-            if oldest >= self.floor && self.len <= self.config.max_ids {
+        let mut floor = self
+            .floor
+            .max(bucket_of(watermark_ms.saturating_sub(horizon_ms)));
+        let mut len = self.ids.len();
+        while let Some((&hour, &n)) = self.per_hour.first_key_value() {
+            if hour >= floor && len <= self.config.max_ids {
                 break;
             }
-            let (hour, set) = self.buckets.pop_first().expect("non-empty");
-            self.len -= set.len();
-            self.floor = self.floor.max(hour + 1);
+            self.per_hour.pop_first();
+            len -= n;
+            floor = floor.max(hour + 1);
+        }
+        if floor > self.floor {
+            self.floor = floor;
+            if len < self.ids.len() {
+                self.ids.retain(|_, hour| *hour >= floor);
+            }
         }
     }
 }
@@ -211,17 +236,30 @@ mod tests {
         let mut ix = index(24, 100);
         ix.restore([(5, id_hash("x")), (5, id_hash("y"))]);
         assert_eq!(ix.observe(5, id_hash("x")), Seen::Duplicate);
-        assert_eq!(
-            ix.observe(6, id_hash("x")),
-            Seen::New,
-            "buckets are per hour"
-        );
+        assert_eq!(ix.observe(6, id_hash("x")), Seen::Duplicate, "any ts");
+        assert_eq!(ix.len(), 2);
     }
 
     #[test]
+    fn same_id_with_another_time_is_a_duplicate() {
+        let mut ix = index(24, 100);
+        assert_eq!(ix.observe(10, id_hash("a")), Seen::New);
+        assert_eq!(ix.observe(3, id_hash("a")), Seen::Duplicate);
+        ix.advance(40 * MS_PER_HOUR);
+        assert_eq!(ix.floor_bucket(), 16);
+        assert_eq!(
+            ix.observe(10, id_hash("a")),
+            Seen::BeyondHorizon,
+            "forgotten"
+        );
+    }
+
+    /// Persisted in dedup segments: this value must never change.
+    const ID_HASH_EVT_1: u128 = 71_396_827_698_998_447_960_180_088_679_676_264_299;
+
+    #[test]
     fn id_hash_is_stable() {
-        // Persisted: this value must never change.
-        assert_eq!(id_hash("evt-1"), xxhash_rust::xxh3::xxh3_128(b"evt-1"));
+        assert_eq!(id_hash("evt-1"), ID_HASH_EVT_1);
         assert_ne!(id_hash("evt-1"), id_hash("evt-2"));
     }
 }

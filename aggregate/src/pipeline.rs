@@ -21,6 +21,7 @@ where
     K: UsageSink,
 {
     let recovered = sink.recover().await.map_err(Error::Recover)?;
+    source.resume(&recovered.progress).map_err(Error::Source)?;
     let mut aggregator = Aggregator::new(config, &recovered);
     if let Some(m) = metrics {
         aggregator = aggregator.with_metrics(m);

@@ -13,8 +13,11 @@ use crate::config::{AggregateArgs, Config, StoreArgs};
 
 /// Read NDJSON events (one per line) through validation, dedup and roll-up
 /// into the store. Invalid lines go to DIR/dead-letter/*.ndjson with their
-/// reasons. Ingesting the same file twice changes no total: ids already
-/// counted are dropped as duplicates.
+/// reasons. Each micro-batch is committed atomically with the file offset it
+/// reached, so ingesting the same file again (after a crash, or by mistake)
+/// continues after the last committed line; events already counted from any
+/// other file are dropped as duplicates (by event_id, within the dedup
+/// horizon).
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// NDJSON input file, or - for standard input.
@@ -34,6 +37,8 @@ pub struct Summary<'a> {
     #[serde(flatten)]
     pub stats: &'a BatchStats,
     pub rejected_total: u64,
+    /// Bytes of the input skipped because an earlier run committed them.
+    pub resumed_at_byte: u64,
     pub elapsed_s: f64,
     pub events_per_s: f64,
     pub store: String,
@@ -58,6 +63,7 @@ pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     let summary = Summary {
         stats: &stats,
         rejected_total: stats.rejected_total(),
+        resumed_at_byte: source.skipped_bytes(),
         elapsed_s: elapsed,
         events_per_s: stats.records as f64 / elapsed.max(1e-9),
         store: store.dir().display().to_string(),
@@ -71,6 +77,12 @@ pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
 }
 
 fn print_summary(s: &Summary<'_>) {
+    if s.resumed_at_byte > 0 {
+        println!(
+            "resumed after byte {} (committed by an earlier run)",
+            s.resumed_at_byte
+        );
+    }
     println!("records     {:>12}", s.stats.records);
     println!("accepted    {:>12}", s.stats.accepted);
     println!("duplicates  {:>12}", s.stats.duplicates);

@@ -85,6 +85,10 @@ impl RawBatch {
 
 /// A stream of raw micro-batches.
 pub trait EventSource {
+    /// Called once, before the first batch, with the progress the sink
+    /// committed; a source that can seek continues after it.
+    fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError>;
+
     /// The next micro-batch, or `None` when the source is exhausted.
     fn next_batch(&mut self) -> impl Future<Output = Result<Option<RawBatch>, BoxError>> + Send;
 }

@@ -130,9 +130,14 @@ impl EmbeddedStore {
         if lock.try_lock().is_err() {
             return Err(StoreError::Locked(dir));
         }
-        let manifest = Manifest::load(&dir)
-            .map_err(io_err)?
-            .unwrap_or_else(Manifest::empty);
+        let manifest = match Manifest::load(&dir).map_err(io_err)? {
+            Some(m) => m,
+            None => {
+                let m = Manifest::empty();
+                m.store(&dir).map_err(io_err)?;
+                m
+            }
+        };
         let store = EmbeddedStore {
             dir: dir.clone(),
             config,

@@ -2,6 +2,7 @@
 //! paced so the simulated span passes in a given wall time (time
 //! compression). Generation runs on its own thread.
 
+use std::collections::BTreeMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,12 @@ impl SimulatedSource {
 }
 
 impl EventSource for SimulatedSource {
+    /// Generated traffic has no position to resume from; dedup drops what
+    /// a rerun with the same seed repeats.
+    fn resume(&mut self, _committed: &BTreeMap<String, i64>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     async fn next_batch(&mut self) -> Result<Option<RawBatch>, BoxError> {
         Ok(self.rx.recv().await)
     }

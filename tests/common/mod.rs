@@ -1,0 +1,51 @@
+//! Helpers for tests that run the `tokentally` binary.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tokentally"))
+}
+
+/// Run to completion; panic with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run tokentally");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `tokentally query --format json` parsed as an array of objects.
+pub fn query(store: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let out = run_ok(
+        bin()
+            .args(["query", "--format", "json", "--store"])
+            .arg(store)
+            .arg(sql),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("query prints JSON");
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|r| r.as_object().expect("an object per row").clone())
+        .collect()
+}
+
+pub fn u(row: &serde_json::Map<String, serde_json::Value>, col: &str) -> u64 {
+    row[col]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{col} is not an integer in {row:?}"))
+}
+
+pub fn s<'a>(row: &'a serde_json::Map<String, serde_json::Value>, col: &str) -> &'a str {
+    row[col]
+        .as_str()
+        .unwrap_or_else(|| panic!("{col} is not a string in {row:?}"))
+}

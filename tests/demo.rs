@@ -1,0 +1,45 @@
+//! `tokentally demo` shows the 1T-token milestone and leaves a queryable store.
+
+mod common;
+
+use common::{bin, query, run_ok, s, u};
+
+#[test]
+fn demo_crosses_one_trillion_and_the_store_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("demo");
+    let out = run_ok(
+        bin()
+            .args(["demo", "--events", "200000", "--wall-secs", "0", "--store"])
+            .arg(&store),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("qwen/qwen3.6-plus crossed 1T tokens in a day")
+            && text.contains("the first model ever to do so"),
+        "{text}"
+    );
+    assert!(text.contains("Leaderboard"), "{text}");
+    assert!(text.contains("tokentally query --store"), "{text}");
+
+    let top = query(
+        &store,
+        "SELECT model, total_tokens FROM usage_daily ORDER BY total_tokens DESC LIMIT 1",
+    );
+    assert_eq!(s(&top[0], "model"), "qwen/qwen3.6-plus");
+    assert!(u(&top[0], "total_tokens") >= 1_000_000_000_000);
+
+    // Rerunning resets the demo store; a directory that is not a demo
+    // store is never wiped.
+    let other = dir.path().join("precious");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("data.txt"), "keep me").unwrap();
+    let refused = bin()
+        .args(["demo", "--events", "10", "--store"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a demo store"));
+    assert!(other.join("data.txt").exists());
+}
