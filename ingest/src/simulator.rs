@@ -306,10 +306,10 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         let mut dups = 0;
         for l in &all {
-            if let Ok(ev) = decode(l, &Limits::default()) {
-                if !ids.insert(ev.event_id.to_string()) {
-                    dups += 1;
-                }
+            if let Ok(ev) = decode(l, &Limits::default())
+                && !ids.insert(ev.event_id.to_string())
+            {
+                dups += 1;
             }
         }
         assert!((1_600..2_400).contains(&dups), "duplicates: {dups}");

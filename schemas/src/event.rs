@@ -632,7 +632,7 @@ mod tests {
         use RejectReason::*;
         assert_eq!(reason("not json"), (InvalidJson, None));
         assert_eq!(
-            reason(&format!("{}", with("").trim_end_matches('}'))),
+            reason(with("").trim_end_matches('}')),
             (InvalidJson, None)
         );
         assert_eq!(reason(&format!("{} x", with(""))), (InvalidJson, None));
