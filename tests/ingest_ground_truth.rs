@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use common::{bin, query, run_ok, s, u};
 use serde_json::json;
 
-const DAY0: i64 = 1_795_737_600_000; // 2026-11-28T00:00:00Z
+const DAY0: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
 const MODELS: [(&str, &str); 5] = [
     ("qwen/qwen3.6-plus", "alibaba"),
     ("anthropic/claude-sonnet-4.5", "anthropic"),
@@ -128,9 +128,11 @@ fn corpus() -> Corpus {
         *c.apps.entry(app.to_string()).or_default() += prompt + completion;
         c.accepted += 1;
 
-        // 2%: an exact re-send of an earlier event (a retry)
+        // 2%: an exact re-send of one of the last 2,000 events (a retry,
+        // within ~5 hours of event time: well inside the 24h dedup horizon)
         if rng.next(50) == 0 {
-            let k = rng.next(emitted.len() as u64) as usize;
+            let recent = emitted.len().min(2_000);
+            let k = emitted.len() - 1 - rng.next(recent as u64) as usize;
             writeln!(c.text, "{}", emitted[k]).unwrap();
             c.duplicates += 1;
         }
@@ -224,7 +226,9 @@ fn ingest_matches_independent_ground_truth_and_is_idempotent() {
     let ingest = || {
         let out = run_ok(
             bin()
-                .args(["ingest", "--json", "--batch-records", "3000", "--file"])
+                .args(["ingest", "--json", "--batch-records", "3000"])
+                // the corpus spans two days of event time; remember all of it
+                .args(["--dedup-horizon", "72h", "--file"])
                 .arg(&input)
                 .arg("--store")
                 .arg(&store),
@@ -320,7 +324,7 @@ fn ingest_matches_independent_ground_truth_and_is_idempotent() {
     std::fs::copy(&input, &copy).unwrap();
     let out = run_ok(
         bin()
-            .args(["ingest", "--json", "--file"])
+            .args(["ingest", "--json", "--dedup-horizon", "72h", "--file"])
             .arg(&copy)
             .arg("--store")
             .arg(&store),

@@ -64,8 +64,6 @@ pub struct BatchStats {
     pub rejected: BTreeMap<RejectReason, u64>,
     /// Accepted events later than the allowed lateness.
     pub late: u64,
-    /// Accepted events older than the dedup horizon (not dedup-checked).
-    pub beyond_horizon: u64,
     /// Sum of `total_tokens` over accepted events.
     pub tokens: u64,
 }
@@ -83,7 +81,6 @@ impl BatchStats {
             *self.rejected.entry(*r).or_default() += n;
         }
         self.late += other.late;
-        self.beyond_horizon += other.beyond_horizon;
         self.tokens += other.tokens;
     }
 }
@@ -173,21 +170,21 @@ impl Aggregator {
                     continue;
                 }
             };
-            let bucket = bucket_of(ev.ts);
+            // Ids are remembered from the watermark at arrival (see dedup).
+            let arrival_wm = wm.map_or(ev.ts, |w| w.max(ev.ts));
+            let bucket = bucket_of(arrival_wm);
             let id = id_hash(&ev.event_id);
-            match self.dedup.observe(bucket, id) {
-                Seen::Duplicate => {
-                    stats.duplicates += 1;
-                    continue;
-                }
-                Seen::New => new_ids.push((bucket, id)),
-                Seen::BeyondHorizon => stats.beyond_horizon += 1,
+            if self.dedup.observe(bucket, id) == Seen::Duplicate {
+                stats.duplicates += 1;
+                continue;
             }
-            match wm {
-                Some(w) if ev.ts < w.saturating_sub(lateness) => stats.late += 1,
-                Some(w) if ev.ts <= w => {}
-                _ => wm = Some(ev.ts),
+            new_ids.push((bucket, id));
+            if let Some(w) = wm
+                && ev.ts < w.saturating_sub(lateness)
+            {
+                stats.late += 1;
             }
+            wm = Some(arrival_wm);
             stats.accepted += 1;
             stats.tokens += ev.total_tokens();
             builder.append(&ev);

@@ -1,17 +1,20 @@
 //! Exact dedup of `event_id`s within a bounded horizon.
 //!
 //! Ids are stored as 128-bit xxh3 hashes (the chance that two distinct ids
-//! among 10^10 collide is below 10^-18), each with the hour of the event
-//! time it was first seen at: one hash map, 24 bytes per entry plus the
-//! table's slack. The same `event_id` is a duplicate whatever its `ts`.
+//! among 10^10 collide is below 10^-18), each with the hour of the
+//! watermark (newest event time) when it was first seen: one hash map, 24
+//! bytes per entry plus the table's slack. The same `event_id` is a
+//! duplicate whatever its `ts`.
 //!
-//! Memory is bounded two ways: ids first seen at an hour older than the
-//! watermark minus the horizon are forgotten, and when more than `max_ids`
-//! ids are held the oldest hours are forgotten first. An event older than
-//! the remembered range whose id is not remembered is counted (never
-//! dropped) without being remembered: a duplicate of it arriving later is
-//! counted again (see `docs/ARCHITECTURE.md`).
+//! Memory is bounded two ways: ids first seen more than `horizon` of event
+//! time ago (by the watermark) are forgotten, and when more than `max_ids`
+//! ids are held the oldest hours are forgotten first. A duplicate arriving
+//! after its original was forgotten is counted again (see
+//! `docs/ARCHITECTURE.md`). Keying on arrival rather than on the event's own
+//! `ts` means a late event is remembered as long as an on-time one: retries
+//! follow arrivals, not event times.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
@@ -49,7 +52,7 @@ pub fn id_hash(event_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
-/// The dedup bucket (hour since the epoch) of an event time.
+/// The dedup bucket (hour since the epoch) of a watermark.
 pub fn bucket_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(MS_PER_HOUR)
 }
@@ -94,13 +97,10 @@ impl Hasher for PassThrough {
 /// What the index says about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
-    /// First time within the horizon: count it.
+    /// Not seen within the horizon: count it (it is now remembered).
     New,
     /// Already counted: drop it.
     Duplicate,
-    /// Older than the remembered range and not remembered: counted, not
-    /// remembered.
-    BeyondHorizon,
 }
 
 /// The set of recently seen event ids, each with the hour it was first seen at.
@@ -132,30 +132,32 @@ impl DedupIndex {
         self.ids.is_empty()
     }
 
-    /// The oldest hour still remembered (ids of older events are not).
+    /// Ids first seen before this hour have been forgotten.
     pub fn floor_bucket(&self) -> i64 {
         self.floor
     }
 
-    /// Check an id and remember it if new.
+    /// Check an id and remember it, at `bucket` (the hour of the current
+    /// watermark), if new.
     pub fn observe(&mut self, bucket: i64, id: u128) -> Seen {
-        let key = Key::new(id);
-        if self.ids.contains_key(&key) {
-            return Seen::Duplicate;
+        let bucket = bucket.max(self.floor);
+        match self.ids.entry(Key::new(id)) {
+            Entry::Occupied(_) => Seen::Duplicate,
+            Entry::Vacant(slot) => {
+                slot.insert(bucket);
+                *self.per_hour.entry(bucket).or_default() += 1;
+                Seen::New
+            }
         }
-        if bucket < self.floor {
-            return Seen::BeyondHorizon;
-        }
-        self.ids.insert(key, bucket);
-        *self.per_hour.entry(bucket).or_default() += 1;
-        Seen::New
     }
 
     /// Restore remembered ids (from a sink's recovery); ids below the
     /// current floor are ignored.
     pub fn restore(&mut self, ids: impl IntoIterator<Item = (i64, u128)>) {
         for (bucket, id) in ids {
-            self.observe(bucket, id);
+            if bucket >= self.floor {
+                self.observe(bucket, id);
+            }
         }
     }
 
@@ -203,19 +205,27 @@ mod tests {
         assert_eq!(ix.observe(bucket_of(t), id_hash("b")), Seen::New);
         assert_eq!(ix.observe(bucket_of(t), id_hash("a")), Seen::Duplicate);
         ix.advance(t + 23 * MS_PER_HOUR);
-        assert_eq!(ix.observe(bucket_of(t), id_hash("a")), Seen::Duplicate);
+        assert_eq!(
+            ix.observe(bucket_of(t + 23 * MS_PER_HOUR), id_hash("a")),
+            Seen::Duplicate
+        );
         assert_eq!(ix.len(), 2);
     }
 
     #[test]
-    fn horizon_evicts_old_hours() {
+    fn horizon_forgets_ids_first_seen_long_ago() {
         let mut ix = index(24, 100);
         let t = 1_000 * MS_PER_HOUR;
         ix.observe(bucket_of(t), id_hash("a"));
         ix.advance(t + 25 * MS_PER_HOUR);
         assert!(ix.is_empty());
-        assert_eq!(ix.observe(bucket_of(t), id_hash("a")), Seen::BeyondHorizon);
-        assert!(ix.is_empty(), "beyond-horizon ids are not remembered");
+        assert_eq!(ix.floor_bucket(), 1_001);
+        let now = bucket_of(t + 25 * MS_PER_HOUR);
+        assert_eq!(
+            ix.observe(now, id_hash("a")),
+            Seen::New,
+            "forgotten, counted again"
+        );
     }
 
     #[test]
@@ -227,17 +237,17 @@ mod tests {
         ix.advance(3 * MS_PER_HOUR);
         assert_eq!(ix.len(), 2);
         assert_eq!(ix.floor_bucket(), 2);
-        assert_eq!(ix.observe(2, id_hash("c")), Seen::Duplicate);
-        assert_eq!(ix.observe(1, id_hash("a")), Seen::BeyondHorizon);
+        assert_eq!(ix.observe(3, id_hash("c")), Seen::Duplicate);
+        assert_eq!(ix.observe(3, id_hash("a")), Seen::New);
     }
 
     #[test]
     fn restore_rebuilds_the_same_answers() {
         let mut ix = index(24, 100);
-        ix.restore([(5, id_hash("x")), (5, id_hash("y"))]);
-        assert_eq!(ix.observe(5, id_hash("x")), Seen::Duplicate);
-        assert_eq!(ix.observe(6, id_hash("x")), Seen::Duplicate, "any ts");
-        assert_eq!(ix.len(), 2);
+        ix.advance(10 * MS_PER_HOUR);
+        ix.restore([(5, id_hash("x")), (5, id_hash("y")), (-20, id_hash("old"))]);
+        assert_eq!(ix.len(), 2, "ids below the floor are not restored");
+        assert_eq!(ix.observe(10, id_hash("x")), Seen::Duplicate);
     }
 
     #[test]
@@ -245,13 +255,6 @@ mod tests {
         let mut ix = index(24, 100);
         assert_eq!(ix.observe(10, id_hash("a")), Seen::New);
         assert_eq!(ix.observe(3, id_hash("a")), Seen::Duplicate);
-        ix.advance(40 * MS_PER_HOUR);
-        assert_eq!(ix.floor_bucket(), 16);
-        assert_eq!(
-            ix.observe(10, id_hash("a")),
-            Seen::BeyondHorizon,
-            "forgotten"
-        );
     }
 
     /// Persisted in dedup segments: this value must never change.

@@ -13,7 +13,6 @@ pub struct PipelineMetrics {
     pub events_rejected: IntCounterVec,
     pub duplicates: IntCounter,
     pub late_events: IntCounter,
-    pub beyond_dedup_horizon: IntCounter,
     pub dedup_ids: IntGauge,
     pub batch_events: Histogram,
 }
@@ -45,10 +44,6 @@ impl PipelineMetrics {
                 "tokentally_late_events_total",
                 "Events older than the watermark by more than the allowed lateness (counted, never dropped).",
             )?,
-            beyond_dedup_horizon: IntCounter::new(
-                "tokentally_events_beyond_dedup_horizon_total",
-                "Events older than the dedup horizon: counted without a duplicate check.",
-            )?,
             dedup_ids: IntGauge::new(
                 "tokentally_dedup_ids",
                 "Event ids currently remembered for dedup.",
@@ -63,7 +58,6 @@ impl PipelineMetrics {
         registry.register(Box::new(m.events_rejected.clone()))?;
         registry.register(Box::new(m.duplicates.clone()))?;
         registry.register(Box::new(m.late_events.clone()))?;
-        registry.register(Box::new(m.beyond_dedup_horizon.clone()))?;
         registry.register(Box::new(m.dedup_ids.clone()))?;
         registry.register(Box::new(m.batch_events.clone()))?;
         for r in RejectReason::ALL {
@@ -82,7 +76,6 @@ impl PipelineMetrics {
         }
         self.duplicates.inc_by(stats.duplicates);
         self.late_events.inc_by(stats.late);
-        self.beyond_dedup_horizon.inc_by(stats.beyond_horizon);
         self.dedup_ids.set(dedup_ids as i64);
         self.batch_events.observe(stats.records as f64);
     }

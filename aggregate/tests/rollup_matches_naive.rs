@@ -29,7 +29,7 @@ struct Ev {
 const MODELS: [&str; 4] = ["qwen/qwen3.6-plus", "openai/gpt-5", "模型-ü", "a\"quoted\""];
 const PROVIDERS: [&str; 2] = ["alibaba", "openai"];
 const APPS: [&str; 3] = ["", "cline", "aider"];
-const BASE_TS: i64 = 1_795_737_600_000; // 2026-11-28T00:00:00Z
+const BASE_TS: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
 
 #[derive(Debug, Clone)]
 enum Line {

@@ -17,20 +17,19 @@ fn dict_utf8() -> DataType {
 }
 
 /// Schema of a batch of validated events, as the roll-up queries see it
-/// (table `events`).
+/// (table `events`): only the columns the roll-ups read, to keep the hot
+/// path lean.
 ///
 /// | column | type | meaning |
 /// |---|---|---|
-/// | `ts` | Timestamp(ms, UTC) | event time |
 /// | `day` | Date32 | UTC date of `ts` |
 /// | `minute` | Timestamp(ms, UTC) | `ts` truncated to the minute |
 /// | `model`, `provider`, `app` | Dictionary(Int32, Utf8) | dimensions |
-/// | `prompt_tokens`, `completion_tokens`, `total_tokens`, `cached_tokens`, `reasoning_tokens` | UInt64 | measures |
+/// | `prompt_tokens`, `completion_tokens`, `total_tokens`, `cached_tokens` | UInt64 | measures |
 /// | `is_error` | UInt64 | 1 when `status` is `"error"`, else 0 |
 pub fn event_schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
-        Field::new("ts", ts.clone(), false),
         Field::new("day", DataType::Date32, false),
         Field::new("minute", ts, false),
         Field::new("model", dict_utf8(), false),
@@ -40,7 +39,6 @@ pub fn event_schema() -> SchemaRef {
         Field::new("completion_tokens", DataType::UInt64, false),
         Field::new("total_tokens", DataType::UInt64, false),
         Field::new("cached_tokens", DataType::UInt64, false),
-        Field::new("reasoning_tokens", DataType::UInt64, false),
         Field::new("is_error", DataType::UInt64, false),
     ]))
 }
@@ -48,7 +46,6 @@ pub fn event_schema() -> SchemaRef {
 /// Accumulates validated events into a [`RecordBatch`] of [`event_schema`].
 pub struct EventBatchBuilder {
     schema: SchemaRef,
-    ts: TimestampMillisecondBuilder,
     day: Date32Builder,
     minute: TimestampMillisecondBuilder,
     model: StringDictionaryBuilder<Int32Type>,
@@ -58,7 +55,6 @@ pub struct EventBatchBuilder {
     completion: UInt64Builder,
     total: UInt64Builder,
     cached: UInt64Builder,
-    reasoning: UInt64Builder,
     is_error: UInt64Builder,
     len: usize,
 }
@@ -67,7 +63,6 @@ impl EventBatchBuilder {
     pub fn with_capacity(rows: usize) -> Self {
         EventBatchBuilder {
             schema: event_schema(),
-            ts: TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC"),
             day: Date32Builder::with_capacity(rows),
             minute: TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC"),
             model: StringDictionaryBuilder::new(),
@@ -77,7 +72,6 @@ impl EventBatchBuilder {
             completion: UInt64Builder::with_capacity(rows),
             total: UInt64Builder::with_capacity(rows),
             cached: UInt64Builder::with_capacity(rows),
-            reasoning: UInt64Builder::with_capacity(rows),
             is_error: UInt64Builder::with_capacity(rows),
             len: 0,
         }
@@ -92,7 +86,6 @@ impl EventBatchBuilder {
     }
 
     pub fn append(&mut self, ev: &TokenEvent<'_>) {
-        self.ts.append_value(ev.ts);
         self.day.append_value(ev.day());
         self.minute.append_value(ev.minute_ms());
         self.model.append_value(&ev.model);
@@ -102,7 +95,6 @@ impl EventBatchBuilder {
         self.completion.append_value(ev.completion_tokens);
         self.total.append_value(ev.total_tokens());
         self.cached.append_value(ev.cached_tokens);
-        self.reasoning.append_value(ev.reasoning_tokens);
         self.is_error
             .append_value(u64::from(ev.status == Status::Error));
         self.len += 1;
@@ -111,7 +103,6 @@ impl EventBatchBuilder {
     /// Take the rows appended so far as a batch; the builder is empty after.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.ts.finish()),
             Arc::new(self.day.finish()),
             Arc::new(self.minute.finish()),
             Arc::new(self.model.finish()),
@@ -121,7 +112,6 @@ impl EventBatchBuilder {
             Arc::new(self.completion.finish()),
             Arc::new(self.total.finish()),
             Arc::new(self.cached.finish()),
-            Arc::new(self.reasoning.finish()),
             Arc::new(self.is_error.finish()),
         ];
         self.len = 0;

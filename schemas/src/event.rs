@@ -97,13 +97,23 @@ pub fn day_of(ts_ms: i64) -> i32 {
 }
 
 /// Decode and validate one JSON document against the contract.
+///
+/// The document is checked to be UTF-8 once, then parsed with sonic-rs
+/// (SIMD) through a hand-written visitor; see `cargo bench --bench core`.
 pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Rejection> {
+    let text = std::str::from_utf8(input).map_err(|e| {
+        Rejection::new(
+            RejectReason::InvalidJson,
+            None,
+            format!("not valid UTF-8: {e}"),
+        )
+    })?;
     let state = ParseState {
         limits,
         field: Cell::new(None),
         rejection: Cell::new(None),
     };
-    let mut de = serde_json::Deserializer::from_slice(input);
+    let mut de = sonic_rs::Deserializer::from_str(text);
     let parsed = EventSeed { state: &state }.deserialize(&mut de);
     let parsed = parsed.and_then(|ev| de.end().map(|()| ev));
     match parsed {
@@ -112,18 +122,18 @@ pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Re
     }
 }
 
-fn classify(err: serde_json::Error, state: &ParseState<'_>) -> Rejection {
+fn classify(err: sonic_rs::Error, state: &ParseState<'_>) -> Rejection {
     if let Some(rejection) = state.rejection.take() {
         return rejection;
     }
-    use serde_json::error::Category;
+    use sonic_rs::error::Category;
     match (err.classify(), state.field.get()) {
-        (Category::Data, Some(field)) => Rejection::new(
+        (Category::TypeUnmatched, Some(field)) => Rejection::new(
             RejectReason::WrongType,
             Some(field),
             format!("`{field}` has the wrong type: {err}"),
         ),
-        (Category::Data, None) => Rejection::new(
+        (Category::TypeUnmatched, None) => Rejection::new(
             RejectReason::NotAnObject,
             None,
             format!("the event must be a JSON object: {err}"),
@@ -167,22 +177,29 @@ enum Field {
 }
 
 impl Field {
+    /// Dispatch on length (and a first byte where lengths collide), then
+    /// confirm with one comparison: this is on the hot path.
     fn from_key(key: &str) -> Field {
-        match key {
-            "event_id" => Field::EventId,
-            "ts" => Field::Ts,
-            "model" => Field::Model,
-            "provider" => Field::Provider,
-            "app" => Field::App,
-            "node" => Field::Node,
-            "region" => Field::Region,
-            "prompt_tokens" => Field::PromptTokens,
-            "completion_tokens" => Field::CompletionTokens,
-            "cached_tokens" => Field::CachedTokens,
-            "reasoning_tokens" => Field::ReasoningTokens,
-            "latency_ms" => Field::LatencyMs,
-            "status" => Field::Status,
-            _ => Field::Unknown,
+        let candidate = match (key.len(), key.as_bytes().first()) {
+            (2, _) => Field::Ts,
+            (3, _) => Field::App,
+            (4, _) => Field::Node,
+            (5, _) => Field::Model,
+            (6, Some(b'r')) => Field::Region,
+            (6, _) => Field::Status,
+            (8, Some(b'e')) => Field::EventId,
+            (8, _) => Field::Provider,
+            (10, _) => Field::LatencyMs,
+            (13, Some(b'p')) => Field::PromptTokens,
+            (13, _) => Field::CachedTokens,
+            (16, _) => Field::ReasoningTokens,
+            (17, _) => Field::CompletionTokens,
+            _ => return Field::Unknown,
+        };
+        if candidate.name() == key {
+            candidate
+        } else {
+            Field::Unknown
         }
     }
 
@@ -631,10 +648,7 @@ mod tests {
     fn each_violation_has_its_reason() {
         use RejectReason::*;
         assert_eq!(reason("not json"), (InvalidJson, None));
-        assert_eq!(
-            reason(with("").trim_end_matches('}')),
-            (InvalidJson, None)
-        );
+        assert_eq!(reason(with("").trim_end_matches('}')), (InvalidJson, None));
         assert_eq!(reason(&format!("{} x", with(""))), (InvalidJson, None));
         assert_eq!(reason("[1,2]"), (NotAnObject, None));
         assert_eq!(reason("42"), (NotAnObject, None));
@@ -708,12 +722,101 @@ mod tests {
     }
 
     #[test]
+    fn every_known_key_is_recognised_and_near_misses_are_not() {
+        let known = [
+            "event_id",
+            "ts",
+            "model",
+            "provider",
+            "app",
+            "node",
+            "region",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+            "latency_ms",
+            "status",
+        ];
+        for k in known {
+            assert_eq!(Field::from_key(k).name(), k);
+        }
+        for k in [
+            "",
+            "t",
+            "tS",
+            "modeL",
+            "providers",
+            "event-id",
+            "statuz",
+            "regiox",
+            "x".repeat(13).as_str(),
+        ] {
+            assert!(matches!(Field::from_key(k), Field::Unknown), "{k}");
+        }
+    }
+
+    #[test]
     fn token_bound_is_configurable() {
         let json = with("");
         let tight = Limits { max_tokens: 9 };
         let r = decode(json.as_bytes(), &tight).expect_err("10 > 9");
         assert_eq!(r.reason, RejectReason::OutOfRange);
         assert_eq!(r.field, Some("prompt_tokens"));
+    }
+
+    #[test]
+    fn json_schema_file_matches_the_decoder() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../event.schema.json")).unwrap();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            required,
+            [
+                "event_id",
+                "ts",
+                "model",
+                "provider",
+                "prompt_tokens",
+                "completion_tokens"
+            ]
+        );
+        let props = schema["properties"].as_object().unwrap();
+        let known = [
+            Field::EventId,
+            Field::Ts,
+            Field::Model,
+            Field::Provider,
+            Field::App,
+            Field::Node,
+            Field::Region,
+            Field::PromptTokens,
+            Field::CompletionTokens,
+            Field::CachedTokens,
+            Field::ReasoningTokens,
+            Field::LatencyMs,
+            Field::Status,
+        ];
+        assert_eq!(props.len(), known.len());
+        for f in known {
+            assert!(
+                props.contains_key(f.name()),
+                "{} missing from the schema",
+                f.name()
+            );
+        }
+        assert_eq!(props["event_id"]["maxLength"], MAX_EVENT_ID_BYTES);
+        assert_eq!(props["model"]["maxLength"], MAX_NAME_BYTES);
+        assert_eq!(
+            props["prompt_tokens"]["maximum"],
+            Limits::default().max_tokens
+        );
+        assert_eq!(props["ts"]["oneOf"][0]["maximum"], MAX_TS_MS);
     }
 
     #[test]
