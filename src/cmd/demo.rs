@@ -152,7 +152,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let bar = multi.add(ProgressBar::new(args.events));
     bar.set_style(
         ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40.cyan/blue}] {human_pos}/{human_len} events  {per_sec}  {msg}",
+            "{elapsed_precise} [{bar:40.cyan/blue}] {human_pos}/{human_len} events  {msg}",
         )
         .expect("valid template")
         .progress_chars("=> "),
@@ -183,7 +183,12 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 milestones.push(c);
             }
             bar.set_position(seen);
-            bar.set_message(format!("{} tokens", human_tokens(tokens)));
+            let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!(
+                "{}/s  {} tokens",
+                human_tokens(rate as u64),
+                human_tokens(tokens)
+            ));
             board.set_message(leaderboard(&tracker, args.top));
             if !tty && last_plain.elapsed() >= Duration::from_secs(5) {
                 last_plain = Instant::now();
