@@ -208,3 +208,62 @@ impl Aggregator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Registry;
+
+    fn raw(lines: &[&str]) -> RawBatch {
+        let mut b = RawBatch::default();
+        for l in lines {
+            b.push(l.as_bytes());
+        }
+        b
+    }
+
+    fn ev(id: &str, ts: i64) -> String {
+        format!(
+            r#"{{"event_id":"{id}","ts":{ts},"model":"m","provider":"p","prompt_tokens":3,"completion_tokens":4}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn stats_and_metrics_count_every_fate() {
+        let registry = Registry::new();
+        let metrics = PipelineMetrics::register(&registry).unwrap();
+        let mut agg = Aggregator::new(AggregatorConfig::default(), &Recovered::default())
+            .with_metrics(metrics.clone());
+        let t = 1_795_737_600_000;
+        let lines = [
+            ev("a", t),
+            ev("b", t + 3_600_000),
+            ev("a", t + 5),         // duplicate
+            ev("c", t + 60_000),    // 59 min behind the watermark: late
+            ev("d", t + 3_400_000), // 200 s behind: within the 5 min lateness
+            "{not json".to_string(),
+        ];
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let out = agg.process(&raw(&refs)).await.unwrap();
+        assert_eq!(out.stats.records, 6);
+        assert_eq!(out.stats.accepted, 4);
+        assert_eq!(out.stats.duplicates, 1);
+        assert_eq!(out.stats.late, 1);
+        assert_eq!(out.stats.tokens, 28);
+        assert_eq!(out.stats.rejected[&RejectReason::InvalidJson], 1);
+        assert_eq!(out.watermark_ms, Some(t + 3_600_000));
+        assert_eq!(out.new_ids.len(), 4);
+
+        assert_eq!(metrics.events_received.get(), 6);
+        assert_eq!(metrics.events_accepted.get(), 4);
+        assert_eq!(metrics.duplicates.get(), 1);
+        assert_eq!(metrics.late_events.get(), 1);
+        assert_eq!(metrics.dedup_ids.get(), 4);
+        let invalid = metrics.events_rejected.with_label_values(&["invalid_json"]);
+        assert_eq!(invalid.get(), 1);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(text.contains("tokentally_late_events_total 1"), "{text}");
+    }
+}
