@@ -10,6 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokentally_aggregate::AggregatorConfig;
 use tokentally_ingest::FleetConfig;
+use tokentally_ingest::kafka::KafkaConfig;
 use tokentally_sink::embedded::StoreConfig;
 use tokentally_sink::milestones::DEFAULT_LADDER;
 
@@ -21,6 +22,7 @@ pub struct Config {
     pub source: SourceConfig,
     pub aggregate: AggregatorConfig,
     pub simulator: FleetConfig,
+    pub kafka: KafkaConfig,
     pub milestones: MilestoneConfig,
 }
 

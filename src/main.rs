@@ -49,6 +49,12 @@ enum Command {
     Query(cmd::query::QueryArgs),
     /// Write simulated fleet traffic as NDJSON.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Create tokentally's Kafka topics.
+    Topics(cmd::topics::TopicsArgs),
+    /// Send NDJSON lines to the events topic as they are (replays, backfills, tests).
+    Produce(cmd::produce::ProduceArgs),
+    /// Consume the events topic into a sink, exactly once.
+    Aggregate(cmd::aggregate::AggregateCmdArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -76,6 +82,9 @@ fn main() -> ExitCode {
                 Command::Ingest(a) => cmd::ingest::run(config, a).await,
                 Command::Query(a) => cmd::query::run(config, a).await,
                 Command::Simulate(a) => cmd::simulate::run(config, a),
+                Command::Topics(a) => cmd::topics::run(config, a).await,
+                Command::Produce(a) => cmd::produce::run(config, a).await,
+                Command::Aggregate(a) => cmd::aggregate::run(config, a).await,
             }
         })
     });

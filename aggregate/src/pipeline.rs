@@ -30,6 +30,9 @@ where
     while let Some(raw) = source.next_batch().await.map_err(Error::Source)? {
         let outcome = aggregator.process(&raw).await?;
         sink.commit(&outcome).await.map_err(Error::Sink)?;
+        source
+            .acknowledge(&outcome.progress)
+            .map_err(Error::Source)?;
         totals.add(&outcome.stats);
         on_commit(&outcome);
     }

@@ -2,6 +2,7 @@
 //! implements [`EventSource`].
 
 pub mod file;
+pub mod kafka;
 pub mod simulated;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,13 @@ pub trait EventSource {
 
     /// The next micro-batch, or `None` when the source is exhausted.
     fn next_batch(&mut self) -> impl Future<Output = Result<Option<RawBatch>, BoxError>> + Send;
+
+    /// Called after the sink has durably committed a batch, with its
+    /// progress (end-to-end acknowledgement). Sources with an upstream
+    /// cursor (Kafka offsets) advance it here; the default does nothing.
+    fn acknowledge(&mut self, _progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

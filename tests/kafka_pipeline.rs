@@ -1,0 +1,232 @@
+//! The Kafka path against a real Apache Kafka broker (started by
+//! `scripts/services up` when TOKENTALLY_KAFKA_BROKERS is not set): events
+//! produced to a topic and aggregated into the embedded store give exactly
+//! the totals of the file path; replays and SIGKILLed aggregators change
+//! nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::{bin, query, run_ok};
+
+fn brokers() -> String {
+    if let Ok(b) = std::env::var("TOKENTALLY_KAFKA_BROKERS") {
+        return b;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
+    let out = Command::new(script)
+        .arg("up")
+        .output()
+        .expect("run scripts/services up");
+    assert!(
+        out.status.success(),
+        "scripts/services up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("export TOKENTALLY_KAFKA_BROKERS="))
+        .expect("scripts/services prints the broker address")
+        .to_string()
+}
+
+struct Topic {
+    brokers: String,
+    name: String,
+}
+
+fn topic(tag: &str) -> Topic {
+    let brokers = brokers();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("tt-{tag}-{}-{nanos}", std::process::id());
+    run_ok(
+        bin()
+            .args(["topics", "create", "--kafka", &brokers, "--topic", &name])
+            .args(["--dlq-topic", &format!("{name}-dlq"), "--partitions", "4"]),
+    );
+    Topic { brokers, name }
+}
+
+fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
+    let path = dir.join(format!("events-{seed}.ndjson"));
+    run_ok(
+        bin()
+            .args([
+                "simulate",
+                "--events",
+                &events.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--start-ms", "1795737600000", "--duplicate-rate", "0.02"])
+            .args(["--late-rate", "0.02", "--malformed-rate", "0.005", "--out"])
+            .arg(&path),
+    );
+    path
+}
+
+fn produce(t: &Topic, file: &Path) {
+    run_ok(
+        bin()
+            .args([
+                "produce", "--kafka", &t.brokers, "--topic", &t.name, "--file",
+            ])
+            .arg(file),
+    );
+}
+
+fn aggregate(t: &Topic, store: &Path, group: &str) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "aggregate",
+        "--kafka",
+        &t.brokers,
+        "--topic",
+        &t.name,
+        "--group",
+        group,
+    ])
+    .args(["--dlq-topic", &format!("{}-dlq", t.name)])
+    .args([
+        "--batch-records",
+        "2000",
+        "--exit-on-idle",
+        "3",
+        "--json",
+        "--store",
+    ])
+    .arg(store);
+    cmd
+}
+
+fn summary(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(cmd).stdout).expect("summary JSON")
+}
+
+fn totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let mut rows = query(
+        store,
+        "SELECT * FROM usage_daily ORDER BY day, model, provider",
+    );
+    rows.extend(query(
+        store,
+        "SELECT CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS t, CAST(SUM(requests) AS BIGINT UNSIGNED) AS r FROM usage_minute",
+    ));
+    rows.extend(query(
+        store,
+        "SELECT app, CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS t FROM usage_app_daily GROUP BY app ORDER BY app",
+    ));
+    rows.extend(query(
+        store,
+        "SELECT reason, count FROM rejected ORDER BY reason",
+    ));
+    rows
+}
+
+#[test]
+fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("exact");
+    let file = corpus(dir.path(), 40_000, 11);
+    produce(&t, &file);
+
+    let reference = dir.path().join("reference");
+    run_ok(
+        bin()
+            .args(["ingest", "--file"])
+            .arg(&file)
+            .arg("--store")
+            .arg(&reference),
+    );
+
+    let store = dir.path().join("kafka");
+    let first = summary(&mut aggregate(&t, &store, "g1"));
+    assert_eq!(first["records"], 40_000);
+    assert_eq!(totals(&store), totals(&reference));
+
+    // The same group again: nothing new to read.
+    let again = summary(&mut aggregate(&t, &store, "g1"));
+    assert_eq!(again["records"], 0);
+    // A whole replay of the same events (a botched backfill): they are new
+    // records at new offsets, so they are read, but every valid event is a
+    // duplicate; only the malformed lines count again, as rejects.
+    produce(&t, &file);
+    let replay = summary(&mut aggregate(&t, &store, "g1"));
+    assert_eq!(replay["accepted"], 0);
+    let usage = |s: &Path| {
+        totals(s)
+            .into_iter()
+            .filter(|r| !r.contains_key("reason"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(usage(&store), usage(&reference));
+}
+
+#[test]
+fn a_missing_topic_is_a_clear_error() {
+    let t = topic("missing");
+    let out = bin()
+        .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
+        .args([
+            "--dlq-topic",
+            "no-such-topic-anywhere",
+            "--exit-on-idle",
+            "1",
+            "--store",
+        ])
+        .arg(tempfile::tempdir().unwrap().path().join("s"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("topic no-such-topic-anywhere does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigkilled_aggregator_resumes_from_the_store_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("crash");
+    let file = corpus(dir.path(), 60_000, 12);
+    produce(&t, &file);
+    let reference = dir.path().join("reference");
+    run_ok(
+        bin()
+            .args(["ingest", "--file"])
+            .arg(&file)
+            .arg("--store")
+            .arg(&reference),
+    );
+
+    let store = dir.path().join("kafka");
+    let mut kills = 0;
+    for round in 0..5u64 {
+        let mut child = aggregate(&t, &store, "crash")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Joining the group takes a moment; then kill mid-stream.
+        let started = Instant::now();
+        sleep(Duration::from_millis(1_500 + round * 300));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    assert!(kills >= 1, "no aggregator was killed mid-stream");
+    run_ok(&mut aggregate(&t, &store, "crash"));
+    assert_eq!(totals(&store), totals(&reference));
+}
