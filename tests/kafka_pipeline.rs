@@ -73,6 +73,29 @@ fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
     path
 }
 
+/// A fresh topic holding a simulated corpus, and the same corpus ingested
+/// from the file into a reference store (the file path is checked against
+/// independent ground truth in tests/ingest_ground_truth.rs).
+fn topic_with_reference(
+    dir: &Path,
+    tag: &str,
+    events: u32,
+    seed: u32,
+) -> (Topic, PathBuf, PathBuf) {
+    let t = topic(tag);
+    let file = corpus(dir, events, seed);
+    produce(&t, &file);
+    let reference = dir.join("reference");
+    run_ok(
+        bin()
+            .args(["ingest", "--file"])
+            .arg(&file)
+            .arg("--store")
+            .arg(&reference),
+    );
+    (t, file, reference)
+}
+
 fn produce(t: &Topic, file: &Path) {
     run_ok(
         bin()
@@ -134,18 +157,7 @@ fn totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
 #[test]
 fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let t = topic("exact");
-    let file = corpus(dir.path(), 40_000, 11);
-    produce(&t, &file);
-
-    let reference = dir.path().join("reference");
-    run_ok(
-        bin()
-            .args(["ingest", "--file"])
-            .arg(&file)
-            .arg("--store")
-            .arg(&reference),
-    );
+    let (t, file, reference) = topic_with_reference(dir.path(), "exact", 40_000, 11);
 
     let store = dir.path().join("kafka");
     let first = summary(&mut aggregate(&t, &store, "g1"));
@@ -196,17 +208,7 @@ fn a_missing_topic_is_a_clear_error() {
 #[test]
 fn sigkilled_aggregator_resumes_from_the_store_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let t = topic("crash");
-    let file = corpus(dir.path(), 60_000, 12);
-    produce(&t, &file);
-    let reference = dir.path().join("reference");
-    run_ok(
-        bin()
-            .args(["ingest", "--file"])
-            .arg(&file)
-            .arg("--store")
-            .arg(&reference),
-    );
+    let (t, _, reference) = topic_with_reference(dir.path(), "crash", 60_000, 12);
 
     let store = dir.path().join("kafka");
     let mut kills = 0;

@@ -118,15 +118,8 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
         }
     };
     dlq.flush(Duration::from_secs(10))?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let summary = Summary {
-        stats: &stats,
-        rejected_total: stats.rejected_total(),
-        resumed_at_byte: 0,
-        elapsed_s: elapsed,
-        events_per_s: stats.records as f64 / elapsed.max(1e-9),
-        store: store.dir().display().to_string(),
-    };
+    let summary = Summary::new(&stats, started, store.dir(), 0);
+    let elapsed = summary.elapsed_s;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -44,6 +44,25 @@ pub struct Summary<'a> {
     pub store: String,
 }
 
+impl<'a> Summary<'a> {
+    pub fn new(
+        stats: &'a BatchStats,
+        started: Instant,
+        store: &Path,
+        resumed_at_byte: u64,
+    ) -> Self {
+        let elapsed = started.elapsed().as_secs_f64();
+        Summary {
+            stats,
+            rejected_total: stats.rejected_total(),
+            resumed_at_byte,
+            elapsed_s: elapsed,
+            events_per_s: stats.records as f64 / elapsed.max(1e-9),
+            store: store.display().to_string(),
+        }
+    }
+}
+
 pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     config.apply_store(&args.store);
     config.apply_aggregate(&args.aggregate);
@@ -59,15 +78,7 @@ pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     )
     .await
     .context("ingest failed; the store keeps every batch committed before the failure")?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let summary = Summary {
-        stats: &stats,
-        rejected_total: stats.rejected_total(),
-        resumed_at_byte: source.skipped_bytes(),
-        elapsed_s: elapsed,
-        events_per_s: stats.records as f64 / elapsed.max(1e-9),
-        store: store.dir().display().to_string(),
-    };
+    let summary = Summary::new(&stats, started, store.dir(), source.skipped_bytes());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
