@@ -81,7 +81,7 @@ fn main() -> ExitCode {
                 Command::Demo(a) => cmd::demo::run(config, a).await,
                 Command::Ingest(a) => cmd::ingest::run(config, a).await,
                 Command::Query(a) => cmd::query::run(config, a).await,
-                Command::Simulate(a) => cmd::simulate::run(config, a),
+                Command::Simulate(a) => cmd::simulate::run(config, a).await,
                 Command::Topics(a) => cmd::topics::run(config, a).await,
                 Command::Produce(a) => cmd::produce::run(config, a).await,
                 Command::Aggregate(a) => cmd::aggregate::run(config, a).await,

@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 
 use common::{bin, query, run_ok};
 
+/// The tests share one broker and two cores: run them one at a time, so
+/// rebalance timing is not at the mercy of the other tests.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn brokers() -> String {
     if let Ok(b) = std::env::var("TOKENTALLY_KAFKA_BROKERS") {
         return b;
@@ -107,6 +115,10 @@ fn produce(t: &Topic, file: &Path) {
 }
 
 fn aggregate(t: &Topic, store: &Path, group: &str) -> Command {
+    aggregate_idle(t, store, group, "3")
+}
+
+fn aggregate_idle(t: &Topic, store: &Path, group: &str, idle_secs: &str) -> Command {
     let mut cmd = bin();
     cmd.args([
         "aggregate",
@@ -122,7 +134,7 @@ fn aggregate(t: &Topic, store: &Path, group: &str) -> Command {
         "--batch-records",
         "2000",
         "--exit-on-idle",
-        "3",
+        idle_secs,
         "--json",
         "--store",
     ])
@@ -156,6 +168,7 @@ fn totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
 
 #[test]
 fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (t, file, reference) = topic_with_reference(dir.path(), "exact", 40_000, 11);
 
@@ -183,7 +196,63 @@ fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
 }
 
 #[test]
+fn simulate_to_kafka_matches_the_same_traffic_from_a_file() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("simulate");
+    run_ok(
+        bin()
+            .args([
+                "simulate", "--kafka", &t.brokers, "--topic", &t.name, "--rate", "40000",
+            ])
+            .args([
+                "--events",
+                "20000",
+                "--seed",
+                "5",
+                "--start-ms",
+                "1795737600000",
+            ])
+            .args(["--duplicate-rate", "0.01", "--malformed-rate", "0.01"]),
+    );
+    let file = dir.path().join("same.ndjson");
+    run_ok(
+        bin()
+            .args([
+                "simulate",
+                "--events",
+                "20000",
+                "--seed",
+                "5",
+                "--start-ms",
+                "1795737600000",
+            ])
+            .args([
+                "--duplicate-rate",
+                "0.01",
+                "--malformed-rate",
+                "0.01",
+                "--out",
+            ])
+            .arg(&file),
+    );
+    let reference = dir.path().join("reference");
+    run_ok(
+        bin()
+            .args(["ingest", "--file"])
+            .arg(&file)
+            .arg("--store")
+            .arg(&reference),
+    );
+    let store = dir.path().join("kafka");
+    let s = summary(&mut aggregate(&t, &store, "sim"));
+    assert_eq!(s["records"], 20_000);
+    assert_eq!(totals(&store), totals(&reference));
+}
+
+#[test]
 fn a_missing_topic_is_a_clear_error() {
+    let _serial = serial();
     let t = topic("missing");
     let out = bin()
         .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
@@ -207,6 +276,7 @@ fn a_missing_topic_is_a_clear_error() {
 
 #[test]
 fn sigkilled_aggregator_resumes_from_the_store_offsets() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (t, _, reference) = topic_with_reference(dir.path(), "crash", 60_000, 12);
 
@@ -229,6 +299,8 @@ fn sigkilled_aggregator_resumes_from_the_store_offsets() {
         assert!(started.elapsed() < Duration::from_secs(60));
     }
     assert!(kills >= 1, "no aggregator was killed mid-stream");
-    run_ok(&mut aggregate(&t, &store, "crash"));
+    // A SIGKILLed member keeps its partitions until its 10s session times
+    // out: the final run's idle exit must outlast that (see README).
+    run_ok(&mut aggregate_idle(&t, &store, "crash", "20"));
     assert_eq!(totals(&store), totals(&reference));
 }

@@ -38,7 +38,9 @@ pub struct AggregateCmdArgs {
     /// Longest a micro-batch waits to fill before it is committed (freshness).
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub max_wait_ms: u64,
-    /// After SECS without new records: flush, commit and exit 0 (backfills, tests).
+    /// After SECS without new records on its partitions: commit and exit 0
+    /// (backfills, tests). After a crash, use more than the 10s session
+    /// timeout, so the dead member's partitions are reassigned first.
     #[arg(long, value_name = "SECS")]
     pub exit_on_idle: Option<f64>,
     /// Print the final summary as JSON.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use tokentally_ingest::kafka::event_key;
+use tokentally_ingest::kafka::{KafkaConfig, event_key};
 
 use super::kafka_args::KafkaArgs;
 use crate::config::Config;
@@ -29,32 +29,102 @@ pub struct ProduceArgs {
     pub kafka: KafkaArgs,
 }
 
-async fn settle(
-    pending: &mut VecDeque<DeliveryFuture>,
-    failed: &mut u64,
-    first_error: &mut Option<KafkaError>,
-) {
-    if let Some(f) = pending.pop_front() {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                *failed += 1;
-                first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                *failed += 1;
+/// Sends lines to a topic with many deliveries in flight, and reports
+/// whether Kafka acknowledged every one.
+pub struct LineProducer {
+    producer: FutureProducer,
+    topic: String,
+    pending: VecDeque<DeliveryFuture>,
+    sent: u64,
+    failed: u64,
+    first_error: Option<KafkaError>,
+}
+
+impl LineProducer {
+    pub fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
+        Ok(LineProducer {
+            producer: config
+                .producer()
+                .create()
+                .context("creating the Kafka producer")?,
+            topic: config.topic.clone(),
+            pending: VecDeque::with_capacity(IN_FLIGHT),
+            sent: 0,
+            failed: 0,
+            first_error: None,
+        })
+    }
+
+    /// Lines handed to the producer so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    async fn settle_one(&mut self) {
+        if let Some(f) = self.pending.pop_front() {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    self.failed += 1;
+                    self.first_error.get_or_insert(e);
+                }
+                Err(_) => self.failed += 1,
             }
         }
+    }
+
+    /// Queue one line (waiting while the producer's queue is full).
+    pub async fn send(&mut self, line: &[u8], key: Option<&str>) -> anyhow::Result<()> {
+        loop {
+            let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => {
+                    self.pending.push_back(f);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    } else {
+                        self.settle_one().await;
+                    }
+                }
+                Err((e, _)) => anyhow::bail!("producing to {} failed: {e}", self.topic),
+            }
+        }
+        self.sent += 1;
+        if self.pending.len() >= IN_FLIGHT {
+            self.settle_one().await;
+        }
+        Ok(())
+    }
+
+    /// Wait for every acknowledgement; an error unless all lines were acknowledged.
+    pub async fn finish(mut self) -> anyhow::Result<u64> {
+        while !self.pending.is_empty() {
+            self.settle_one().await;
+        }
+        self.producer.flush(Duration::from_secs(30))?;
+        if self.failed > 0 {
+            anyhow::bail!(
+                "{} of {} lines were not acknowledged by Kafka (first error: {})",
+                self.failed,
+                self.sent,
+                self.first_error
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "delivery future dropped".into())
+            );
+        }
+        Ok(self.sent)
     }
 }
 
 pub async fn run(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     args.kafka.apply(&mut config);
-    let k = &config.kafka;
-    let producer: FutureProducer = k
-        .producer()
-        .create()
-        .context("creating the Kafka producer")?;
+    let mut out = LineProducer::new(&config.kafka)?;
     let reader: Box<dyn Read> = if args.file.as_os_str() == "-" {
         Box::new(io::stdin())
     } else {
@@ -65,9 +135,6 @@ pub async fn run(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     };
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let started = Instant::now();
-    let (mut sent, mut failed) = (0u64, 0u64);
-    let mut first_error = None;
-    let mut pending: VecDeque<DeliveryFuture> = VecDeque::with_capacity(IN_FLIGHT);
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
@@ -80,50 +147,14 @@ pub async fn run(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let key = event_key(&line);
-        loop {
-            let mut record = FutureRecord::<str, [u8]>::to(&k.topic).payload(&line);
-            if let Some(key) = &key {
-                record = record.key(key.as_str());
-            }
-            match producer.send_result(record) {
-                Ok(f) => {
-                    pending.push_back(f);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    if pending.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    } else {
-                        settle(&mut pending, &mut failed, &mut first_error).await;
-                    }
-                }
-                Err((e, _)) => return Err(anyhow::anyhow!("producing to {} failed: {e}", k.topic)),
-            }
-        }
-        sent += 1;
-        if pending.len() >= IN_FLIGHT {
-            settle(&mut pending, &mut failed, &mut first_error).await;
-        }
+        out.send(&line, event_key(&line).as_deref()).await?;
     }
-    while !pending.is_empty() {
-        settle(&mut pending, &mut failed, &mut first_error).await;
-    }
-    producer.flush(Duration::from_secs(30))?;
+    let topic = config.kafka.topic.clone();
+    let sent = out.finish().await?;
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
-        "produced {} of {sent} lines to {} in {elapsed:.2}s ({:.0} lines/s)",
-        sent - failed,
-        k.topic,
+        "produced {sent} lines to {topic} in {elapsed:.2}s ({:.0} lines/s)",
         sent as f64 / elapsed.max(1e-9)
     );
-    if failed > 0 {
-        anyhow::bail!(
-            "{failed} lines were not acknowledged by Kafka (first error: {})",
-            first_error
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "delivery future dropped".into())
-        );
-    }
     Ok(())
 }

@@ -39,7 +39,24 @@ pub struct KafkaSource {
     /// Next offset per partition that the sink has already committed.
     committed: HashMap<i32, i64>,
     last_record: Instant,
+    /// Partitions assigned when last checked.
+    assigned: Vec<i32>,
     skipped: u64,
+}
+
+/// True while no partition is assigned, or when the assignment differs from
+/// the one seen last time (`last`, updated).
+fn assignment_changed(consumer: &StreamConsumer, last: &mut Vec<i32>) -> Result<bool, BoxError> {
+    let mut now: Vec<i32> = consumer
+        .assignment()?
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    now.sort_unstable();
+    let changed = now.is_empty() || now != *last;
+    *last = now;
+    Ok(changed)
 }
 
 /// The progress key of a partition.
@@ -64,6 +81,7 @@ impl KafkaSource {
             config,
             committed: HashMap::new(),
             last_record: Instant::now(),
+            assigned: Vec::new(),
             skipped: 0,
         })
     }
@@ -104,8 +122,12 @@ impl EventSource for KafkaSource {
                 break;
             }
             let msg = match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Err(_) if first_at.is_none() && self.consumer.assignment()?.count() == 0 => {
-                    // Not idle: still joining the group (no partitions yet).
+                Err(_)
+                    if first_at.is_none()
+                        && assignment_changed(&self.consumer, &mut self.assigned)? =>
+                {
+                    // Not idle: still joining the group, or partitions were
+                    // just (re)assigned and deserve their own idle window.
                     self.last_record = Instant::now();
                     continue;
                 }
