@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{bin, query, run_ok};
+use common::{bin, run_ok, totals};
 
 /// The tests share one broker and two cores: run them one at a time, so
 /// rebalance timing is not at the mercy of the other tests.
@@ -144,26 +144,6 @@ fn aggregate_idle(t: &Topic, store: &Path, group: &str, idle_secs: &str) -> Comm
 
 fn summary(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&run_ok(cmd).stdout).expect("summary JSON")
-}
-
-fn totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let mut rows = query(
-        store,
-        "SELECT * FROM usage_daily ORDER BY day, model, provider",
-    );
-    rows.extend(query(
-        store,
-        "SELECT CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS t, CAST(SUM(requests) AS BIGINT UNSIGNED) AS r FROM usage_minute",
-    ));
-    rows.extend(query(
-        store,
-        "SELECT app, CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS t FROM usage_app_daily GROUP BY app ORDER BY app",
-    ));
-    rows.extend(query(
-        store,
-        "SELECT reason, count FROM rejected ORDER BY reason",
-    ));
-    rows
 }
 
 #[test]

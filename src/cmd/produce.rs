@@ -1,6 +1,4 @@
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -8,6 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokentally_aggregate::source::EventSource;
+use tokentally_aggregate::source::file::{FileSource, Input};
 use tokentally_ingest::kafka::{KafkaConfig, event_key};
 
 use super::kafka_args::KafkaArgs;
@@ -125,29 +125,12 @@ impl LineProducer {
 pub async fn run(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     args.kafka.apply(&mut config);
     let mut out = LineProducer::new(&config.kafka)?;
-    let reader: Box<dyn Read> = if args.file.as_os_str() == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(
-            File::open(&args.file)
-                .with_context(|| format!("cannot read {}", args.file.display()))?,
-        )
-    };
-    let mut reader = BufReader::with_capacity(1 << 20, reader);
+    let mut source = FileSource::open(Input::parse(&args.file), 8192)?;
     let started = Instant::now();
-    let mut line = Vec::with_capacity(1024);
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
+    while let Some(batch) = source.next_batch().await.map_err(|e| anyhow::anyhow!(e))? {
+        for line in batch.iter() {
+            out.send(line, event_key(line).as_deref()).await?;
         }
-        while let [rest @ .., b'\n' | b'\r'] = line.as_slice() {
-            line.truncate(rest.len());
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        out.send(&line, event_key(&line).as_deref()).await?;
     }
     let topic = config.kafka.topic.clone();
     let sent = out.finish().await?;

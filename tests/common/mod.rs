@@ -49,3 +49,25 @@ pub fn s<'a>(row: &'a serde_json::Map<String, serde_json::Value>, col: &str) -> 
         .as_str()
         .unwrap_or_else(|| panic!("{col} is not a string in {row:?}"))
 }
+
+/// Every total a store exposes, in a fixed order: all `usage_daily` rows,
+/// per-(app, model) totals, the `usage_minute` sums, and reject counts.
+pub fn totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let mut rows = query(
+        store,
+        "SELECT * FROM usage_daily ORDER BY day, model, provider",
+    );
+    rows.extend(query(
+        store,
+        "SELECT app, model, CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS t, CAST(SUM(requests) AS BIGINT UNSIGNED) AS r FROM usage_app_daily GROUP BY app, model ORDER BY app, model",
+    ));
+    rows.extend(query(
+        store,
+        "SELECT CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS t, CAST(SUM(requests) AS BIGINT UNSIGNED) AS r, COUNT(*) AS n FROM usage_minute",
+    ));
+    rows.extend(query(
+        store,
+        "SELECT reason, count FROM rejected ORDER BY reason",
+    ));
+    rows
+}

@@ -36,7 +36,8 @@ pub struct KafkaSourceConfig {
 pub struct KafkaSource {
     consumer: StreamConsumer,
     config: KafkaSourceConfig,
-    /// Next offset per partition that the sink has already committed.
+    /// Next offset per partition already read: committed by the sink, or in
+    /// a batch handed out (a failed commit ends the process).
     committed: HashMap<i32, i64>,
     last_record: Instant,
     /// Partitions assigned when last checked.
@@ -145,6 +146,7 @@ impl EventSource for KafkaSource {
             batch
                 .progress
                 .insert(progress_key(&self.config.topic, partition), offset + 1);
+            self.committed.insert(partition, offset + 1);
             first_at.get_or_insert_with(Instant::now);
             if batch.len() >= cap {
                 break;
@@ -152,11 +154,6 @@ impl EventSource for KafkaSource {
         }
         if batch.is_empty() {
             return Ok(None); // idle for exit_on_idle
-        }
-        for (key, next) in &batch.progress {
-            if let Some(p) = key.rsplit(':').next().and_then(|p| p.parse().ok()) {
-                self.committed.insert(p, *next);
-            }
         }
         Ok(Some(batch))
     }
