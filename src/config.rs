@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokentally_aggregate::AggregatorConfig;
 use tokentally_ingest::FleetConfig;
 use tokentally_ingest::kafka::KafkaConfig;
+use tokentally_sink::alerts::AlertsConfig;
+use tokentally_sink::clickhouse::ClickHouseConfig;
 use tokentally_sink::embedded::StoreConfig;
-use tokentally_sink::milestones::DEFAULT_LADDER;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -23,7 +24,8 @@ pub struct Config {
     pub aggregate: AggregatorConfig,
     pub simulator: FleetConfig,
     pub kafka: KafkaConfig,
-    pub milestones: MilestoneConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// `[source]`: how input is cut into micro-batches.
@@ -38,22 +40,6 @@ impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             batch_records: 65_536,
-        }
-    }
-}
-
-/// `[milestones]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MilestoneConfig {
-    /// Daily per-model token thresholds. Default 1B, 10B, 100B, 1T, 10T.
-    pub daily_thresholds: Vec<u64>,
-}
-
-impl Default for MilestoneConfig {
-    fn default() -> Self {
-        MilestoneConfig {
-            daily_thresholds: DEFAULT_LADDER.to_vec(),
         }
     }
 }

@@ -55,6 +55,12 @@ enum Command {
     Produce(cmd::produce::ProduceArgs),
     /// Consume the events topic into a sink, exactly once.
     Aggregate(cmd::aggregate::AggregateCmdArgs),
+    /// Milestone alerts: detect, record, and deliver signed webhooks.
+    Alerts(cmd::alerts::AlertsArgs),
+    /// Create or upgrade the ClickHouse schema (idempotent).
+    Migrate(cmd::migrate::MigrateArgs),
+    /// HTTP ingest gateway: POST /v1/events → validated → Kafka, answered after Kafka acknowledged.
+    Gateway(cmd::gateway::GatewayArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -85,6 +91,9 @@ fn main() -> ExitCode {
                 Command::Topics(a) => cmd::topics::run(config, a).await,
                 Command::Produce(a) => cmd::produce::run(config, a).await,
                 Command::Aggregate(a) => cmd::aggregate::run(config, a).await,
+                Command::Migrate(a) => cmd::migrate::run(config, a).await,
+                Command::Alerts(a) => cmd::alerts::run(config, a).await,
+                Command::Gateway(a) => cmd::gateway::run(config, a).await,
             }
         })
     });

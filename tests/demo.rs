@@ -43,3 +43,36 @@ fn demo_crosses_one_trillion_and_the_store_agrees() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a demo store"));
     assert!(other.join("data.txt").exists());
 }
+
+#[test]
+fn demo_delivers_signed_milestones_to_a_webhook() {
+    let (url, seen) = common::webhook::receiver(false);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        bin()
+            .args([
+                "demo",
+                "--events",
+                "200000",
+                "--wall-secs",
+                "0",
+                "--webhook",
+                &url,
+            ])
+            .arg("--store")
+            .arg(dir.path().join("demo"))
+            .env("TOKENTALLY_WEBHOOK_SECRET", common::webhook::SECRET),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.bad_signatures, 0);
+    let first = &seen.delivered["first:model:1000000000000"][0];
+    assert_eq!(first["model"], "qwen/qwen3.6-plus");
+    assert!(
+        text.contains(&format!(
+            "webhook: {n} of {n} milestones delivered",
+            n = seen.delivered.len()
+        )),
+        "{text}"
+    );
+}

@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{bin, run_ok, totals};
+use common::services::{Topic, corpus, produce, reference, topic};
+use common::{bin, run_ok, totals, usage_totals};
 
 /// The tests share one broker and two cores: run them one at a time, so
 /// rebalance timing is not at the mercy of the other tests.
@@ -21,69 +22,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn brokers() -> String {
-    if let Ok(b) = std::env::var("TOKENTALLY_KAFKA_BROKERS") {
-        return b;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
-    let out = Command::new(script)
-        .arg("up")
-        .output()
-        .expect("run scripts/services up");
-    assert!(
-        out.status.success(),
-        "scripts/services up failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("export TOKENTALLY_KAFKA_BROKERS="))
-        .expect("scripts/services prints the broker address")
-        .to_string()
-}
-
-struct Topic {
-    brokers: String,
-    name: String,
-}
-
-fn topic(tag: &str) -> Topic {
-    let brokers = brokers();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let name = format!("tt-{tag}-{}-{nanos}", std::process::id());
-    run_ok(
-        bin()
-            .args(["topics", "create", "--kafka", &brokers, "--topic", &name])
-            .args(["--dlq-topic", &format!("{name}-dlq"), "--partitions", "4"]),
-    );
-    Topic { brokers, name }
-}
-
-fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
-    let path = dir.join(format!("events-{seed}.ndjson"));
-    run_ok(
-        bin()
-            .args([
-                "simulate",
-                "--events",
-                &events.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
-            .args(["--start-ms", "1795737600000", "--duplicate-rate", "0.02"])
-            .args(["--late-rate", "0.02", "--malformed-rate", "0.005", "--out"])
-            .arg(&path),
-    );
-    path
-}
-
 /// A fresh topic holding a simulated corpus, and the same corpus ingested
-/// from the file into a reference store (the file path is checked against
-/// independent ground truth in tests/ingest_ground_truth.rs).
+/// from the file into a reference store.
 fn topic_with_reference(
     dir: &Path,
     tag: &str,
@@ -93,25 +33,8 @@ fn topic_with_reference(
     let t = topic(tag);
     let file = corpus(dir, events, seed);
     produce(&t, &file);
-    let reference = dir.join("reference");
-    run_ok(
-        bin()
-            .args(["ingest", "--file"])
-            .arg(&file)
-            .arg("--store")
-            .arg(&reference),
-    );
+    let reference = reference(dir, &file);
     (t, file, reference)
-}
-
-fn produce(t: &Topic, file: &Path) {
-    run_ok(
-        bin()
-            .args([
-                "produce", "--kafka", &t.brokers, "--topic", &t.name, "--file",
-            ])
-            .arg(file),
-    );
 }
 
 fn aggregate(t: &Topic, store: &Path, group: &str) -> Command {
@@ -129,7 +52,7 @@ fn aggregate_idle(t: &Topic, store: &Path, group: &str, idle_secs: &str) -> Comm
         "--group",
         group,
     ])
-    .args(["--dlq-topic", &format!("{}-dlq", t.name)])
+    .args(["--dlq-topic", &t.dlq()])
     .args([
         "--batch-records",
         "2000",
@@ -166,13 +89,7 @@ fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
     produce(&t, &file);
     let replay = summary(&mut aggregate(&t, &store, "g1"));
     assert_eq!(replay["accepted"], 0);
-    let usage = |s: &Path| {
-        totals(s)
-            .into_iter()
-            .filter(|r| !r.contains_key("reason"))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(usage(&store), usage(&reference));
+    assert_eq!(usage_totals(&store), usage_totals(&reference));
 }
 
 #[test]

@@ -132,6 +132,18 @@ impl Aggregator {
         }
     }
 
+    /// Merge what the sink recovered for newly assigned partitions: their
+    /// dedup ids, and a newer watermark if another aggregator saw one.
+    pub fn restore(&mut self, recovered: &Recovered) {
+        if let Some(wm) = recovered.watermark_ms
+            && self.watermark_ms.is_none_or(|w| w < wm)
+        {
+            self.watermark_ms = Some(wm);
+            self.dedup.advance(wm);
+        }
+        self.dedup.restore(recovered.dedup_ids.iter().copied());
+    }
+
     pub fn with_metrics(mut self, metrics: PipelineMetrics) -> Self {
         self.metrics = Some(metrics);
         self

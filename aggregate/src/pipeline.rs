@@ -28,13 +28,23 @@ where
     }
     let mut totals = BatchStats::default();
     while let Some(raw) = source.next_batch().await.map_err(Error::Source)? {
-        let outcome = aggregator.process(&raw).await?;
-        sink.commit(&outcome).await.map_err(Error::Sink)?;
-        source
-            .acknowledge(&outcome.progress)
-            .map_err(Error::Source)?;
-        totals.add(&outcome.stats);
-        on_commit(&outcome);
+        if !raw.is_empty() {
+            let outcome = aggregator.process(&raw).await?;
+            sink.commit(&outcome).await.map_err(Error::Sink)?;
+            source
+                .acknowledge(&outcome.progress)
+                .map_err(Error::Source)?;
+            totals.add(&outcome.stats);
+            on_commit(&outcome);
+        }
+        if !raw.needs_resume.is_empty() {
+            let recovered = sink
+                .recover_partitions(&raw.needs_resume)
+                .await
+                .map_err(Error::Recover)?;
+            aggregator.restore(&recovered);
+            source.resume(&recovered.progress).map_err(Error::Source)?;
+        }
     }
     Ok(totals)
 }

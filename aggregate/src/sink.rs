@@ -23,7 +23,17 @@ pub struct Recovered {
 /// (deltas, dead letters, dedup ids, progress, watermark) is visible to
 /// `recover` and to readers, or none of it is.
 pub trait UsageSink {
+    /// Everything committed so far: all progress, the watermark and the ids
+    /// within the dedup horizon. Called once, at start.
     fn recover(&mut self) -> impl Future<Output = Result<Recovered, BoxError>> + Send;
+    /// The committed progress of the given source partitions, read fresh
+    /// (another aggregator may have advanced them), and the dedup ids of the
+    /// batches that advanced them since `recover`. Called when a source is
+    /// assigned partitions (a consumer-group rebalance).
+    fn recover_partitions(
+        &mut self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Recovered, BoxError>> + Send;
     fn commit(
         &mut self,
         outcome: &BatchOutcome,

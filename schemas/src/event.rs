@@ -18,8 +18,10 @@ use crate::reject::{RejectReason, Rejection};
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// Maximum length in bytes of `model`, `provider`, `app`, `node` and `region`.
 pub const MAX_NAME_BYTES: usize = 256;
-/// Largest accepted epoch-millisecond timestamp (9999-12-31T23:59:59.999Z).
-pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// Largest accepted epoch-millisecond timestamp (2105-12-31T23:59:59.999Z):
+/// the last day ClickHouse `Date` and `DateTime` columns can hold on every
+/// server version.
+pub const MAX_TS_MS: i64 = 4_291_747_199_999;
 /// Milliseconds in a UTC day.
 pub const MS_PER_DAY: i64 = 86_400_000;
 /// Milliseconds in a minute.
@@ -558,7 +560,7 @@ fn check_ts<E: de::Error>(st: &ParseState<'_>, ts: Ts<'_>) -> Result<i64, E> {
     match ts {
         Ts::Num(Num::Unsigned(v)) if v <= MAX_TS_MS as u64 => Ok(v as i64),
         Ts::Num(Num::Unsigned(v)) => Err(bad(format!(
-            "`ts` {v} is beyond year 9999 (it must be epoch milliseconds)"
+            "`ts` {v} is after 2105-12-31 (it must be epoch milliseconds)"
         ))),
         Ts::Num(Num::Negative) => Err(bad("`ts` must not be before 1970".into())),
         Ts::Num(Num::Float(v)) => Err(bad(format!(
@@ -570,7 +572,10 @@ fn check_ts<E: de::Error>(st: &ParseState<'_>, ts: Ts<'_>) -> Result<i64, E> {
                 if (0..=MAX_TS_MS).contains(&ms) {
                     Ok(ms)
                 } else {
-                    Err(bad(format!("`ts` {:?} is outside 1970..=9999", s.0)))
+                    Err(bad(format!(
+                        "`ts` {:?} is outside 1970-01-01..=2105-12-31",
+                        s.0
+                    )))
                 }
             }
             Err(e) => Err(bad(format!(

@@ -27,7 +27,7 @@ pub enum RejectReason {
     EmptyValue,
     /// A string is longer than its limit.
     TooLong,
-    /// `ts` is neither epoch milliseconds nor an RFC 3339 time with offset, or is outside 1970..=9999.
+    /// `ts` is neither epoch milliseconds nor an RFC 3339 time with offset, or is outside 1970-01-01..=2105-12-31.
     InvalidTs,
     /// A value outside its allowed set (e.g. `status` other than "ok"/"error").
     InvalidValue,

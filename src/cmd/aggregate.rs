@@ -4,11 +4,16 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokentally_aggregate::core::{BatchOutcome, BatchStats};
 use tokentally_aggregate::pipeline;
+use tokentally_aggregate::sink::UsageSink;
 use tokentally_aggregate::source::kafka::{KafkaSource, KafkaSourceConfig};
 use tokentally_ingest::kafka::ensure_topics_exist;
+use tokentally_sink::clickhouse::ClickHouseSink;
 use tokentally_sink::embedded::EmbeddedStore;
 
+use super::clickhouse_args::ClickHouseArgs;
+use super::gateway::shutdown_signal;
 use super::ingest::Summary;
 use super::kafka_args::KafkaArgs;
 use crate::config::{AggregateArgs, Config, StoreArgs};
@@ -28,18 +33,26 @@ pub struct AggregateCmdArgs {
     /// Consumer group [default: tokentally-aggregator].
     #[arg(long, env = "TOKENTALLY_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
-    /// Where roll-ups go. (The ClickHouse sink is not built yet.)
+    /// Where roll-ups go.
     #[arg(long, value_enum, default_value_t = SinkKind::Embedded)]
     pub sink: SinkKind,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
     pub aggregate: AggregateArgs,
+    /// Static group membership id (e.g. the pod or host name): a restarted
+    /// aggregator with the same id takes its partitions back at once instead
+    /// of waiting for the 10s session timeout.
+    #[arg(long, env = "TOKENTALLY_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
     /// Longest a micro-batch waits to fill before it is committed (freshness).
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub max_wait_ms: u64,
-    /// After SECS without new records on its partitions: commit and exit 0
-    /// (backfills, tests). After a crash, use more than the 10s session
+    /// After SECS without new records, once every assigned partition has been
+    /// read to its end: commit and exit 0 (backfills, tests). A broker outage
+    /// is not idleness: it waits until the broker is back. After a crash, use more than the 10s session
     /// timeout, so the dead member's partitions are reassigned first.
     #[arg(long, value_name = "SECS")]
     pub exit_on_idle: Option<f64>,
@@ -52,19 +65,50 @@ pub struct AggregateCmdArgs {
 pub enum SinkKind {
     /// The local Parquet store (one aggregator process per store directory).
     Embedded,
+    /// ClickHouse (run `tokentally migrate` first); any number of
+    /// aggregators in one group may share it.
+    Clickhouse,
 }
 
 pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<()> {
     args.kafka.apply(&mut config);
     config.apply_store(&args.store);
     config.apply_aggregate(&args.aggregate);
+    args.clickhouse.apply(&mut config)?;
     if let Some(g) = &args.group {
         config.kafka.group = g.clone();
     }
-    let SinkKind::Embedded = args.sink;
     let k = config.kafka.clone();
     ensure_topics_exist(&k, &[&k.topic, &k.dlq_topic]).map_err(anyhow::Error::msg)?;
-    let mut store = EmbeddedStore::open(config.store.clone())?;
+    match args.sink {
+        SinkKind::Embedded => {
+            let mut store = EmbeddedStore::open(config.store.clone())?;
+            let at = store.dir().display().to_string();
+            consume(&config, &args, &mut store, &at).await
+        }
+        SinkKind::Clickhouse => {
+            let ch = config.clickhouse.clone();
+            let mut sink =
+                ClickHouseSink::connect(ch.clone(), config.aggregate.dedup.horizon).await?;
+            let at = format!(
+                "{} (database {}, ClickHouse {})",
+                ch.url,
+                ch.database,
+                sink.server().version
+            );
+            consume(&config, &args, &mut sink, &at).await
+        }
+    }
+}
+
+/// Run the consumer-group pipeline into `sink` until idle or a signal.
+async fn consume<K: UsageSink>(
+    config: &Config,
+    args: &AggregateCmdArgs,
+    sink: &mut K,
+    sink_name: &str,
+) -> anyhow::Result<()> {
+    let k = &config.kafka;
     let mut source = KafkaSource::connect(KafkaSourceConfig {
         brokers: k.brokers.clone(),
         topic: k.topic.clone(),
@@ -72,47 +116,27 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
         batch_records: config.source.batch_records,
         max_wait: Duration::from_millis(args.max_wait_ms),
         exit_on_idle: args.exit_on_idle.map(Duration::from_secs_f64),
+        instance_id: args.instance_id.clone(),
     })
     .map_err(|e| anyhow::anyhow!("connecting to Kafka at {}: {e}", k.brokers))?;
     let dlq: FutureProducer = k
         .producer()
         .create()
         .context("creating the dead-letter producer")?;
-    tracing::info!(brokers = %k.brokers, topic = %k.topic, group = %k.group, store = %store.dir().display(), "aggregating");
+    tracing::info!(brokers = %k.brokers, topic = %k.topic, group = %k.group, sink = sink_name, "aggregating");
 
     let started = Instant::now();
     let run = pipeline::run(
         &mut source,
-        &mut store,
+        sink,
         config.aggregate.clone(),
         None,
         |outcome| {
             tracing::debug!(records = outcome.stats.records, accepted = outcome.stats.accepted, progress = ?outcome.progress, "committed batch");
-            for dl in &outcome.dead_letters {
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "reason",
-                        value: Some(dl.rejection.reason.as_str()),
-                    })
-                    .insert(Header {
-                        key: "field",
-                        value: dl.rejection.field,
-                    })
-                    .insert(Header {
-                        key: "detail",
-                        value: Some(dl.rejection.detail.as_str()),
-                    });
-                let record = FutureRecord::<(), [u8]>::to(&k.dlq_topic)
-                    .payload(&dl.raw)
-                    .headers(headers);
-                if let Err((e, _)) = dlq.send_result(record) {
-                    // The store keeps every dead letter; the topic is a mirror.
-                    tracing::warn!(error = %e, topic = %k.dlq_topic, "dead-letter mirror send failed");
-                }
-            }
+            mirror_dead_letters(&dlq, &k.dlq_topic, outcome);
         },
     );
-    let stats = tokio::select! {
+    let stats: BatchStats = tokio::select! {
         r = run => r.context("aggregation failed; every batch committed before the failure is kept")?,
         _ = shutdown_signal() => {
             eprintln!("shutting down: the last committed batch is kept, the batch in flight will be read again");
@@ -120,7 +144,7 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
         }
     };
     dlq.flush(Duration::from_secs(10))?;
-    let summary = Summary::new(&stats, started, store.dir(), 0);
+    let summary = Summary::new(&stats, started, sink_name, 0);
     let elapsed = summary.elapsed_s;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -137,17 +161,29 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// Copy a committed batch's refused records to the dead-letter topic, with
+/// the reason, field and detail in headers. The sink keeps every dead
+/// letter; the topic is a mirror for tools that watch Kafka.
+fn mirror_dead_letters(dlq: &FutureProducer, topic: &str, outcome: &BatchOutcome) {
+    for dl in &outcome.dead_letters {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(dl.rejection.reason.as_str()),
+            })
+            .insert(Header {
+                key: "field",
+                value: dl.rejection.field,
+            })
+            .insert(Header {
+                key: "detail",
+                value: Some(dl.rejection.detail.as_str()),
+            });
+        let record = FutureRecord::<(), [u8]>::to(topic)
+            .payload(&dl.raw)
+            .headers(headers);
+        if let Err((e, _)) = dlq.send_result(record) {
+            tracing::warn!(error = %e, topic, "dead-letter mirror send failed");
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokentally_aggregate::pipeline;
 use tokentally_aggregate::source::simulated::SimulatedSource;
 use tokentally_ingest::Fleet;
+use tokentally_sink::alerts::{Alerter, Status, WebhookConfig, totals};
 use tokentally_sink::embedded::{EmbeddedStore, StoreConfig};
 use tokentally_sink::milestones::{Crossing, MilestoneTracker, human_tokens};
 
@@ -49,6 +50,31 @@ pub struct DemoArgs {
     /// Models shown in the leaderboard.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub top: usize,
+    /// Also deliver every milestone (thresholds, firsts, records) to this
+    /// webhook, signed with the whsec_ secret in TOKENTALLY_WEBHOOK_SECRET
+    /// (Standard Webhooks). Delivery state goes to DIR/alerts.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+}
+
+/// Deliver the store's milestones to the demo's webhook while the demo runs:
+/// every second, read the totals, detect, deliver what is due. Stops when
+/// `stop` turns true and hands the alerter back for a last round.
+fn spawn_alerter(
+    mut alerter: Alerter,
+    store: PathBuf,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<anyhow::Result<Alerter>> {
+    tokio::spawn(async move {
+        while !*stop.borrow() {
+            if let Ok(t) = totals::from_store(&store).await {
+                alerter.detect(&t)?;
+            }
+            alerter.deliver_due().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(alerter)
+    })
 }
 
 fn reset_store(dir: &Path) -> anyhow::Result<()> {
@@ -141,7 +167,20 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let wall = (args.wall_secs > 0.0).then(|| Duration::from_secs_f64(args.wall_secs));
     let mut source = SimulatedSource::start(fleet, args.batch_records, wall);
     let mut store = EmbeddedStore::open(config.store.clone())?;
-    let mut tracker = MilestoneTracker::new(config.milestones.daily_thresholds.clone());
+    let mut tracker = MilestoneTracker::new(config.alerts.rules.daily_thresholds.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let alerts = match &args.webhook {
+        Some(url) => {
+            let mut alerts = config.alerts.clone();
+            alerts.webhooks = vec![WebhookConfig::new(url)];
+            let mut alerter = Alerter::open(&args.store.join("alerts"), alerts)?;
+            // A first look at the empty store, so everything after is news.
+            alerter.detect(&Default::default())?;
+            println!("  milestones are also delivered to {url} (signed webhooks)\n");
+            Some(spawn_alerter(alerter, args.store.clone(), stopped))
+        }
+        None => None,
+    };
 
     let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::with_draw_target(if tty {
@@ -205,6 +244,30 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     board.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(task) = alerts {
+        stop.send_replace(true);
+        let mut alerter = task.await??;
+        alerter.detect(&totals::from_store(&args.store).await?)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alerter.deliver_due().await? > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let deliveries: Vec<Status> = alerter
+            .state()
+            .milestones
+            .values()
+            .flat_map(|r| r.deliveries.values().map(|d| d.status))
+            .collect();
+        let delivered = deliveries
+            .iter()
+            .filter(|s| **s == Status::Delivered)
+            .count();
+        println!(
+            "\nwebhook: {delivered} of {} milestones delivered (`tokentally alerts list --state {}` for details)",
+            deliveries.len(),
+            args.store.join("alerts").display()
+        );
+    }
 
     println!("\n{}\n", leaderboard(&tracker, args.top));
     println!(

@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -48,7 +48,7 @@ impl<'a> Summary<'a> {
     pub fn new(
         stats: &'a BatchStats,
         started: Instant,
-        store: &Path,
+        store: impl std::fmt::Display,
         resumed_at_byte: u64,
     ) -> Self {
         let elapsed = started.elapsed().as_secs_f64();
@@ -58,7 +58,7 @@ impl<'a> Summary<'a> {
             resumed_at_byte,
             elapsed_s: elapsed,
             events_per_s: stats.records as f64 / elapsed.max(1e-9),
-            store: store.display().to_string(),
+            store: store.to_string(),
         }
     }
 }
@@ -78,7 +78,12 @@ pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     )
     .await
     .context("ingest failed; the store keeps every batch committed before the failure")?;
-    let summary = Summary::new(&stats, started, store.dir(), source.skipped_bytes());
+    let summary = Summary::new(
+        &stats,
+        started,
+        store.dir().display(),
+        source.skipped_bytes(),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

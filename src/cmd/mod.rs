@@ -1,7 +1,11 @@
 pub mod aggregate;
+pub mod alerts;
+mod clickhouse_args;
 pub mod demo;
+pub mod gateway;
 pub mod ingest;
 mod kafka_args;
+pub mod migrate;
 pub mod produce;
 pub mod query;
 pub mod simulate;

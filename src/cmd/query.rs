@@ -60,10 +60,7 @@ fn write(out: &mut impl Write, batches: &[RecordBatch], format: Format) -> anyho
             let mut w = arrow::json::ArrayWriter::new(&mut *out);
             let refs: Vec<&RecordBatch> = batches.iter().collect();
             w.write_batches(&refs)?;
-            w.finish()?;
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                write!(out, "[]")?;
-            }
+            w.finish()?; // writes `[]` for an empty result too
             writeln!(out)?;
         }
     }

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod services;
+pub mod webhook;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -70,4 +73,38 @@ pub fn totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
         "SELECT reason, count FROM rejected ORDER BY reason",
     ));
     rows
+}
+
+/// `totals` without the reject counts: what counts as usage.
+pub fn usage_totals(store: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    totals(store)
+        .into_iter()
+        .filter(|r| !r.contains_key("reason"))
+        .collect()
+}
+
+/// Compare two `totals()` listings, reporting only what differs.
+#[track_caller]
+pub fn assert_same_totals(
+    actual: &[serde_json::Map<String, serde_json::Value>],
+    expected: &[serde_json::Map<String, serde_json::Value>],
+) {
+    if actual == expected {
+        return;
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|r| !actual.contains(r))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .iter()
+        .filter(|r| !expected.contains(r))
+        .take(5)
+        .collect();
+    panic!(
+        "totals differ: {} rows, expected {}\nexpected but not found (first 5): {missing:#?}\nfound but not expected (first 5): {extra:#?}",
+        actual.len(),
+        expected.len()
+    );
 }

@@ -20,6 +20,11 @@ pub struct RawBatch {
     /// What consuming this batch advances: source partition key → the next
     /// position to read. Sinks persist it atomically with the deltas.
     pub progress: BTreeMap<String, i64>,
+    /// Partitions the source was newly assigned and cannot read on from
+    /// until it learns their committed progress: after committing this
+    /// batch, the pipeline asks the sink (`recover_partitions`) and hands
+    /// the answer to [`EventSource::resume`].
+    pub needs_resume: Vec<String>,
 }
 
 impl RawBatch {
@@ -28,6 +33,7 @@ impl RawBatch {
             data: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(records),
             progress: BTreeMap::new(),
+            needs_resume: Vec::new(),
         }
     }
 
@@ -81,16 +87,19 @@ impl RawBatch {
         self.data.clear();
         self.ends.clear();
         self.progress.clear();
+        self.needs_resume.clear();
     }
 }
 
 /// A stream of raw micro-batches.
 pub trait EventSource {
-    /// Called once, before the first batch, with the progress the sink
-    /// committed; a source that can seek continues after it.
+    /// Called before the first batch with the progress the sink committed,
+    /// and again after every batch with `needs_resume`, with the progress of
+    /// those partitions; the source continues after it.
     fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError>;
 
-    /// The next micro-batch, or `None` when the source is exhausted.
+    /// The next micro-batch, or `None` when the source is exhausted. A batch
+    /// may be empty when it only carries `needs_resume`.
     fn next_batch(&mut self) -> impl Future<Output = Result<Option<RawBatch>, BoxError>> + Send;
 
     /// Called after the sink has durably committed a batch, with its

@@ -3,18 +3,27 @@
 //! Exactly-once comes from the sink, not from Kafka: every batch carries, as
 //! progress, the next offset of each partition it read (key
 //! `kafka:<topic>:<partition>`), and the sink commits that atomically with
-//! the deltas. On start the source learns the sink's committed offsets
-//! (`resume`) and skips any record below them, so records redelivered after
-//! a crash, a rebalance or a lagging Kafka commit are never counted twice.
-//! Offsets are committed to Kafka only after the sink has committed
-//! (`acknowledge`): they tell the group where to start and feed lag
-//! metrics, they are not the source of truth.
+//! the deltas. When a partition is assigned (at start or by a rebalance),
+//! the source reads nothing from it until it has learnt the sink's
+//! committed offset for it (`needs_resume` → `resume`), and then skips any
+//! record below that offset, so records redelivered after a crash, a
+//! rebalance or a lagging Kafka commit are never counted twice. When a
+//! partition is revoked, its records in the batch being filled are dropped
+//! (the new owner reads them from the sink's offset). Offsets are committed
+//! to Kafka only after the sink has committed (`acknowledge`): they tell the
+//! group where to start and feed lag metrics, they are not the source of
+//! truth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 use super::{BoxError, EventSource, RawBatch};
 
@@ -28,26 +37,123 @@ pub struct KafkaSourceConfig {
     pub batch_records: usize,
     /// Longest a non-empty micro-batch waits to fill up (freshness).
     pub max_wait: Duration,
-    /// End the stream after this long without a record (backfills, tests).
+    /// End the stream after this long without a record, once every assigned
+    /// partition is read to its high watermark (backfills, tests).
     pub exit_on_idle: Option<Duration>,
+    /// Static group membership (`group.instance.id`): a restarted member
+    /// with the same id gets its partitions back at once, without waiting
+    /// for the session timeout or rebalancing the others.
+    pub instance_id: Option<String>,
 }
+
+/// Records partitions revoked by rebalances, for the batch builder.
+#[derive(Default)]
+struct RebalanceLog {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
+            tracing::info!(partitions = ?revoked, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?parts, "partitions assigned");
+        }
+    }
+}
+
+type Kafka = StreamConsumer<RebalanceLog>;
 
 /// A consumer-group member reading raw event records.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: Kafka,
     config: KafkaSourceConfig,
-    /// Next offset per partition already read: committed by the sink, or in
-    /// a batch handed out (a failed commit ends the process).
-    committed: HashMap<i32, i64>,
+    cursor: Cursor,
+    /// The record that revealed a partition still to resume.
+    pending: Option<OwnedMessage>,
     last_record: Instant,
     /// Partitions assigned when last checked.
     assigned: Vec<i32>,
+}
+
+/// Where the source stands in each partition.
+#[derive(Default)]
+struct Cursor {
+    /// Next offset per partition already read: committed by the sink, or in
+    /// a batch handed out (a failed commit ends the process).
+    committed: HashMap<i32, i64>,
+    /// Partitions whose committed progress was learnt since their
+    /// assignment; records of other partitions wait for `resume`.
+    resumed: HashSet<i32>,
+    /// Partitions asked for in the last `needs_resume`.
+    awaiting: Vec<i32>,
     skipped: u64,
 }
 
-/// True while no partition is assigned, or when the assignment differs from
-/// the one seen last time (`last`, updated).
-fn assignment_changed(consumer: &StreamConsumer, last: &mut Vec<i32>) -> Result<bool, BoxError> {
+impl Cursor {
+    /// Apply revocations reported by the rebalance callback: forget the
+    /// partitions' positions and drop their records from the batch.
+    fn take_revocations(&mut self, consumer: &Kafka, topic: &str, filling: &mut Filling) {
+        let revoked: Vec<i32> = std::mem::take(
+            &mut *consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if revoked.is_empty() {
+            return;
+        }
+        for p in &revoked {
+            self.resumed.remove(p);
+            self.committed.remove(p);
+        }
+        filling.drop_partitions(topic, &revoked);
+    }
+
+    /// Take one record into the batch; `false` when its partition must be
+    /// resumed first (the caller keeps the record as pending).
+    fn accept<M: Message>(
+        &mut self,
+        consumer: &Kafka,
+        topic: &str,
+        filling: &mut Filling,
+        msg: &M,
+    ) -> Result<bool, BoxError> {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        if !self.resumed.contains(&partition) {
+            let mut need: Vec<i32> = assignment(consumer)?
+                .into_iter()
+                .filter(|p| !self.resumed.contains(p))
+                .collect();
+            if !need.contains(&partition) {
+                need.push(partition);
+            }
+            filling.batch.needs_resume = need.iter().map(|p| progress_key(topic, *p)).collect();
+            self.awaiting = need;
+            return Ok(false);
+        }
+        if self.committed.get(&partition).is_some_and(|&c| offset < c) {
+            self.skipped += 1;
+            return Ok(true);
+        }
+        filling.push(topic, partition, offset, msg.payload().unwrap_or_default());
+        self.committed.insert(partition, offset + 1);
+        Ok(true)
+    }
+}
+
+/// The sorted partitions currently assigned.
+fn assignment(consumer: &Kafka) -> Result<Vec<i32>, BoxError> {
     let mut now: Vec<i32> = consumer
         .assignment()?
         .elements()
@@ -55,9 +161,34 @@ fn assignment_changed(consumer: &StreamConsumer, last: &mut Vec<i32>) -> Result<
         .map(|e| e.partition())
         .collect();
     now.sort_unstable();
+    Ok(now)
+}
+
+/// True while no partition is assigned, or when the assignment differs from
+/// the one seen last time (`last`, updated).
+fn assignment_changed(consumer: &Kafka, last: &mut Vec<i32>) -> Result<bool, BoxError> {
+    let now = assignment(consumer)?;
     let changed = now.is_empty() || now != *last;
     *last = now;
     Ok(changed)
+}
+
+/// Errors the consumer cannot recover from by itself: a fatal client
+/// error, or the topic or group being unusable.
+fn is_fatal(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Fatal
+                | C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+                | C::InvalidGroupId
+                | C::FencedInstanceId
+        )
+    )
 }
 
 /// The progress key of a partition.
@@ -65,9 +196,51 @@ pub fn progress_key(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
 }
 
+/// A batch being filled, with the partition of each record so that the
+/// records of a revoked partition can be dropped.
+struct Filling {
+    batch: RawBatch,
+    partitions: Vec<i32>,
+}
+
+impl Filling {
+    fn push(&mut self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+        self.batch.push(payload);
+        self.partitions.push(partition);
+        self.batch
+            .progress
+            .insert(progress_key(topic, partition), offset + 1);
+    }
+
+    /// Forget every record of `revoked`.
+    fn drop_partitions(&mut self, topic: &str, revoked: &[i32]) {
+        if !self.partitions.iter().any(|p| revoked.contains(p)) {
+            return;
+        }
+        let mut kept = RawBatch::with_capacity(self.batch.len(), self.batch.bytes());
+        let mut parts = Vec::with_capacity(self.partitions.len());
+        for (rec, &p) in self.batch.iter().zip(&self.partitions) {
+            if !revoked.contains(&p) {
+                kept.push(rec);
+                parts.push(p);
+            }
+        }
+        kept.progress = std::mem::take(&mut self.batch.progress);
+        for p in revoked {
+            kept.progress.remove(&progress_key(topic, *p));
+        }
+        self.batch = kept;
+        self.partitions = parts;
+    }
+}
+
 impl KafkaSource {
     pub fn connect(config: KafkaSourceConfig) -> Result<Self, BoxError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: Kafka = client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -75,33 +248,83 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .create()?;
+            // Keep fetching while the application is busy: without these,
+            // librdkafka stops fetching a partition for a whole second once
+            // 100k messages are queued, which stalls a fast consumer. The
+            // queue stays bounded by bytes (16 MiB per partition).
+            .set("queued.min.messages", "1000000")
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("max.partition.fetch.bytes", "4194304")
+            .create_with_context(RebalanceLog::default())?;
         consumer.subscribe(&[&config.topic])?;
         Ok(KafkaSource {
             consumer,
             config,
-            committed: HashMap::new(),
+            cursor: Cursor::default(),
+            pending: None,
             last_record: Instant::now(),
             assigned: Vec::new(),
-            skipped: 0,
         })
     }
 
     /// Records skipped because the sink had already committed them.
     pub fn skipped_records(&self) -> u64 {
-        self.skipped
+        self.cursor.skipped
+    }
+
+    /// True when every assigned partition has been read to its end (the
+    /// high watermark). False when that cannot be known (broker down).
+    fn caught_up(&self) -> bool {
+        let timeout = Duration::from_secs(5);
+        let Ok(assigned) = self.consumer.assignment() else {
+            return false;
+        };
+        let position = self.consumer.position().ok();
+        let committed = self.consumer.committed(timeout).ok();
+        let offset_in = |list: &Option<TopicPartitionList>, p: i32| {
+            list.as_ref()
+                .and_then(|l| l.find_partition(&self.config.topic, p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+        };
+        let caught_up = assigned.elements().iter().all(|e| {
+            let p = e.partition();
+            let Ok((low, high)) = self
+                .consumer
+                .fetch_watermarks(&self.config.topic, p, timeout)
+            else {
+                return false;
+            };
+            let next = offset_in(&position, p)
+                .or_else(|| offset_in(&committed, p))
+                .unwrap_or(low);
+            next >= high
+        });
+        drop((position, committed, assigned));
+        caught_up
+    }
+
+    fn partition_of(&self, key: &str) -> Option<i32> {
+        key.strip_prefix("kafka:")?
+            .strip_prefix(self.config.topic.as_str())?
+            .strip_prefix(':')?
+            .parse()
+            .ok()
     }
 }
 
 impl EventSource for KafkaSource {
     fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError> {
-        let prefix = format!("kafka:{}:", self.config.topic);
+        for p in std::mem::take(&mut self.cursor.awaiting) {
+            self.cursor.committed.remove(&p);
+            self.cursor.resumed.insert(p);
+        }
         for (key, offset) in committed {
-            if let Some(p) = key
-                .strip_prefix(&prefix)
-                .and_then(|p| p.parse::<i32>().ok())
-            {
-                self.committed.insert(p, *offset);
+            if let Some(p) = self.partition_of(key) {
+                self.cursor.committed.insert(p, *offset);
             }
         }
         Ok(())
@@ -109,8 +332,26 @@ impl EventSource for KafkaSource {
 
     async fn next_batch(&mut self) -> Result<Option<RawBatch>, BoxError> {
         let cap = self.config.batch_records.max(1);
-        let mut batch = RawBatch::with_capacity(cap, cap * 300);
+        let mut filling = Filling {
+            batch: RawBatch::with_capacity(cap, cap * 300),
+            partitions: Vec::with_capacity(cap),
+        };
         let mut first_at: Option<Instant> = None;
+        let topic = self.config.topic.clone();
+        // Idleness is time spent waiting here, not time spent committing
+        // (a sink outage must not look like the end of the stream).
+        self.last_record = Instant::now();
+        if let Some(msg) = self.pending.take()
+            && !self
+                .cursor
+                .accept(&self.consumer, &topic, &mut filling, &msg)?
+        {
+            self.pending = Some(msg);
+            return Ok(Some(filling.batch));
+        }
+        if !filling.batch.is_empty() {
+            first_at = Some(Instant::now());
+        }
         loop {
             let wait = match first_at {
                 Some(t) => self.config.max_wait.saturating_sub(t.elapsed()),
@@ -119,10 +360,12 @@ impl EventSource for KafkaSource {
                     None => Duration::from_secs(3600),
                 },
             };
-            if wait.is_zero() {
-                break;
-            }
-            let msg = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            // With no time left, `timeout` still takes a record that is
+            // ready, and otherwise falls through to the checks below.
+            let received = tokio::time::timeout(wait, self.consumer.recv()).await;
+            self.cursor
+                .take_revocations(&self.consumer, &topic, &mut filling);
+            let msg = match received {
                 Err(_)
                     if first_at.is_none()
                         && assignment_changed(&self.consumer, &mut self.assigned)? =>
@@ -132,40 +375,47 @@ impl EventSource for KafkaSource {
                     self.last_record = Instant::now();
                     continue;
                 }
+                Err(_) if first_at.is_none() && !self.caught_up() => {
+                    // Quiet, but not at the end of every partition (the
+                    // broker is down or restarting): not idle.
+                    self.last_record = Instant::now();
+                    continue;
+                }
                 Err(_) => break, // waited long enough
-                Ok(Err(e)) => return Err(Box::new(e)),
+                Ok(Err(e)) if is_fatal(&e) => return Err(Box::new(e)),
+                Ok(Err(e)) => {
+                    // Broker down, transport failures, rebalances in
+                    // progress: librdkafka reconnects and retries by itself.
+                    tracing::warn!(error = %e, "Kafka consumer error, continuing");
+                    continue;
+                }
                 Ok(Ok(msg)) => msg,
             };
             self.last_record = Instant::now();
-            let (partition, offset) = (msg.partition(), msg.offset());
-            if self.committed.get(&partition).is_some_and(|&c| offset < c) {
-                self.skipped += 1;
-                continue;
+            if !self
+                .cursor
+                .accept(&self.consumer, &topic, &mut filling, &msg)?
+            {
+                self.pending = Some(msg.detach());
+                return Ok(Some(filling.batch));
             }
-            batch.push(msg.payload().unwrap_or_default());
-            batch
-                .progress
-                .insert(progress_key(&self.config.topic, partition), offset + 1);
-            self.committed.insert(partition, offset + 1);
-            first_at.get_or_insert_with(Instant::now);
-            if batch.len() >= cap {
+            if !filling.batch.is_empty() {
+                first_at.get_or_insert_with(Instant::now);
+            }
+            if filling.batch.len() >= cap {
                 break;
             }
         }
-        if batch.is_empty() {
+        if filling.batch.is_empty() {
             return Ok(None); // idle for exit_on_idle
         }
-        Ok(Some(batch))
+        Ok(Some(filling.batch))
     }
 
     fn acknowledge(&mut self, progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
-        let prefix = format!("kafka:{}:", self.config.topic);
         let mut tpl = TopicPartitionList::new();
         for (key, next) in progress {
-            if let Some(p) = key
-                .strip_prefix(&prefix)
-                .and_then(|p| p.parse::<i32>().ok())
-            {
+            if let Some(p) = self.partition_of(key) {
                 tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(*next))?;
             }
         }
@@ -173,5 +423,28 @@ impl EventSource for KafkaSource {
             self.consumer.commit(&tpl, CommitMode::Async)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_a_revoked_partition_keeps_the_others() {
+        let mut f = Filling {
+            batch: RawBatch::default(),
+            partitions: Vec::new(),
+        };
+        f.push("t", 0, 10, b"a");
+        f.push("t", 1, 20, b"b");
+        f.push("t", 0, 11, b"c");
+        f.push("t", 2, 5, b"d");
+        f.drop_partitions("t", &[0]);
+        let recs: Vec<&[u8]> = f.batch.iter().collect();
+        assert_eq!(recs, vec![&b"b"[..], b"d"]);
+        assert_eq!(f.partitions, vec![1, 2]);
+        let keys: Vec<&String> = f.batch.progress.keys().collect();
+        assert_eq!(keys, vec!["kafka:t:1", "kafka:t:2"]);
     }
 }

@@ -1,0 +1,345 @@
+//! The emitter: what an inference node embeds to send its token events to
+//! Kafka.
+//!
+//! Every event is validated against the contract (`docs/EVENTS.md`) with
+//! the same decoder the aggregator uses, so a node learns about a bad event
+//! at once, with the reason, instead of finding it in the dead-letter topic
+//! later. Valid events are produced with the settings of
+//! [`KafkaConfig::producer`]: idempotent, `acks=all`, LZ4, batched
+//! (`linger.ms`), a bounded local queue, and a delivery deadline
+//! (`[kafka] delivery_timeout`). The message key is the `event_id`
+//! ([`event_key`]): a retried event lands on the partition that counted it,
+//! and a hot model spreads over every partition.
+//!
+//! Sending is two steps, which [`Emitter::send_json`] does in one:
+//! [`Emitter::enqueue_json`] validates and hands the event to the local
+//! queue without waiting (cheap enough for a request path), and the
+//! returned [`PendingDelivery`] resolves once the broker acknowledged it —
+//! or with [`EmitError::Unacknowledged`] when it could not within the
+//! delivery timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokentally_schemas::{Limits, Rejection, TokenEvent, decode};
+
+use crate::kafka::{KafkaConfig, event_key};
+
+/// Kafka message header naming who sent an event (the gateway writes the
+/// name of the caller's token there).
+pub const SOURCE_HEADER: &str = "source";
+
+/// Why an event was not (or may not have been) delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// The event breaks the contract; it was not sent. Sending it again
+    /// will not help.
+    #[error("invalid event ({}): {}", .0.reason, .0.detail)]
+    Invalid(Rejection),
+    /// The local producer queue is full (the broker is slower than the
+    /// sender, or unreachable). Nothing was sent; retry after a pause.
+    #[error("the local Kafka producer queue is full; retry later")]
+    QueueFull,
+    /// The broker did not acknowledge the event within the delivery
+    /// timeout. It may or may not have been written: resending it is safe,
+    /// because the aggregator counts an `event_id` once.
+    #[error(
+        "Kafka broker unreachable for longer than {timeout:?} (the delivery timeout): the event was not acknowledged"
+    )]
+    Unacknowledged { timeout: Duration },
+    /// The producer was closed before the event was acknowledged.
+    #[error("the Kafka producer was closed before the event was acknowledged")]
+    Closed,
+    /// Any other Kafka error (configuration, a broker refusing the topic, …).
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+impl EmitError {
+    /// The contract violation, for [`EmitError::Invalid`].
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            EmitError::Invalid(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Where Kafka stored an acknowledged event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Sends validated token events to the events topic. Cheap to share: all
+/// methods take `&self` (wrap it in an `Arc` to share it between tasks).
+///
+/// ```no_run
+/// use tokentally_ingest::emitter::{EmitError, Emitter};
+/// use tokentally_ingest::kafka::KafkaConfig;
+///
+/// # async fn node() -> Result<(), EmitError> {
+/// let config = KafkaConfig {
+///     brokers: "127.0.0.1:39092".into(),
+///     ..KafkaConfig::default()
+/// };
+/// let emitter = Emitter::new(&config)?.with_source("node-17");
+/// let event = br#"{"event_id":"node-17-000000a1","ts":1795737600000,
+///     "model":"qwen/qwen3.6-plus","provider":"alibaba",
+///     "prompt_tokens":5210,"completion_tokens":830}"#;
+/// match emitter.send_json(event).await {
+///     Ok(delivered) => println!("stored at partition {}", delivered.partition),
+///     Err(EmitError::Invalid(rejection)) => eprintln!("bug in the node: {rejection}"),
+///     Err(e) => eprintln!("not delivered, keep it and retry: {e}"),
+/// }
+/// // Before the node exits: wait for everything still queued.
+/// emitter.flush(std::time::Duration::from_secs(10))?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Emitter {
+    producer: FutureProducer,
+    topic: String,
+    limits: Limits,
+    delivery_timeout: Duration,
+    source: Option<String>,
+}
+
+impl Emitter {
+    /// A producer for `config.topic` at `config.brokers`, with the
+    /// contract's default [`Limits`]. Connecting happens in the background:
+    /// this does not fail when the broker is down (sends then time out).
+    pub fn new(config: &KafkaConfig) -> Result<Self, EmitError> {
+        Ok(Emitter {
+            producer: config.producer().create()?,
+            topic: config.topic.clone(),
+            limits: Limits::default(),
+            delivery_timeout: config.delivery_timeout,
+            source: None,
+        })
+    }
+
+    /// Validate with these bounds (use the aggregator's, `[aggregate.limits]`).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Record `name` as the source of every event, in the `source` header.
+    pub fn with_source(mut self, name: impl Into<String>) -> Self {
+        self.source = Some(name.into());
+        self
+    }
+
+    /// The events topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Validate and send one event, and wait for the broker's acknowledgement.
+    pub async fn send(&self, event: &TokenEvent<'_>) -> Result<Delivered, EmitError> {
+        self.enqueue(event)?.await
+    }
+
+    /// Validate and send one raw JSON event, and wait for the broker's
+    /// acknowledgement. The bytes are sent as they are.
+    pub async fn send_json(&self, json: &[u8]) -> Result<Delivered, EmitError> {
+        self.enqueue_json(json)?.await
+    }
+
+    /// Validate one event and queue it without waiting; await the result
+    /// to learn whether the broker acknowledged it.
+    pub fn enqueue(&self, event: &TokenEvent<'_>) -> Result<PendingDelivery, EmitError> {
+        let json = serde_json::to_vec(event).expect("a TokenEvent always serializes");
+        self.enqueue_json(&json)
+    }
+
+    /// Validate one raw JSON event and queue it without waiting. Fails at
+    /// once with [`EmitError::Invalid`] or [`EmitError::QueueFull`]; the
+    /// returned future resolves when the broker acknowledged the event.
+    pub fn enqueue_json(&self, json: &[u8]) -> Result<PendingDelivery, EmitError> {
+        self.enqueue_json_from(json, self.source.as_deref())
+    }
+
+    /// [`Emitter::enqueue_json`] with a per-event source name.
+    pub fn enqueue_json_from(
+        &self,
+        json: &[u8],
+        source: Option<&str>,
+    ) -> Result<PendingDelivery, EmitError> {
+        let key = match decode(json, &self.limits) {
+            Ok(event) => event.event_id.into_owned(),
+            Err(rejection) => return Err(EmitError::Invalid(rejection)),
+        };
+        self.enqueue_valid(json, &key, source)
+    }
+
+    /// Queue an event that has already been validated, with its key.
+    pub(crate) fn enqueue_valid(
+        &self,
+        json: &[u8],
+        key: &str,
+        source: Option<&str>,
+    ) -> Result<PendingDelivery, EmitError> {
+        debug_assert_eq!(event_key(json).as_deref(), Some(key));
+        let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
+            .payload(json)
+            .key(key);
+        if let Some(name) = source {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: SOURCE_HEADER,
+                value: Some(name),
+            }));
+        }
+        match self.producer.send_result(record) {
+            Ok(inner) => Ok(PendingDelivery {
+                inner,
+                timeout: self.delivery_timeout,
+            }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(EmitError::QueueFull)
+            }
+            Err((e, _)) => Err(EmitError::Kafka(e)),
+        }
+    }
+
+    /// Wait until every queued event is acknowledged or `timeout` passes.
+    /// Blocking: from async code, call it in `spawn_blocking`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
+        self.producer.flush(timeout).map_err(|e| match e {
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => {
+                EmitError::Unacknowledged { timeout }
+            }
+            e => EmitError::Kafka(e),
+        })
+    }
+
+    /// Ask the broker for the events topic's metadata, waiting at most
+    /// `timeout`: `Ok` when the broker answered and the topic exists.
+    /// Blocking: from async code, call it in `spawn_blocking`.
+    pub fn check_topic(&self, timeout: Duration) -> Result<(), NotReady> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(|e| NotReady::Unreachable {
+                timeout,
+                error: e.to_string(),
+            })?;
+        let usable = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if usable {
+            Ok(())
+        } else {
+            Err(NotReady::MissingTopic(self.topic.clone()))
+        }
+    }
+}
+
+/// Why the events topic cannot be produced to right now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotReady {
+    #[error("Kafka did not answer within {timeout:?}: {error}")]
+    Unreachable { timeout: Duration, error: String },
+    #[error("topic {0} does not exist; create it with `tokentally topics create`")]
+    MissingTopic(String),
+}
+
+/// An event in the local queue; resolves when the broker acknowledged it.
+#[must_use = "an event is delivered only if the broker acknowledges it: await the result"]
+pub struct PendingDelivery {
+    inner: DeliveryFuture,
+    timeout: Duration,
+}
+
+impl Future for PendingDelivery {
+    type Output = Result<Delivered, EmitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let timeout = self.timeout;
+        Pin::new(&mut self.inner).poll(cx).map(|r| match r {
+            Ok(Ok(d)) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _))) => {
+                Err(EmitError::Unacknowledged { timeout })
+            }
+            Ok(Err((e, _))) => Err(EmitError::Kafka(e)),
+            Err(_canceled) => Err(EmitError::Closed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokentally_schemas::RejectReason;
+
+    fn unreachable() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            delivery_timeout: Duration::from_millis(300),
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[test]
+    fn invalid_events_are_refused_before_anything_is_sent() {
+        let emitter = Emitter::new(&unreachable()).unwrap();
+        let err = emitter
+            .enqueue_json(br#"{"event_id":"a","ts":1,"model":"m","provider":"p","prompt_tokens":-1,"completion_tokens":1}"#)
+            .err()
+            .unwrap();
+        assert_eq!(err.rejection().unwrap().reason, RejectReason::OutOfRange);
+        let err = emitter.enqueue_json(b"{nope").err().unwrap();
+        assert_eq!(err.rejection().unwrap().reason, RejectReason::InvalidJson);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_a_timeout_error() {
+        let emitter = Emitter::new(&unreachable()).unwrap();
+        let err = emitter
+            .send_json(br#"{"event_id":"a","ts":1,"model":"m","provider":"p","prompt_tokens":1,"completion_tokens":1}"#)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EmitError::Unacknowledged { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("broker unreachable for longer than 300ms"),
+            "{err}"
+        );
+        assert!(emitter.check_topic(Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn typed_events_are_validated_too() {
+        let emitter = Emitter::new(&unreachable()).unwrap();
+        let event = TokenEvent {
+            event_id: "e".into(),
+            ts: 1,
+            model: "".into(),
+            provider: "p".into(),
+            app: "".into(),
+            node: None,
+            region: None,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            latency_ms: None,
+            status: Default::default(),
+        };
+        let err = emitter.enqueue(&event).err().unwrap();
+        assert_eq!(err.rejection().unwrap().reason, RejectReason::EmptyValue);
+    }
+}

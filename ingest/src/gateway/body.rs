@@ -1,0 +1,132 @@
+//! Cutting a request body into event records, without validating them.
+
+use serde_json::value::RawValue;
+
+/// How a body holds its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON object, or a JSON array of them (`application/json`, the
+    /// default).
+    Json,
+    /// One event per line (`application/x-ndjson`).
+    Ndjson,
+}
+
+impl BodyFormat {
+    /// The format a `Content-Type` value announces. NDJSON for
+    /// `application/x-ndjson` (also `application/ndjson`,
+    /// `application/jsonl`, `application/x-jsonlines`); JSON otherwise.
+    pub fn from_content_type(value: Option<&str>) -> BodyFormat {
+        let essence = value
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        match essence.as_deref() {
+            Some(
+                "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines",
+            ) => BodyFormat::Ndjson,
+            _ => BodyFormat::Json,
+        }
+    }
+}
+
+/// One record of a body: its index, as reported back to the client, and
+/// its bytes.
+pub type Record<'a> = (usize, &'a [u8]);
+
+/// The records of `body`:
+/// - NDJSON: every non-blank line (a trailing `\r` removed), indexed by its
+///   0-based line number;
+/// - JSON starting with `[`: each element of the array, indexed by its
+///   position; the array as a whole must be well-formed JSON;
+/// - any other JSON: the whole body is one record, index 0 (so a single
+///   malformed event is a rejected record, not a bad request).
+///
+/// An error (a 400) when the body holds no record or is a malformed array.
+pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<Record<'_>>, String> {
+    let records = match format {
+        BodyFormat::Ndjson => body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(i, line)| (i, line.strip_suffix(b"\r").unwrap_or(line)))
+            .filter(|(_, line)| !line.trim_ascii().is_empty())
+            .collect(),
+        BodyFormat::Json => {
+            let trimmed = body.trim_ascii();
+            if trimmed.first() == Some(&b'[') {
+                let elements: Vec<&RawValue> = serde_json::from_slice(trimmed).map_err(|e| {
+                    format!(
+                        "the body is not a well-formed JSON array: {e} \
+                         (send malformed events as NDJSON to have them rejected one by one)"
+                    )
+                })?;
+                elements
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, raw)| (i, raw.get().as_bytes()))
+                    .collect()
+            } else if trimmed.is_empty() {
+                Vec::new()
+            } else {
+                vec![(0, trimmed)]
+            }
+        }
+    };
+    if records.is_empty() {
+        return Err("the body holds no event".into());
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(records: Vec<Record<'_>>) -> Vec<(usize, &str)> {
+        records
+            .into_iter()
+            .map(|(i, r)| (i, std::str::from_utf8(r).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn content_types() {
+        use BodyFormat::*;
+        assert_eq!(BodyFormat::from_content_type(None), Json);
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json; charset=utf-8")),
+            Json
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("Application/X-NDJSON; charset=utf-8")),
+            Ndjson
+        );
+    }
+
+    #[test]
+    fn ndjson_lines_keep_their_line_numbers() {
+        let body = b"{\"a\":1}\r\n\n  \n{broken\n[1]\n";
+        assert_eq!(
+            texts(split(body, BodyFormat::Ndjson).unwrap()),
+            [(0, "{\"a\":1}"), (3, "{broken"), (4, "[1]")]
+        );
+        assert!(split(b"\n\r\n", BodyFormat::Ndjson).is_err());
+    }
+
+    #[test]
+    fn arrays_objects_and_malformed_json() {
+        assert_eq!(
+            texts(split(b" [ {\"a\": [1,2]} ,\n 7, \"x\", {} ] ", BodyFormat::Json).unwrap()),
+            [(0, "{\"a\": [1,2]}"), (1, "7"), (2, "\"x\""), (3, "{}")]
+        );
+        assert_eq!(
+            texts(split(b" {\"a\":1 \n", BodyFormat::Json).unwrap()),
+            [(0, "{\"a\":1")]
+        );
+        assert!(split(b"[{\"a\":1}, {broken}]", BodyFormat::Json).is_err());
+        assert!(split(b"[]", BodyFormat::Json).is_err());
+        assert!(split(b"  ", BodyFormat::Json).is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! Milestone alerts: detection against the authoritative totals, a durable
+//! record of every milestone, and signed webhook delivery with retries.
+//!
+//! - [`rules`]: the pure rules (thresholds, all-time, firsts, records) with
+//!   deterministic ids.
+//! - [`webhook`]: Standard Webhooks signing, verification and one HTTP attempt.
+//! - [`Alerter`]: the state (`alerts.json` in the state directory, replaced
+//!   atomically) and the delivery schedule (exponential backoff with jitter,
+//!   `Retry-After`, 410 disables an endpoint, other 4xx are final).
+
+pub mod rules;
+pub mod totals;
+pub mod webhook;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
+use self::webhook::{Attempt, Secret, Sender};
+use crate::embedded::manifest::sync_dir;
+
+/// `[[alerts.webhooks]]`: one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Environment variable holding the `whsec_` secret(s), space-separated
+    /// while rotating keys. Default `TOKENTALLY_WEBHOOK_SECRET`.
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+    /// Or a file holding them (first line).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Only these milestone types (`threshold`, `all_time`, `first`,
+    /// `record`); empty: all.
+    #[serde(default)]
+    pub types: Vec<Kind>,
+    /// Only milestones about these models (fleet and provider milestones
+    /// always pass); empty: all.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+fn default_secret_env() -> String {
+    "TOKENTALLY_WEBHOOK_SECRET".into()
+}
+
+impl WebhookConfig {
+    pub fn new(url: &str) -> Self {
+        WebhookConfig {
+            url: url.to_string(),
+            secret_env: default_secret_env(),
+            secret_file: None,
+            types: Vec::new(),
+            models: Vec::new(),
+        }
+    }
+
+    /// The secrets, from the file or the environment; never from flags.
+    pub fn secrets(&self) -> Result<Vec<Secret>, AlertError> {
+        let text = match &self.secret_file {
+            Some(path) => fs::read_to_string(path)
+                .map_err(|e| AlertError::Secret(format!("reading {}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            None => std::env::var(&self.secret_env).map_err(|_| {
+                AlertError::Secret(format!(
+                    "webhook {}: set {} to a whsec_ secret (or secret_file)",
+                    self.url, self.secret_env
+                ))
+            })?,
+        };
+        text.split_whitespace()
+            .map(|s| {
+                Secret::parse(s)
+                    .map_err(|e| AlertError::Secret(format!("webhook {}: {e}", self.url)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|v| {
+                if v.is_empty() {
+                    Err(AlertError::Secret(format!(
+                        "webhook {}: empty secret",
+                        self.url
+                    )))
+                } else {
+                    Ok(v)
+                }
+            })
+    }
+
+    fn wants(&self, m: &Milestone) -> bool {
+        (self.types.is_empty() || self.types.contains(&m.kind))
+            && (self.models.is_empty()
+                || m.model
+                    .as_ref()
+                    .is_none_or(|model| self.models.contains(model)))
+    }
+}
+
+/// `[alerts]` in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `[alerts.rules]`.
+    pub rules: RulesConfig,
+    /// How often the totals are read. Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// One webhook request waits this long for an answer. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A delivery still failing this long after detection is given up.
+    /// Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            rules: RulesConfig::default(),
+            interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            give_up_after: Duration::from_secs(86_400),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("{0}")]
+    Secret(String),
+    #[error("alert state in {dir}: {source}")]
+    State {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("alert state {0} is in use by another `tokentally alerts run`")]
+    Locked(String),
+}
+
+/// Where one delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Delivered,
+    /// A final 4xx, or still failing after `give_up_after`.
+    Failed,
+    /// The endpoint answered 410 and is disabled.
+    Disabled,
+    /// Existed before the alerter's first start: recorded, not sent.
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub status: Status,
+    pub attempts: u32,
+    /// Unix ms of the next attempt (pending only).
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub milestone: Milestone,
+    /// Endpoint URL → delivery.
+    pub deliveries: BTreeMap<String, Delivery>,
+}
+
+/// Everything the alerter remembers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertState {
+    pub milestones: BTreeMap<String, Recorded>,
+    /// Endpoints disabled by a 410.
+    pub disabled: BTreeSet<String>,
+}
+
+const STATE: &str = "alerts.json";
+
+impl AlertState {
+    pub fn load(dir: &Path) -> Result<Option<AlertState>, AlertError> {
+        let err = |source| AlertError::State {
+            dir: dir.display().to_string(),
+            source,
+        };
+        match fs::read(dir.join(STATE)) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).map_err(|e| err(std::io::Error::other(e)))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Replace the state file atomically (write, fsync, rename, fsync dir).
+    pub fn store(&self, dir: &Path) -> Result<(), AlertError> {
+        let io = || -> std::io::Result<()> {
+            let tmp = dir.join(format!("{STATE}.tmp"));
+            let mut f = File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, dir.join(STATE))?;
+            sync_dir(dir)
+        };
+        io().map_err(|source| AlertError::State {
+            dir: dir.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// An endpoint ready to send to.
+struct Endpoint {
+    config: WebhookConfig,
+    secrets: Vec<Secret>,
+}
+
+/// Detects milestones and delivers them; one per state directory.
+pub struct Alerter {
+    dir: PathBuf,
+    config: AlertsConfig,
+    endpoints: Vec<Endpoint>,
+    state: AlertState,
+    /// True until the first detection of a fresh state: what already exists
+    /// then is history, recorded but not sent.
+    fresh: bool,
+    sender: Sender,
+    _lock: File,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Alerter {
+    /// Open (or create) the state directory and resolve every endpoint's
+    /// secrets.
+    pub fn open(dir: &Path, config: AlertsConfig) -> Result<Alerter, AlertError> {
+        let io = |source| AlertError::State {
+            dir: dir.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::create(dir.join("LOCK")).map_err(io)?;
+        if lock.try_lock().is_err() {
+            return Err(AlertError::Locked(dir.display().to_string()));
+        }
+        let endpoints = config
+            .webhooks
+            .iter()
+            .map(|w| {
+                Ok(Endpoint {
+                    secrets: w.secrets()?,
+                    config: w.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, AlertError>>()?;
+        let loaded = AlertState::load(dir)?;
+        Ok(Alerter {
+            dir: dir.to_path_buf(),
+            sender: Sender::new(config.request_timeout),
+            fresh: loaded.is_none(),
+            state: loaded.unwrap_or_default(),
+            endpoints,
+            config,
+            _lock: lock,
+        })
+    }
+
+    pub fn state(&self) -> &AlertState {
+        &self.state
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    /// Record the milestones `totals` reach for the first time (durably,
+    /// before any delivery) and return them.
+    pub fn detect(&mut self, totals: &Totals) -> Result<Vec<Milestone>, AlertError> {
+        let known: BTreeSet<String> = self.state.milestones.keys().cloned().collect();
+        let detected_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let new = evaluate(&self.config.rules, totals, &known, &detected_at);
+        let history = std::mem::replace(&mut self.fresh, false);
+        if new.is_empty() && !history {
+            return Ok(new);
+        }
+        let now = now_ms();
+        for m in &new {
+            let deliveries = self
+                .endpoints
+                .iter()
+                .filter(|e| e.config.wants(m))
+                .map(|e| {
+                    let status = if history {
+                        Status::Skipped
+                    } else if self.state.disabled.contains(&e.config.url) {
+                        Status::Disabled
+                    } else {
+                        Status::Pending
+                    };
+                    let d = Delivery {
+                        status,
+                        attempts: 0,
+                        next_attempt_ms: now,
+                        last_error: None,
+                    };
+                    (e.config.url.clone(), d)
+                })
+                .collect();
+            self.state.milestones.insert(
+                m.id.clone(),
+                Recorded {
+                    milestone: m.clone(),
+                    deliveries,
+                },
+            );
+        }
+        self.state.store(&self.dir)?;
+        if history {
+            if !new.is_empty() {
+                tracing::info!(
+                    count = new.len(),
+                    "first start: existing milestones recorded as history, not sent"
+                );
+            }
+            return Ok(Vec::new());
+        }
+        Ok(new)
+    }
+
+    /// Attempt every delivery that is due; the state is saved after each.
+    /// Returns how many are still pending.
+    pub async fn deliver_due(&mut self) -> Result<usize, AlertError> {
+        let now = now_ms();
+        let due: Vec<(String, String)> = self
+            .state
+            .milestones
+            .iter()
+            .flat_map(|(id, r)| {
+                r.deliveries
+                    .iter()
+                    .filter(|(_, d)| d.status == Status::Pending && d.next_attempt_ms <= now)
+                    .map(move |(url, _)| (id.clone(), url.clone()))
+            })
+            .collect();
+        for (id, url) in due {
+            if self.state.disabled.contains(&url) {
+                self.set(&id, &url, |d| d.status = Status::Disabled);
+                continue;
+            }
+            let Some(endpoint) = self.endpoints.iter().find(|e| e.config.url == url) else {
+                continue; // endpoint removed from the config: stays pending
+            };
+            let recorded = &self.state.milestones[&id];
+            let body = serde_json::to_vec(&recorded.milestone).expect("milestones serialize");
+            let detected_ms = chrono::DateTime::parse_from_rfc3339(&recorded.milestone.detected_at)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(now);
+            let attempt = self
+                .sender
+                .send(&url, &endpoint.secrets, &id, now / 1000, &body)
+                .await;
+            let give_up = now - detected_ms > self.config.give_up_after.as_millis() as i64;
+            match attempt {
+                Attempt::Delivered => {
+                    tracing::info!(id, url, "milestone delivered");
+                    self.set(&id, &url, |d| {
+                        d.status = Status::Delivered;
+                        d.attempts += 1;
+                        d.last_error = None;
+                    });
+                }
+                Attempt::Gone => {
+                    tracing::warn!(url, "webhook endpoint answered 410 Gone: disabled");
+                    self.state.disabled.insert(url.clone());
+                    self.set(&id, &url, |d| {
+                        d.status = Status::Disabled;
+                        d.attempts += 1;
+                        d.last_error = Some("HTTP 410".into());
+                    });
+                }
+                Attempt::Rejected { status } => {
+                    tracing::error!(
+                        id,
+                        url,
+                        status,
+                        "webhook rejected the milestone: not retried"
+                    );
+                    self.set(&id, &url, |d| {
+                        d.status = Status::Failed;
+                        d.attempts += 1;
+                        d.last_error = Some(format!("HTTP {status}"));
+                    });
+                }
+                Attempt::Retry { error, after } => {
+                    let attempts = self.state.milestones[&id].deliveries[&url].attempts + 1;
+                    let backoff = Duration::from_secs(1)
+                        .saturating_mul(1 << attempts.min(9))
+                        .min(Duration::from_secs(300));
+                    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+                    let wait = after.map_or(jittered, |a| a.max(jittered));
+                    tracing::warn!(id, url, error, attempts, retry_in = ?wait, "webhook delivery failed");
+                    self.set(&id, &url, |d| {
+                        d.attempts = attempts;
+                        d.last_error = Some(error.clone());
+                        d.next_attempt_ms = now + wait.as_millis() as i64;
+                        if give_up {
+                            d.status = Status::Failed;
+                        }
+                    });
+                }
+            }
+            self.state.store(&self.dir)?;
+        }
+        Ok(self
+            .state
+            .milestones
+            .values()
+            .flat_map(|r| r.deliveries.values())
+            .filter(|d| d.status == Status::Pending)
+            .count())
+    }
+
+    fn set(&mut self, id: &str, url: &str, f: impl FnOnce(&mut Delivery)) {
+        if let Some(d) = self
+            .state
+            .milestones
+            .get_mut(id)
+            .and_then(|r| r.deliveries.get_mut(url))
+        {
+            f(d);
+        }
+    }
+}

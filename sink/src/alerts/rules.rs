@@ -1,0 +1,400 @@
+//! Milestone rules, evaluated against authoritative daily totals. Pure: the
+//! same totals and the same already-known milestones always give the same
+//! new milestones, with deterministic ids, so detection can be repeated
+//! (after a restart, by another instance) without inventing new ids.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::milestones::DEFAULT_LADDER;
+
+/// `[alerts]` rules in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Daily token thresholds, per model, per provider and fleet-wide.
+    /// Default 1B, 10B, 100B, 1T, 10T.
+    pub daily_thresholds: Vec<u64>,
+    /// Cumulative (all-time) token thresholds per model. Default 1T, 10T, 100T.
+    pub all_time_thresholds: Vec<u64>,
+    /// Fire `first` milestones: the first model ever to cross a daily threshold.
+    pub first: bool,
+    /// Fire `record` milestones: new highest daily totals.
+    pub records: bool,
+    /// Records below this many tokens are not announced (noise control).
+    /// Default 1B.
+    pub record_min_tokens: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            daily_thresholds: DEFAULT_LADDER.to_vec(),
+            all_time_thresholds: vec![1_000_000_000_000, 10_000_000_000_000, 100_000_000_000_000],
+            first: true,
+            records: true,
+            record_min_tokens: 1_000_000_000,
+        }
+    }
+}
+
+/// What a milestone is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A daily total crossed a threshold.
+    Threshold,
+    /// A cumulative total crossed a threshold.
+    AllTime,
+    /// The first model ever to cross a daily threshold.
+    First,
+    /// A new highest daily total.
+    Record,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Threshold => "threshold",
+            Kind::AllTime => "all_time",
+            Kind::First => "first",
+            Kind::Record => "record",
+        }
+    }
+}
+
+/// One milestone, as recorded and delivered (the webhook body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Milestone {
+    /// Deterministic: the receiver's idempotency key (`webhook-id`).
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// `model`, `provider`, `fleet`, or for records `top_model` (the highest
+    /// daily total of any model).
+    pub scope: String,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    /// UTC day (`YYYY-MM-DD`) of daily milestones.
+    pub day: Option<String>,
+    pub threshold: Option<u64>,
+    /// The total when detected.
+    pub value: u64,
+    /// Records: the previous record.
+    pub previous_record: Option<u64>,
+    /// Records: who held it.
+    pub previous_holder: Option<String>,
+    /// RFC 3339, when tokentally detected it.
+    pub detected_at: String,
+}
+
+/// Daily totals by (day, model, provider), as read from `usage_daily`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// (day `YYYY-MM-DD`, model, provider) → total tokens.
+    pub daily: BTreeMap<(String, String, String), u64>,
+}
+
+impl Totals {
+    pub fn add(&mut self, day: &str, model: &str, provider: &str, tokens: u64) {
+        *self
+            .daily
+            .entry((day.to_string(), model.to_string(), provider.to_string()))
+            .or_default() += tokens;
+    }
+
+    fn by<K: Ord>(&self, key: impl Fn(&(String, String, String)) -> K) -> BTreeMap<K, u64> {
+        let mut out = BTreeMap::new();
+        for (k, v) in &self.daily {
+            *out.entry(key(k)).or_default() += v;
+        }
+        out
+    }
+}
+
+fn id_threshold(scope: &str, subject: &str, day: &str, t: u64) -> String {
+    format!("threshold:{scope}:{subject}:{day}:{t}")
+}
+
+/// The milestones `totals` reach that are not in `known` (by id), in a
+/// stable order: thresholds, all-time, firsts, records.
+pub fn evaluate(
+    rules: &RulesConfig,
+    totals: &Totals,
+    known: &BTreeSet<String>,
+    detected_at: &str,
+) -> Vec<Milestone> {
+    let mut out = Vec::new();
+    let mut push = |m: Milestone| {
+        if !known.contains(&m.id) && !out.iter().any(|o: &Milestone| o.id == m.id) {
+            out.push(m);
+        }
+    };
+    let blank = |id: String, kind: Kind, scope: &str, value: u64| Milestone {
+        id,
+        kind,
+        scope: scope.to_string(),
+        model: None,
+        provider: None,
+        day: None,
+        threshold: None,
+        value,
+        previous_record: None,
+        previous_holder: None,
+        detected_at: detected_at.to_string(),
+    };
+    let model_day = totals.by(|(d, m, _)| (d.clone(), m.clone()));
+    let provider_day = totals.by(|(d, _, p)| (d.clone(), p.clone()));
+    let fleet_day = totals.by(|(d, _, _)| d.clone());
+    let model_all = totals.by(|(_, m, _)| m.clone());
+
+    let mut ladder = rules.daily_thresholds.clone();
+    ladder.sort_unstable();
+    ladder.dedup();
+    for &t in &ladder {
+        for ((day, model), &v) in &model_day {
+            if v >= t {
+                let mut m = blank(
+                    id_threshold("model", model, day, t),
+                    Kind::Threshold,
+                    "model",
+                    v,
+                );
+                m.model = Some(model.clone());
+                m.day = Some(day.clone());
+                m.threshold = Some(t);
+                push(m);
+            }
+        }
+        for ((day, provider), &v) in &provider_day {
+            if v >= t {
+                let mut m = blank(
+                    id_threshold("provider", provider, day, t),
+                    Kind::Threshold,
+                    "provider",
+                    v,
+                );
+                m.provider = Some(provider.clone());
+                m.day = Some(day.clone());
+                m.threshold = Some(t);
+                push(m);
+            }
+        }
+        for (day, &v) in &fleet_day {
+            if v >= t {
+                let mut m = blank(
+                    id_threshold("fleet", "all", day, t),
+                    Kind::Threshold,
+                    "fleet",
+                    v,
+                );
+                m.day = Some(day.clone());
+                m.threshold = Some(t);
+                push(m);
+            }
+        }
+    }
+    let mut all_time = rules.all_time_thresholds.clone();
+    all_time.sort_unstable();
+    all_time.dedup();
+    for &t in &all_time {
+        for (model, &v) in &model_all {
+            if v >= t {
+                let mut m = blank(
+                    format!("all_time:model:{model}:{t}"),
+                    Kind::AllTime,
+                    "model",
+                    v,
+                );
+                m.model = Some(model.clone());
+                m.threshold = Some(t);
+                push(m);
+            }
+        }
+    }
+    if rules.first {
+        for &t in &ladder {
+            // The earliest day anyone crossed it; on that day, the largest.
+            let winner = model_day.iter().filter(|(_, v)| **v >= t).min_by(
+                |((d1, m1), v1), ((d2, m2), v2)| d1.cmp(d2).then(v2.cmp(v1)).then(m1.cmp(m2)),
+            );
+            if let Some(((day, model), &v)) = winner {
+                let mut m = blank(format!("first:model:{t}"), Kind::First, "model", v);
+                m.model = Some(model.clone());
+                m.day = Some(day.clone());
+                m.threshold = Some(t);
+                push(m);
+            }
+        }
+    }
+    if rules.records {
+        records(rules, &model_day, &fleet_day, &blank, &mut push);
+    }
+    out
+}
+
+fn records(
+    rules: &RulesConfig,
+    model_day: &BTreeMap<(String, String), u64>,
+    fleet_day: &BTreeMap<String, u64>,
+    blank: &dyn Fn(String, Kind, &str, u64) -> Milestone,
+    push: &mut dyn FnMut(Milestone),
+) {
+    let min = rules.record_min_tokens;
+    // A model's best day beaten.
+    let mut best: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut per_model: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+    for ((day, model), &v) in model_day {
+        per_model.entry(model).or_default().push((day, v));
+    }
+    for (model, days) in &per_model {
+        for &(day, v) in days {
+            if let Some(&prev) = best.get(model)
+                && prev > 0
+                && v > prev
+                && v >= min
+            {
+                let mut m = blank(
+                    format!("record:model:{model}:{day}"),
+                    Kind::Record,
+                    "model",
+                    v,
+                );
+                m.model = Some(model.to_string());
+                m.day = Some(day.to_string());
+                m.previous_record = Some(prev);
+                push(m);
+            }
+            let b = best.entry(model).or_default();
+            *b = (*b).max(v);
+        }
+    }
+    // The fleet's best day beaten.
+    let mut fleet_best = 0u64;
+    for (day, &v) in fleet_day {
+        if fleet_best > 0 && v > fleet_best && v >= min {
+            let mut m = blank(format!("record:fleet:{day}"), Kind::Record, "fleet", v);
+            m.day = Some(day.clone());
+            m.previous_record = Some(fleet_best);
+            push(m);
+        }
+        fleet_best = fleet_best.max(v);
+    }
+    // The highest daily total of any model, taken from another model (or
+    // from an earlier day).
+    let mut holder: Option<(&str, &str, u64)> = None; // (day, model, value)
+    let mut days: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+    for ((day, model), &v) in model_day {
+        days.entry(day).or_default().push((model, v));
+    }
+    for (day, mut entries) in days {
+        // Within a day, the order in which models passed each other is not
+        // in the totals; the leader at the end of the evaluation is the one
+        // that holds the record.
+        entries.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+        for (model, v) in entries {
+            match holder {
+                Some((_, hmodel, hv)) if v > hv => {
+                    // Taken from another model (a model beating its own
+                    // best day is its own record, above).
+                    if hmodel != model && hv > 0 && v >= min {
+                        let mut m = blank(
+                            format!("record:top_model:{day}:{model}"),
+                            Kind::Record,
+                            "top_model",
+                            v,
+                        );
+                        m.model = Some(model.to_string());
+                        m.day = Some(day.to_string());
+                        m.previous_record = Some(hv);
+                        m.previous_holder = Some(hmodel.to_string());
+                        push(m);
+                    }
+                    holder = Some((day, model, v));
+                }
+                None => holder = Some((day, model, v)),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_000_000_000_000;
+
+    fn rules() -> RulesConfig {
+        RulesConfig {
+            daily_thresholds: vec![T],
+            all_time_thresholds: vec![2 * T],
+            ..RulesConfig::default()
+        }
+    }
+
+    fn ids(ms: &[Milestone]) -> Vec<&str> {
+        ms.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn thresholds_first_and_records_fire_once_with_stable_ids() {
+        let mut known = BTreeSet::new();
+        let mut totals = Totals::default();
+        totals.add("2026-11-26", "a", "p", T / 2);
+        totals.add("2026-11-27", "a", "p", T + 5);
+        let got = evaluate(&rules(), &totals, &known, "now");
+        assert_eq!(
+            ids(&got),
+            vec![
+                "threshold:model:a:2026-11-27:1000000000000",
+                "threshold:provider:p:2026-11-27:1000000000000",
+                "threshold:fleet:all:2026-11-27:1000000000000",
+                "first:model:1000000000000",
+                "record:model:a:2026-11-27",
+                "record:fleet:2026-11-27",
+            ]
+        );
+        let rec = &got[4];
+        assert_eq!((rec.previous_record, rec.value), (Some(T / 2), T + 5));
+        known.extend(got.iter().map(|m| m.id.clone()));
+        // Same totals again: nothing new.
+        assert!(evaluate(&rules(), &totals, &known, "later").is_empty());
+
+        // Model b crosses the same day and passes a: a threshold, no first,
+        // and the top-model record with a as the previous holder.
+        totals.add("2026-11-27", "b", "q", 2 * T);
+        let got = evaluate(&rules(), &totals, &known, "later");
+        assert!(got.iter().all(|m| m.kind != Kind::First));
+        let top = got.iter().find(|m| m.scope == "top_model").unwrap();
+        assert_eq!(top.id, "record:top_model:2026-11-27:b");
+        assert_eq!(top.previous_holder.as_deref(), Some("a"));
+        assert_eq!(top.previous_record, Some(T + 5));
+        assert!(
+            got.iter()
+                .any(|m| m.id == "threshold:model:b:2026-11-27:1000000000000")
+        );
+        assert!(got.iter().any(|m| m.id == "all_time:model:b:2000000000000"));
+    }
+
+    #[test]
+    fn records_need_a_previous_record_and_the_minimum() {
+        let mut totals = Totals::default();
+        totals.add("2026-11-26", "a", "p", 10);
+        totals.add("2026-11-27", "a", "p", 20);
+        let got = evaluate(&rules(), &totals, &BTreeSet::new(), "now");
+        assert!(got.is_empty(), "below record_min_tokens: {got:?}");
+        let none = RulesConfig {
+            records: false,
+            first: false,
+            ..rules()
+        };
+        totals.add("2026-11-28", "a", "p", 3 * T);
+        let got = evaluate(&none, &totals, &BTreeSet::new(), "now");
+        assert!(
+            got.iter()
+                .all(|m| m.kind == Kind::Threshold || m.kind == Kind::AllTime)
+        );
+    }
+}

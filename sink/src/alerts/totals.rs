@@ -1,0 +1,73 @@
+//! Reading the authoritative daily totals the rules run on.
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::UInt64Type;
+use serde::Deserialize;
+
+use super::Totals;
+use crate::clickhouse::ClickHouseError;
+use crate::embedded::{QueryError, open_query_context};
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct DailyRow {
+    day: String,
+    model: String,
+    provider: String,
+    total_tokens: u64,
+}
+
+/// `usage_daily` of a ClickHouse database.
+pub async fn from_clickhouse(
+    client: &clickhouse::Client,
+    db: &str,
+) -> Result<Totals, ClickHouseError> {
+    let sql =
+        format!("SELECT toString(day) AS day, model, provider, total_tokens FROM {db}.usage_daily");
+    let rows: Vec<DailyRow> = client
+        .query(&sql)
+        .fetch_all()
+        .await
+        .map_err(ClickHouseError::query(&sql))?;
+    let mut totals = Totals::default();
+    for r in rows {
+        totals.add(&r.day, &r.model, &r.provider, r.total_tokens);
+    }
+    Ok(totals)
+}
+
+/// `usage_daily` of an embedded store.
+pub async fn from_store(dir: &Path) -> Result<Totals, QueryError> {
+    let ctx = open_query_context(dir).await?;
+    let batches = ctx
+        .sql("SELECT CAST(day AS VARCHAR) AS day, model, provider, total_tokens FROM usage_daily")
+        .await?
+        .collect()
+        .await?;
+    let mut totals = Totals::default();
+    for b in batches {
+        let text = |i: usize| {
+            arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8)
+                .map_err(datafusion::error::DataFusionError::from)
+        };
+        let (day, model, provider) = (text(0)?, text(1)?, text(2)?);
+        let (day, model, provider) = (
+            day.as_string::<i32>(),
+            model.as_string::<i32>(),
+            provider.as_string::<i32>(),
+        );
+        let tokens = b.column(3).as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            if tokens.is_valid(i) {
+                totals.add(
+                    day.value(i),
+                    model.value(i),
+                    provider.value(i),
+                    tokens.value(i),
+                );
+            }
+        }
+    }
+    Ok(totals)
+}

@@ -1,0 +1,594 @@
+//! The ClickHouse sink: exact totals for dashboards and analysts.
+//!
+//! Exactly-once, on any server version: each micro-batch is committed by
+//! ONE INSERT into `usage_deltas` holding its roll-up deltas, its reject
+//! counts and one progress row per source partition it advanced (tagged
+//! with a random batch id). The table has no partition key and the insert
+//! is far below `max_insert_block_size`, so it becomes one part: the batch
+//! is visible in whole or not at all. On assignment the aggregator resumes
+//! from this ledger, not from Kafka's committed offsets.
+//!
+//! Dedup ids and raw dead letters go to their own tables first, tagged with
+//! the batch id; only rows whose batch id is in the ledger count, so a crash
+//! between the inserts leaves nothing half-done.
+//!
+//! A retried insert never doubles a batch: before retrying, the sink looks
+//! its batch id up in the ledger (and modern servers also drop the repeat
+//! by `insert_deduplication_token`). Before each commit it checks that the
+//! ledger still ends where this aggregator left each partition, so an
+//! aggregator that lost a partition in a rebalance stops instead of
+//! counting it a second time.
+
+pub mod rows;
+pub mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokentally_aggregate::core::BatchOutcome;
+use tokentally_aggregate::dedup::bucket_of;
+use tokentally_aggregate::sink::{Recovered, UsageSink};
+use tokentally_aggregate::source::BoxError;
+
+use self::rows::{DeltaRow, IdRow, RejectedRow};
+pub use self::schema::{MigrationReport, ServerInfo, migrate};
+
+/// ClickHouse settings (`[clickhouse]` in the config file). The password
+/// never comes from the config file or the command line: it is read from
+/// `TOKENTALLY_CLICKHOUSE_PASSWORD` or from `password_file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint. Also `--clickhouse` or `TOKENTALLY_CLICKHOUSE_URL`.
+    pub url: String,
+    /// Database of tokentally's tables. Default `tokentally`.
+    pub database: String,
+    /// User. Also `TOKENTALLY_CLICKHOUSE_USER`. Default `default`.
+    pub user: String,
+    /// File holding the password (first line).
+    pub password_file: Option<std::path::PathBuf>,
+    /// Longest one request may take before it is retried. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long a failing commit is retried (exponential backoff and
+    /// jitter) before the aggregator gives up and exits non-zero. Meanwhile
+    /// it reads nothing new (Kafka buffers, lag grows, memory stays
+    /// bounded). Waiting past the consumer's `max.poll.interval.ms` is safe:
+    /// if the group moved the partitions meanwhile, fencing refuses the
+    /// commit. Default 1 day.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tokentally".into(),
+            user: "default".into(),
+            password_file: None,
+            request_timeout: Duration::from_secs(30),
+            retry_for: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// A client for this server: RowBinary without schema validation (old
+    /// servers lack what validation needs), LZ4, and the credentials.
+    pub fn client(&self) -> Result<Client, ClickHouseError> {
+        let mut client = Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::Lz4);
+        if let Some(password) = self.password()? {
+            client = client.with_password(password);
+        }
+        Ok(client)
+    }
+
+    fn password(&self) -> Result<Option<String>, ClickHouseError> {
+        if let Ok(p) = std::env::var("TOKENTALLY_CLICKHOUSE_PASSWORD") {
+            return Ok(Some(p));
+        }
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClickHouseError::Config(format!("reading the password file {}: {e}", path.display()))
+        })?;
+        Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+    }
+}
+
+/// Errors of the ClickHouse sink.
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    // The client error is part of the message, not a `source`, so that
+    // error chains do not print it twice.
+    #[error("ClickHouse: {context}: {error}")]
+    Request {
+        context: String,
+        error: clickhouse::error::Error,
+    },
+    #[error("ClickHouse did not answer within {0:?}: {1}")]
+    Timeout(Duration, String),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "the schema in database {database} is at version {found}, this build needs {needed}: run `tokentally migrate`"
+    )]
+    Schema {
+        database: String,
+        found: u32,
+        needed: u32,
+    },
+    #[error(
+        "fenced: {source_key} was committed up to {found:?} by another aggregator (this one expected {expected:?}); \
+         it lost the partition in a rebalance, so it stops without writing (a restart resumes from ClickHouse)"
+    )]
+    Fenced {
+        source_key: String,
+        expected: Option<i64>,
+        found: Option<i64>,
+    },
+    #[error("gave up after retrying for {0:?}: {1}")]
+    GaveUp(Duration, Box<ClickHouseError>),
+}
+
+impl ClickHouseError {
+    /// Wrap a client error with the statement it came from.
+    pub fn query(sql: &str) -> impl FnOnce(clickhouse::error::Error) -> ClickHouseError + '_ {
+        move |error| ClickHouseError::Request {
+            context: sql.chars().take(200).collect(),
+            error,
+        }
+    }
+
+    /// Worth retrying: network trouble, timeouts, an overloaded or
+    /// restarting server. Not: bad SQL, a missing table, fencing.
+    pub fn is_retriable(&self) -> bool {
+        use clickhouse::error::Error as E;
+        match self {
+            ClickHouseError::Timeout(..) => true,
+            ClickHouseError::Request { error, .. } => match error {
+                E::Network(_) | E::TimedOut => true,
+                E::BadResponse(msg) => RETRIABLE_CODES
+                    .iter()
+                    .any(|c| msg.contains(&format!("Code: {c}."))),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Server error codes that say "try again": timeouts, too many queries or
+/// parts, memory limits, read-only replicas, network and Keeper trouble.
+const RETRIABLE_CODES: &[u32] = &[
+    3, 159, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 394, 425, 999,
+];
+
+/// Retry `op` on retriable errors with exponential backoff (100ms doubling
+/// to 5s) and full jitter, for at most `budget`.
+pub async fn with_retries<T, F, Fut>(
+    what: &str,
+    budget: Duration,
+    mut op: F,
+) -> Result<T, ClickHouseError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, ClickHouseError>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        match op(attempt).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retriable() && started.elapsed() < budget => {
+                let sleep = rand::rng().random_range(Duration::ZERO..=backoff);
+                tracing::warn!(what, attempt, error = %e, retry_in = ?sleep, "ClickHouse request failed, retrying");
+                tokio::time::sleep(sleep).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(e) if e.is_retriable() => {
+                return Err(ClickHouseError::GaveUp(budget, Box::new(e)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Run `fut` with the request timeout.
+async fn timed<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, ClickHouseError>>,
+) -> Result<T, ClickHouseError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| Err(ClickHouseError::Timeout(timeout, what.to_string())))
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct ProgressRow {
+    source: String,
+    next_offset: i64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct LoadedId {
+    bucket: i64,
+    id_hi: u64,
+    id_lo: u64,
+}
+
+/// The ClickHouse implementation of [`UsageSink`].
+pub struct ClickHouseSink {
+    client: Client,
+    /// The same, with tokentally's database as the default (inserts name
+    /// bare tables).
+    insert_client: Client,
+    config: ClickHouseConfig,
+    server: ServerInfo,
+    /// Dedup horizon, to load only ids that can still matter.
+    horizon: Duration,
+    /// Where this aggregator last saw each source partition in the ledger.
+    /// `None`: resumed with no ledger entry yet.
+    known: HashMap<String, Option<i64>>,
+    /// Server time when `recover` loaded ids; rebalances load newer ones.
+    loaded_at: Option<u32>,
+    /// Oldest dedup-id partition (day) still kept.
+    kept_id_day: Option<i64>,
+}
+
+impl ClickHouseSink {
+    /// Connect, detect the server, and check the schema is migrated.
+    pub async fn connect(
+        config: ClickHouseConfig,
+        horizon: Duration,
+    ) -> Result<Self, ClickHouseError> {
+        let client = config.client()?;
+        let server = timed(
+            config.request_timeout,
+            "SELECT version()",
+            ServerInfo::detect(&client),
+        )
+        .await
+        .map_err(|e| match e {
+            ClickHouseError::Request { error, .. } => ClickHouseError::Config(format!(
+                "cannot reach ClickHouse at {}: {error}",
+                config.url
+            )),
+            other => other,
+        })?;
+        let db = &config.database;
+        let found = schema::applied_versions(&client, db)
+            .await
+            .map(|v| v.into_iter().max().unwrap_or(0))
+            .unwrap_or(0);
+        let needed = schema::latest_version();
+        if found < needed {
+            return Err(ClickHouseError::Schema {
+                database: db.clone(),
+                found,
+                needed,
+            });
+        }
+        Ok(ClickHouseSink {
+            insert_client: client.clone().with_database(db),
+            client,
+            config,
+            server,
+            horizon,
+            known: HashMap::new(),
+            loaded_at: None,
+            kept_id_day: None,
+        })
+    }
+
+    pub fn server(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    fn db(&self) -> &str {
+        &self.config.database
+    }
+
+    async fn fetch<T>(&self, sql: String) -> Result<Vec<T>, ClickHouseError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        with_retries(&sql, self.config.retry_for, |_| {
+            timed(self.config.request_timeout, &sql, async {
+                self.client
+                    .query(&sql)
+                    .fetch_all::<T>()
+                    .await
+                    .map_err(ClickHouseError::query(&sql))
+            })
+        })
+        .await
+    }
+
+    async fn execute(&self, sql: String) -> Result<(), ClickHouseError> {
+        with_retries(&sql, self.config.retry_for, |_| {
+            timed(self.config.request_timeout, &sql, async {
+                self.client
+                    .query(&sql)
+                    .execute()
+                    .await
+                    .map_err(ClickHouseError::query(&sql))
+            })
+        })
+        .await
+    }
+
+    /// Committed progress, for the given sources or all.
+    async fn ledger(
+        &self,
+        keys: Option<&[String]>,
+    ) -> Result<BTreeMap<String, i64>, ClickHouseError> {
+        let filter = match keys {
+            Some([]) => return Ok(BTreeMap::new()),
+            Some(keys) => format!(
+                " AND source IN ({})",
+                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT source, max(next_offset) AS next_offset FROM {}.usage_deltas \
+             WHERE kind = 'progress' AND source != ''{filter} GROUP BY source",
+            self.db()
+        );
+        Ok(self
+            .fetch::<ProgressRow>(sql)
+            .await?
+            .into_iter()
+            .map(|r| (r.source, r.next_offset))
+            .collect())
+    }
+
+    /// Dedup ids of committed batches, optionally only of batches that
+    /// advanced `keys` and were committed at or after `since`.
+    async fn load_ids(
+        &self,
+        floor: i64,
+        batches: Option<(&[String], u32)>,
+    ) -> Result<Vec<(i64, u128)>, ClickHouseError> {
+        let db = self.db();
+        let filter = match batches {
+            Some((keys, since)) => format!(
+                " AND source IN ({}) AND committed_at >= toDateTime({since}, 'UTC')",
+                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT bucket, id_hi, id_lo FROM {db}.dedup_ids WHERE bucket >= {floor} \
+             AND batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress'{filter})"
+        );
+        Ok(self
+            .fetch::<LoadedId>(sql)
+            .await?
+            .into_iter()
+            .map(|r| (r.bucket, (u128::from(r.id_hi) << 64) | u128::from(r.id_lo)))
+            .collect())
+    }
+
+    async fn server_now(&self) -> Result<u32, ClickHouseError> {
+        let rows = self.fetch::<u32>("SELECT toUInt32(now())".into()).await?;
+        Ok(rows.first().copied().unwrap_or(0))
+    }
+
+    fn floor_for(&self, watermark_ms: Option<i64>) -> i64 {
+        let horizon_h = (self.horizon.as_secs() / 3600) as i64 + 1;
+        watermark_ms.map_or(i64::MIN, |w| bucket_of(w) - horizon_h)
+    }
+
+    /// Stop if another aggregator advanced a partition this batch covers.
+    async fn check_fence(&self, outcome: &BatchOutcome) -> Result<(), ClickHouseError> {
+        let keys: Vec<String> = outcome
+            .progress
+            .keys()
+            .filter(|k| self.known.contains_key(*k))
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ledger = self.ledger(Some(&keys)).await?;
+        for key in keys {
+            let expected = self.known.get(&key).copied().flatten();
+            let found = ledger.get(&key).copied();
+            if found != expected {
+                return Err(ClickHouseError::Fenced {
+                    source_key: key,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn batch_committed(&self, batch_id: &str) -> Result<bool, ClickHouseError> {
+        let sql = format!(
+            "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress' AND batch_id = {}",
+            self.db(),
+            quote(batch_id)
+        );
+        Ok(self.fetch::<u64>(sql).await?.first().copied().unwrap_or(0) > 0)
+    }
+
+    /// Insert rows of one table in one request, retried as a whole.
+    async fn insert_rows<R>(
+        &self,
+        table: &str,
+        rows: &[R::Value<'_>],
+        dedup_token: Option<&str>,
+    ) -> Result<(), ClickHouseError>
+    where
+        R: clickhouse::Row + clickhouse::RowWrite,
+    {
+        let full = format!("{}.{table}", self.db());
+        let mut insert = self
+            .insert_client
+            .insert::<R>(table)
+            .await
+            .map_err(ClickHouseError::query(&full))?
+            .with_setting("max_insert_block_size", "100000000");
+        if let Some(token) = dedup_token {
+            insert = insert.with_setting("insert_deduplication_token", token);
+        }
+        for row in rows {
+            insert
+                .write(row)
+                .await
+                .map_err(ClickHouseError::query(&full))?;
+        }
+        insert.end().await.map_err(ClickHouseError::query(&full))
+    }
+
+    /// Drop dedup-id partitions (days) entirely below the floor.
+    async fn forget_ids(&mut self, floor: i64) -> Result<(), ClickHouseError> {
+        let day = floor.div_euclid(24) - 1;
+        if self.kept_id_day.is_some_and(|k| k >= day) {
+            return Ok(());
+        }
+        let db = self.db().to_string();
+        let sql = format!(
+            "SELECT DISTINCT toInt64(partition) FROM system.parts WHERE database = {} \
+             AND table = 'dedup_ids' AND active",
+            quote(&db)
+        );
+        for p in self.fetch::<i64>(sql).await? {
+            if p < day {
+                self.execute(format!("ALTER TABLE {db}.dedup_ids DROP PARTITION {p}"))
+                    .await?;
+            }
+        }
+        self.kept_id_day = Some(day);
+        Ok(())
+    }
+}
+
+impl UsageSink for ClickHouseSink {
+    async fn recover(&mut self) -> Result<Recovered, BoxError> {
+        let loaded_at = self.server_now().await?;
+        let progress = self.ledger(None).await?;
+        let db = self.db();
+        let wm = self
+            .fetch::<i64>(format!(
+                "SELECT max(watermark_ms) FROM {db}.usage_deltas WHERE kind = 'progress'"
+            ))
+            .await?;
+        let watermark_ms = wm.first().copied().filter(|w| *w > 0);
+        let dedup_ids = self.load_ids(self.floor_for(watermark_ms), None).await?;
+        tracing::info!(
+            sources = progress.len(),
+            ids = dedup_ids.len(),
+            ?watermark_ms,
+            "recovered from ClickHouse"
+        );
+        self.known = progress
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(*v)))
+            .collect();
+        self.loaded_at = Some(loaded_at);
+        Ok(Recovered {
+            watermark_ms,
+            dedup_ids,
+            progress,
+        })
+    }
+
+    async fn recover_partitions(&mut self, keys: &[String]) -> Result<Recovered, BoxError> {
+        let progress = self.ledger(Some(keys)).await?;
+        // Ids of batches committed since `recover` loaded them, minus a
+        // margin for inserts that were in flight then.
+        let since = self.loaded_at.unwrap_or(0).saturating_sub(300);
+        let dedup_ids = self.load_ids(i64::MIN, Some((keys, since))).await?;
+        for key in keys {
+            self.known.insert(key.clone(), progress.get(key).copied());
+        }
+        tracing::info!(
+            ?progress,
+            ids = dedup_ids.len(),
+            "resumed partitions from ClickHouse"
+        );
+        Ok(Recovered {
+            watermark_ms: None,
+            dedup_ids,
+            progress,
+        })
+    }
+
+    async fn commit(&mut self, outcome: &BatchOutcome) -> Result<(), BoxError> {
+        let batch_id = format!("{:032x}", rand::rng().random::<u128>());
+        self.check_fence(outcome).await?;
+        let budget = self.config.retry_for;
+        let timeout = self.config.request_timeout;
+
+        let ids = rows::id_rows(&batch_id, &outcome.new_ids);
+        if !ids.is_empty() {
+            with_retries("insert dedup_ids", budget, |_| {
+                timed(
+                    timeout,
+                    "insert dedup_ids",
+                    self.insert_rows::<IdRow>("dedup_ids", &ids, None),
+                )
+            })
+            .await?;
+        }
+        let received_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
+        let rejected = rows::rejected_rows(&batch_id, received_at, &outcome.dead_letters);
+        if !rejected.is_empty() {
+            with_retries("insert rejected_events_log", budget, |_| {
+                timed(
+                    timeout,
+                    "insert rejected_events_log",
+                    self.insert_rows::<RejectedRow>("rejected_events_log", &rejected, None),
+                )
+            })
+            .await?;
+        }
+        let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
+        let token = self.server.modern.then_some(batch_id.as_str());
+        let this = &*self;
+        with_retries("insert usage_deltas", budget, |attempt| {
+            let deltas = &deltas;
+            let batch_id = &batch_id;
+            async move {
+                // A previous attempt may have landed with its answer lost.
+                if attempt > 0 && this.batch_committed(batch_id).await? {
+                    return Ok(());
+                }
+                timed(
+                    timeout,
+                    "insert usage_deltas",
+                    this.insert_rows::<DeltaRow>("usage_deltas", deltas, token),
+                )
+                .await
+            }
+        })
+        .await?;
+        for (k, v) in &outcome.progress {
+            self.known.insert(k.clone(), Some(*v));
+        }
+        self.forget_ids(outcome.dedup_floor).await?;
+        Ok(())
+    }
+}

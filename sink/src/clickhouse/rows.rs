@@ -1,0 +1,308 @@
+//! Rows as written to ClickHouse (RowBinary; field order = column order).
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Date32Type, TimestampMillisecondType, UInt64Type};
+use serde::Serialize;
+use tokentally_aggregate::core::{BatchOutcome, DeadLetter};
+use tokentally_aggregate::rollup::Rollup;
+
+use super::ClickHouseError;
+
+/// One row of `usage_deltas`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+pub struct DeltaRow<'a> {
+    /// Enum8: 1 daily, 2 minute, 3 app_daily, 4 rejected, 5 progress.
+    pub kind: i8,
+    /// Date: days since 1970-01-01.
+    pub day: u16,
+    /// DateTime: seconds since the epoch.
+    pub minute: u32,
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub app: &'a str,
+    pub reason: &'a str,
+    pub source: &'a str,
+    pub next_offset: i64,
+    pub batch_id: &'a str,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub error_requests: u64,
+    pub batches: u64,
+    pub watermark_ms: i64,
+}
+
+pub const KIND_DAILY: i8 = 1;
+pub const KIND_MINUTE: i8 = 2;
+pub const KIND_APP_DAILY: i8 = 3;
+pub const KIND_REJECTED: i8 = 4;
+pub const KIND_PROGRESS: i8 = 5;
+
+impl<'a> DeltaRow<'a> {
+    fn empty(kind: i8, batch_id: &'a str) -> Self {
+        DeltaRow {
+            kind,
+            day: 0,
+            minute: 0,
+            model: "",
+            provider: "",
+            app: "",
+            reason: "",
+            source: "",
+            next_offset: 0,
+            batch_id,
+            requests: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cached_tokens: 0,
+            error_requests: 0,
+            batches: 0,
+            watermark_ms: 0,
+        }
+    }
+}
+
+/// One row of `dedup_ids`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+pub struct IdRow<'a> {
+    pub batch_id: &'a str,
+    pub bucket: i64,
+    pub id_hi: u64,
+    pub id_lo: u64,
+}
+
+/// One row of `rejected_events_log`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
+pub struct RejectedRow<'a> {
+    pub received_at: u32,
+    pub batch_id: &'a str,
+    pub reason: &'a str,
+    pub field: &'a str,
+    pub detail: &'a str,
+    #[serde(with = "serde_bytes")]
+    pub raw: &'a [u8],
+}
+
+pub fn id_rows<'a>(batch_id: &'a str, ids: &[(i64, u128)]) -> Vec<IdRow<'a>> {
+    ids.iter()
+        .map(|&(bucket, id)| IdRow {
+            batch_id,
+            bucket,
+            id_hi: (id >> 64) as u64,
+            id_lo: id as u64,
+        })
+        .collect()
+}
+
+pub fn rejected_rows<'a>(
+    batch_id: &'a str,
+    received_at: u32,
+    dead: &'a [DeadLetter],
+) -> Vec<RejectedRow<'a>> {
+    dead.iter()
+        .map(|d| RejectedRow {
+            received_at,
+            batch_id,
+            reason: d.rejection.reason.as_str(),
+            field: d.rejection.field.unwrap_or(""),
+            detail: &d.rejection.detail,
+            raw: &d.raw,
+        })
+        .collect()
+}
+
+fn day_u16(days: i32) -> Result<u16, ClickHouseError> {
+    u16::try_from(days).map_err(|_| {
+        ClickHouseError::Config(format!("day {days} is outside ClickHouse's Date range"))
+    })
+}
+
+fn col<'b>(b: &'b RecordBatch, name: &str) -> &'b dyn Array {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("roll-up batch lacks column {name}"))
+        .as_ref()
+}
+
+/// Every row of one batch's single `usage_deltas` insert: deltas, reject
+/// counts (on the UTC day they were refused), and progress.
+pub fn delta_rows<'a>(
+    batch_id: &'a str,
+    outcome: &'a BatchOutcome,
+    now_s: u32,
+) -> Result<Vec<DeltaRow<'a>>, ClickHouseError> {
+    let mut rows = Vec::new();
+    for rollup in Rollup::ALL {
+        let kind = match rollup {
+            Rollup::Daily => KIND_DAILY,
+            Rollup::Minute => KIND_MINUTE,
+            Rollup::AppDaily => KIND_APP_DAILY,
+        };
+        for b in outcome.deltas.get(rollup) {
+            let measure = |m: &str| {
+                b.column_by_name(m)
+                    .map(|c| c.as_primitive::<UInt64Type>().values().to_vec())
+            };
+            let requests = measure("requests");
+            let prompt = measure("prompt_tokens");
+            let completion = measure("completion_tokens");
+            let total = measure("total_tokens");
+            let cached = measure("cached_tokens");
+            let errors = measure("error_requests");
+            let at = |v: &Option<Vec<u64>>, i: usize| v.as_ref().map_or(0, |v| v[i]);
+            for i in 0..b.num_rows() {
+                let mut r = DeltaRow::empty(kind, "");
+                for key in rollup.keys() {
+                    match *key {
+                        "day" => {
+                            r.day = day_u16(col(b, "day").as_primitive::<Date32Type>().value(i))?
+                        }
+                        "minute" => {
+                            let ms = col(b, "minute")
+                                .as_primitive::<TimestampMillisecondType>()
+                                .value(i);
+                            r.minute = u32::try_from(ms.div_euclid(1000)).map_err(|_| {
+                                ClickHouseError::Config(format!(
+                                    "minute {ms} is outside ClickHouse's DateTime range"
+                                ))
+                            })?;
+                        }
+                        "model" => r.model = col(b, "model").as_string::<i32>().value(i),
+                        "provider" => r.provider = col(b, "provider").as_string::<i32>().value(i),
+                        "app" => r.app = col(b, "app").as_string::<i32>().value(i),
+                        other => unreachable!("unknown roll-up key {other}"),
+                    }
+                }
+                r.requests = at(&requests, i);
+                r.prompt_tokens = at(&prompt, i);
+                r.completion_tokens = at(&completion, i);
+                r.total_tokens = at(&total, i);
+                r.cached_tokens = at(&cached, i);
+                r.error_requests = at(&errors, i);
+                rows.push(r);
+            }
+        }
+    }
+    let today = day_u16((now_s / 86_400) as i32)?;
+    for (reason, n) in &outcome.stats.rejected {
+        let mut r = DeltaRow::empty(KIND_REJECTED, "");
+        r.day = today;
+        r.reason = reason.as_str();
+        r.requests = *n;
+        rows.push(r);
+    }
+    let watermark_ms = outcome.watermark_ms.unwrap_or(0);
+    let mut progress_rows = outcome
+        .progress
+        .iter()
+        .map(|(source, next)| {
+            let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
+            r.source = source;
+            r.next_offset = *next;
+            r.batches = 1;
+            r.watermark_ms = watermark_ms;
+            r
+        })
+        .peekable();
+    if progress_rows.peek().is_none() {
+        // Every batch leaves a ledger row: its id commits its ids and
+        // dead letters.
+        let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
+        r.batches = 1;
+        r.watermark_ms = watermark_ms;
+        rows.push(r);
+    } else {
+        rows.extend(progress_rows);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokentally_aggregate::core::{Aggregator, AggregatorConfig};
+    use tokentally_aggregate::sink::Recovered;
+    use tokentally_aggregate::source::RawBatch;
+
+    #[tokio::test]
+    async fn one_insert_holds_deltas_rejects_and_progress() {
+        let mut raw = RawBatch::default();
+        // 2026-11-27T00:00:30Z and 2026-11-27T00:01:00Z, same model.
+        for (id, ts) in [("a", 1_795_737_630_000i64), ("b", 1_795_737_660_000)] {
+            raw.push(
+                format!(
+                    r#"{{"event_id":"{id}","ts":{ts},"model":"m","provider":"p","app":"x","prompt_tokens":3,"completion_tokens":4}}"#
+                )
+                .as_bytes(),
+            );
+        }
+        raw.push(b"{not json");
+        raw.progress.insert("kafka:t:0".into(), 42);
+        raw.progress.insert("kafka:t:1".into(), 7);
+        let mut agg = Aggregator::new(AggregatorConfig::default(), &Recovered::default());
+        let outcome = agg.process(&raw).await.unwrap();
+        let rows = delta_rows("b1", &outcome, 1_795_800_000).unwrap();
+        let of = |k: i8| rows.iter().filter(|r| r.kind == k).collect::<Vec<_>>();
+
+        let daily = of(KIND_DAILY);
+        assert_eq!(daily.len(), 1);
+        assert_eq!(daily[0].day, 20_784); // 2026-11-27
+        assert_eq!((daily[0].requests, daily[0].total_tokens), (2, 14));
+        assert_eq!((daily[0].model, daily[0].provider), ("m", "p"));
+        let minutes: Vec<u32> = of(KIND_MINUTE).iter().map(|r| r.minute).collect();
+        assert_eq!(minutes, vec![1_795_737_600, 1_795_737_660]);
+        assert_eq!(of(KIND_APP_DAILY)[0].app, "x");
+        let rejected = of(KIND_REJECTED);
+        assert_eq!(
+            (rejected[0].reason, rejected[0].requests),
+            ("invalid_json", 1)
+        );
+        let progress = of(KIND_PROGRESS);
+        assert_eq!(progress.len(), 2);
+        assert!(
+            progress
+                .iter()
+                .all(|r| r.batch_id == "b1" && r.batches == 1)
+        );
+        assert_eq!(
+            (progress[0].source, progress[0].next_offset),
+            ("kafka:t:0", 42)
+        );
+        // Data rows carry no batch id, so merges fold them across batches.
+        assert!(
+            rows.iter()
+                .filter(|r| r.kind != KIND_PROGRESS)
+                .all(|r| r.batch_id.is_empty())
+        );
+
+        let ids = id_rows("b1", &outcome.new_ids);
+        assert_eq!(ids.len(), 2);
+        let back: Vec<u128> = ids
+            .iter()
+            .map(|r| (u128::from(r.id_hi) << 64) | u128::from(r.id_lo))
+            .collect();
+        let want: Vec<u128> = outcome.new_ids.iter().map(|(_, id)| *id).collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_batch_without_progress_still_leaves_a_ledger_row() {
+        let outcome = BatchOutcome {
+            deltas: Default::default(),
+            dead_letters: vec![],
+            new_ids: vec![],
+            dedup_floor: 0,
+            stats: Default::default(),
+            watermark_ms: Some(5),
+            progress: Default::default(),
+        };
+        let rows = delta_rows("b2", &outcome, 0).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].kind, rows[0].batch_id, rows[0].watermark_ms),
+            (KIND_PROGRESS, "b2", 5)
+        );
+    }
+}

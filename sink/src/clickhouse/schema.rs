@@ -1,0 +1,264 @@
+//! The ClickHouse schema: versioned, idempotent migrations, with modern DDL
+//! where the server supports it and a compatible form on old servers
+//! (Debian's 18.16).
+//!
+//! Layout (database `tokentally` by default):
+//! - `usage_deltas`: every committed micro-batch's roll-up deltas, reject
+//!   counts and source progress, written by one single-part INSERT per
+//!   batch (no partition key), so a batch is in whole or not at all.
+//! - `usage_daily`, `usage_minute`, `usage_app_daily`, `rejected`: views
+//!   summing the deltas; exact whatever the state of background merges.
+//! - `ingest_progress`: view of the progress ledger per source partition.
+//! - `dedup_ids`, `rejected_events_log`: written before the deltas, tagged
+//!   with the batch id; only rows of committed batches count.
+//! - `rejected_events`: the raw dead letters of committed batches.
+//! - `schema_migrations`: the migrations applied.
+
+use clickhouse::Client;
+use tokentally_aggregate::rollup::Rollup;
+
+use super::ClickHouseError;
+
+/// What the server supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub version: String,
+    /// `LowCardinality`, codecs, `TTL`, and insert deduplication tokens on
+    /// non-replicated MergeTree (ClickHouse 22.8 and later).
+    pub modern: bool,
+}
+
+impl ServerInfo {
+    pub fn from_version(version: &str) -> Self {
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        ServerInfo {
+            version: version.to_string(),
+            modern: (major, minor) >= (22, 8),
+        }
+    }
+
+    pub async fn detect(client: &Client) -> Result<Self, ClickHouseError> {
+        let version: String = client
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(ClickHouseError::query("SELECT version()"))?;
+        Ok(Self::from_version(&version))
+    }
+}
+
+/// One schema change.
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub statements: fn(&str, &ServerInfo) -> Vec<String>,
+}
+
+/// Every migration, in order. Append only: never edit a released one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "usage deltas, progress ledger, dedup ids, dead letters and the analyst views",
+    statements: v1,
+}];
+
+/// Create the database and the migrations table.
+pub fn bootstrap(db: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+             (version UInt32, name String, applied_at DateTime('UTC')) \
+             ENGINE = MergeTree ORDER BY version"
+        ),
+    ]
+}
+
+fn sums(measures: &[&str]) -> String {
+    measures
+        .iter()
+        .map(|m| format!("sum({m}) AS {m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
+    let name = if server.modern {
+        "LowCardinality(String)"
+    } else {
+        "String"
+    };
+    let dedup_window = if server.modern {
+        " SETTINGS non_replicated_deduplication_window = 1000"
+    } else {
+        ""
+    };
+    let log_ttl = if server.modern {
+        " TTL received_at + INTERVAL 90 DAY"
+    } else {
+        ""
+    };
+    let codec = if server.modern { " CODEC(ZSTD(1))" } else { "" };
+    let daily = sums(Rollup::Daily.measures());
+    let app = sums(Rollup::AppDaily.measures());
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.usage_deltas (\
+             kind Enum8('daily' = 1, 'minute' = 2, 'app_daily' = 3, 'rejected' = 4, 'progress' = 5), \
+             day Date, minute DateTime('UTC'), \
+             model {name}, provider {name}, app {name}, reason {name}, \
+             source {name}, next_offset Int64, batch_id String, \
+             requests UInt64, prompt_tokens UInt64, completion_tokens UInt64, total_tokens UInt64, \
+             cached_tokens UInt64, error_requests UInt64, batches UInt64, \
+             watermark_ms Int64, committed_at DateTime('UTC') DEFAULT now()) \
+             ENGINE = SummingMergeTree((requests, prompt_tokens, completion_tokens, total_tokens, \
+             cached_tokens, error_requests, batches)) \
+             ORDER BY (kind, day, minute, model, provider, app, reason, source, next_offset, batch_id)\
+             {dedup_window}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.dedup_ids (\
+             batch_id String, bucket Int64, id_hi UInt64, id_lo UInt64) \
+             ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.rejected_events_log (\
+             received_at DateTime('UTC'), batch_id String, reason {name}, field String, \
+             detail String, raw String{codec}) \
+             ENGINE = MergeTree PARTITION BY toYYYYMM(received_at) ORDER BY (received_at, reason)\
+             {log_ttl}"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.usage_daily AS \
+             SELECT day, model, provider, {daily} FROM {db}.usage_deltas \
+             WHERE kind = 'daily' GROUP BY day, model, provider"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.usage_minute AS \
+             SELECT minute, model, {daily} FROM {db}.usage_deltas \
+             WHERE kind = 'minute' GROUP BY minute, model"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.usage_app_daily AS \
+             SELECT day, app, model, {app} FROM {db}.usage_deltas \
+             WHERE kind = 'app_daily' GROUP BY day, app, model"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.rejected AS \
+             SELECT reason, sum(requests) AS count FROM {db}.usage_deltas \
+             WHERE kind = 'rejected' GROUP BY reason"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.ingest_progress AS \
+             SELECT source, max(next_offset) AS next_offset, max(committed_at) AS committed_at, \
+             max(watermark_ms) AS watermark_ms FROM {db}.usage_deltas \
+             WHERE kind = 'progress' GROUP BY source"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.rejected_events AS \
+             SELECT received_at, reason, field, detail, raw FROM {db}.rejected_events_log \
+             WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress')"
+        ),
+    ]
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationReport {
+    pub server_version: String,
+    pub modern: bool,
+    pub database: String,
+    pub applied: Vec<u32>,
+    pub current: u32,
+}
+
+/// Apply every migration the database lacks, in order. Idempotent: each
+/// statement is `IF NOT EXISTS`, and a migration is recorded once all its
+/// statements succeeded, so a half-applied one is simply run again.
+pub async fn migrate(client: &Client, db: &str) -> Result<MigrationReport, ClickHouseError> {
+    let server = ServerInfo::detect(client).await?;
+    for sql in bootstrap(db) {
+        client
+            .query(&sql)
+            .execute()
+            .await
+            .map_err(ClickHouseError::query(&sql))?;
+    }
+    let applied = applied_versions(client, db).await?;
+    let mut report = MigrationReport {
+        server_version: server.version.clone(),
+        modern: server.modern,
+        database: db.to_string(),
+        applied: Vec::new(),
+        current: applied.iter().copied().max().unwrap_or(0),
+    };
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        for sql in (m.statements)(db, &server) {
+            client
+                .query(&sql)
+                .execute()
+                .await
+                .map_err(ClickHouseError::query(&sql))?;
+        }
+        let record = format!(
+            "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",
+            m.version,
+            m.name.replace('\'', "\\'")
+        );
+        client
+            .query(&record)
+            .execute()
+            .await
+            .map_err(ClickHouseError::query(&record))?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        report.applied.push(m.version);
+        report.current = m.version;
+    }
+    Ok(report)
+}
+
+/// The migrations recorded in `db`.
+pub async fn applied_versions(client: &Client, db: &str) -> Result<Vec<u32>, ClickHouseError> {
+    let sql = format!("SELECT DISTINCT version FROM {db}.schema_migrations ORDER BY version");
+    client
+        .query(&sql)
+        .fetch_all::<u32>()
+        .await
+        .map_err(ClickHouseError::query(&sql))
+}
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_detection() {
+        assert!(!ServerInfo::from_version("18.16.1").modern);
+        assert!(!ServerInfo::from_version("22.3.2.1").modern);
+        assert!(ServerInfo::from_version("22.8.1").modern);
+        assert!(ServerInfo::from_version("26.1.2.3").modern);
+        assert!(!ServerInfo::from_version("garbage").modern);
+    }
+
+    #[test]
+    fn migrations_are_ordered_and_modern_ddl_differs() {
+        let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(versions, sorted);
+        let old = v1("db", &ServerInfo::from_version("18.16.1"));
+        let new = v1("db", &ServerInfo::from_version("26.1"));
+        assert!(old.iter().all(|s| !s.contains("LowCardinality")));
+        assert!(new[0].contains("LowCardinality(String)"));
+        assert!(new[0].contains("non_replicated_deduplication_window"));
+    }
+}

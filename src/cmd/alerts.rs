@@ -1,0 +1,219 @@
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tokentally_sink::alerts::webhook::{Secret, verify};
+use tokentally_sink::alerts::{AlertState, Alerter, Status, Totals, WebhookConfig, totals};
+
+use super::clickhouse_args::ClickHouseArgs;
+use super::gateway::shutdown_signal;
+use crate::config::{Config, StoreArgs};
+
+/// Milestone alerts: detect milestones on the authoritative totals (the
+/// ClickHouse database or an embedded store) and deliver each one, once, to
+/// signed webhooks (Standard Webhooks: webhook-id, webhook-timestamp,
+/// webhook-signature). Rules and endpoints are in `[alerts]` of the config
+/// file; see README "Milestone alerts".
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(subcommand)]
+    pub command: AlertsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Watch the totals and deliver milestones until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show recorded milestones and their delivery state.
+    List(ListArgs),
+    /// Check a webhook signature: body on stdin, secret from
+    /// TOKENTALLY_WEBHOOK_SECRET or --secret-file. Exit 0 when valid.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Read totals from ClickHouse (else from the embedded store).
+    #[arg(long)]
+    pub from_clickhouse: bool,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Deliver to this URL too (secret from TOKENTALLY_WEBHOOK_SECRET); repeatable.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Vec<String>,
+    /// How often the totals are read, e.g. 500ms [default: [alerts] interval, 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Directory of the alerter's state (milestones, deliveries).
+    #[arg(
+        long,
+        env = "TOKENTALLY_ALERTS_STATE",
+        default_value = "tokentally-alerts",
+        value_name = "DIR"
+    )]
+    pub state: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The `webhook-id` header.
+    #[arg(long)]
+    pub id: String,
+    /// The `webhook-timestamp` header.
+    #[arg(long)]
+    pub timestamp: String,
+    /// The `webhook-signature` header.
+    #[arg(long)]
+    pub signature: String,
+    /// File holding the whsec_ secret (else TOKENTALLY_WEBHOOK_SECRET).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+}
+
+pub async fn run(config: Config, args: AlertsArgs) -> anyhow::Result<()> {
+    match args.command {
+        AlertsCommand::Run(a) => run_alerts(config, a).await,
+        AlertsCommand::List(a) => list(a),
+        AlertsCommand::Verify(a) => verify_cmd(a),
+    }
+}
+
+async fn run_alerts(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
+    args.clickhouse.apply(&mut config)?;
+    config.apply_store(&args.store);
+    let mut alerts = config.alerts.clone();
+    alerts
+        .webhooks
+        .extend(args.webhook.iter().map(|u| WebhookConfig::new(u)));
+    if let Some(i) = args.interval {
+        alerts.interval = i;
+    }
+    let mut alerter = Alerter::open(&args.state.state, alerts)?;
+    let ch = args
+        .from_clickhouse
+        .then(|| {
+            config
+                .clickhouse
+                .client()
+                .map(|c| (c, config.clickhouse.database.clone()))
+        })
+        .transpose()?;
+    eprintln!(
+        "watching {} every {:?}; state in {}",
+        if ch.is_some() {
+            format!("ClickHouse {}", config.clickhouse.url)
+        } else {
+            format!("store {}", config.store.dir.display())
+        },
+        alerter.interval(),
+        args.state.state.display()
+    );
+    let work = async {
+        loop {
+            let read: anyhow::Result<Totals> = match &ch {
+                Some((client, db)) => totals::from_clickhouse(client, db)
+                    .await
+                    .map_err(Into::into),
+                None => totals::from_store(&config.store.dir)
+                    .await
+                    .map_err(Into::into),
+            };
+            match read {
+                Ok(t) => {
+                    for m in alerter.detect(&t)? {
+                        eprintln!("milestone {}: {}", m.id, serde_json::to_string(&m)?);
+                    }
+                }
+                // Totals unavailable (server down, store not created yet):
+                // keep delivering what is pending, try again next round.
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading totals failed"),
+            }
+            alerter.deliver_due().await?;
+            tokio::time::sleep(alerter.interval()).await;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::select! {
+        r = work => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let state = AlertState::load(&args.state.state)?.unwrap_or_default();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(());
+    }
+    if state.milestones.is_empty() {
+        println!("no milestones recorded in {}", args.state.state.display());
+    }
+    for (id, r) in &state.milestones {
+        let m = &r.milestone;
+        println!("{id}  value={}  detected_at={}", m.value, m.detected_at);
+        for (url, d) in &r.deliveries {
+            let status = match d.status {
+                Status::Pending => "pending",
+                Status::Delivered => "delivered",
+                Status::Failed => "failed",
+                Status::Disabled => "disabled",
+                Status::Skipped => "skipped (before first start)",
+            };
+            let err = d
+                .last_error
+                .as_deref()
+                .map(|e| format!(" last error: {e}"))
+                .unwrap_or_default();
+            println!("    {url}: {status} after {} attempt(s){err}", d.attempts);
+        }
+    }
+    for url in &state.disabled {
+        println!("endpoint disabled (410): {url}");
+    }
+    Ok(())
+}
+
+fn verify_cmd(args: VerifyArgs) -> anyhow::Result<()> {
+    let text = match &args.secret_file {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => std::env::var("TOKENTALLY_WEBHOOK_SECRET")
+            .context("set TOKENTALLY_WEBHOOK_SECRET or pass --secret-file")?,
+    };
+    let secret = Secret::parse(text.lines().next().unwrap_or_default())?;
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    let now = chrono::Utc::now().timestamp();
+    verify(
+        &secret,
+        &args.id,
+        &args.timestamp,
+        &args.signature,
+        &body,
+        now,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid webhook: {e}"))?;
+    println!("valid");
+    Ok(())
+}

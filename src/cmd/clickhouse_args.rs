@@ -1,0 +1,43 @@
+use clap::Args;
+
+use crate::config::Config;
+
+/// Flags that override `[clickhouse]`. The password is read from
+/// `TOKENTALLY_CLICKHOUSE_PASSWORD` or `[clickhouse] password_file`, never
+/// from a flag.
+#[derive(Debug, Clone, Args)]
+pub struct ClickHouseArgs {
+    /// ClickHouse HTTP URL [default: http://127.0.0.1:8123].
+    #[arg(
+        long = "clickhouse",
+        env = "TOKENTALLY_CLICKHOUSE_URL",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+    /// Database of tokentally's tables [default: tokentally].
+    #[arg(long, env = "TOKENTALLY_CLICKHOUSE_DATABASE", value_name = "DB")]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse user [default: default].
+    #[arg(long, env = "TOKENTALLY_CLICKHOUSE_USER", value_name = "USER")]
+    pub clickhouse_user: Option<String>,
+}
+
+impl ClickHouseArgs {
+    pub fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        if let Some(u) = &self.url {
+            config.clickhouse.url = u.clone();
+        }
+        if let Some(d) = &self.clickhouse_database {
+            config.clickhouse.database = d.clone();
+        }
+        if let Some(u) = &self.clickhouse_user {
+            config.clickhouse.user = u.clone();
+        }
+        let db = &config.clickhouse.database;
+        anyhow::ensure!(
+            !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "the ClickHouse database name must be letters, digits and underscores, got {db:?}"
+        );
+        Ok(())
+    }
+}

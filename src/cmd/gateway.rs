@@ -1,0 +1,168 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokentally_ingest::emitter::{Emitter, NotReady};
+use tokentally_ingest::gateway::{self, Auth, GatewayConfig, Tokens};
+
+use super::kafka_args::KafkaArgs;
+use crate::config::Config;
+
+/// Environment variable with bearer tokens, `name:token[,name:token...]`.
+const TOKENS_ENV: &str = "TOKENTALLY_GATEWAY_TOKENS";
+
+const GATEWAY_HELP: &str = "\
+POST /v1/events takes one JSON event, a JSON array of events, or NDJSON
+(Content-Type: application/x-ndjson), with `Authorization: Bearer TOKEN`.
+Valid events are produced to the events topic (key = event_id, header
+`source` = the token's name); the answer comes only after Kafka acknowledged
+all of them:
+  200  {\"accepted\": N, \"rejected\": [{\"index\", \"reason\", \"field\", \"detail\"}]}
+       (invalid events are listed, never sent, and do not block valid ones;
+       index = position in the array, or 0-based line number in NDJSON)
+  400  no event can be read from the body (empty, or a malformed JSON array)
+  401  missing or unknown bearer token
+  413  body larger than --max-body-bytes
+  429  too busy (bytes in flight, producer queue full): retry after Retry-After
+  503  Kafka did not acknowledge within the delivery timeout: retry after
+       Retry-After. Resending after 429/503 is safe: each event_id counts once.
+GET /healthz: 200 while the process runs. GET /readyz: 200 when the broker
+returns the topic's metadata within 2s, else 503. Neither needs a token.
+
+Tokens: --tokens-file (one `name:token` per line; blank lines and # comments
+ignored) and/or TOKENTALLY_GATEWAY_TOKENS=name:token,name:token. Names are
+1-64 characters of A-Z a-z 0-9 . _ -. Without any token the gateway refuses
+to start, unless --no-auth is given.";
+
+/// HTTP ingest gateway for nodes that cannot embed a Kafka client.
+#[derive(Debug, Args)]
+#[command(after_help = GATEWAY_HELP)]
+pub struct GatewayArgs {
+    /// Address to listen on; port 0 picks a free port. The address is printed
+    /// on stderr as `listening on http://ADDR`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Largest request body in bytes; larger requests are answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Request bytes processed at once over all requests (bounds memory);
+    /// a request that finds no room within 1s is answered 429.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_in_flight_bytes: usize,
+    /// How long Kafka may take to acknowledge an event before the request is
+    /// answered 503 [default: [kafka] delivery_timeout, 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub delivery_timeout: Option<Duration>,
+    /// File of bearer tokens, one `name:token` per line. The name is recorded
+    /// as the source of the events sent with the token.
+    #[arg(long, value_name = "PATH")]
+    pub tokens_file: Option<PathBuf>,
+    /// Accept requests without a bearer token (only behind a proxy that
+    /// authenticates, or on a trusted network).
+    #[arg(long)]
+    pub no_auth: bool,
+}
+
+fn auth(args: &GatewayArgs) -> anyhow::Result<Auth> {
+    let mut tokens = Tokens::default();
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the tokens file {}", path.display()))?;
+        tokens
+            .add_file_text(&text, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!("invalid tokens file: {e}"))?;
+    }
+    if let Ok(list) = std::env::var(TOKENS_ENV) {
+        tokens
+            .add_list(&list, TOKENS_ENV)
+            .map_err(|e| anyhow::anyhow!("invalid {TOKENS_ENV}: {e}"))?;
+    }
+    match (args.no_auth, tokens.is_empty()) {
+        (true, true) => Ok(Auth::Disabled),
+        (true, false) => anyhow::bail!(
+            "--no-auth, but tokens are configured (--tokens-file or {TOKENS_ENV}): choose one"
+        ),
+        (false, true) => anyhow::bail!(
+            "no bearer tokens: give --tokens-file PATH or {TOKENS_ENV}=name:token, \
+             or --no-auth to accept anyone"
+        ),
+        (false, false) => Ok(Auth::Tokens(tokens)),
+    }
+}
+
+pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
+    args.kafka.apply(&mut config);
+    if let Some(t) = args.delivery_timeout {
+        config.kafka.delivery_timeout = t;
+    }
+    anyhow::ensure!(args.max_body_bytes > 0, "--max-body-bytes must be positive");
+    let auth = auth(&args)?;
+    let emitter = Emitter::new(&config.kafka)
+        .context("creating the Kafka producer")?
+        .with_limits(config.aggregate.limits);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    // A missing topic is a configuration error; an unreachable broker is
+    // not (it may come up later): /readyz reports it meanwhile.
+    let (check, emitter) =
+        tokio::task::spawn_blocking(move || (emitter.check_topic(Duration::from_secs(3)), emitter))
+            .await?;
+    match check {
+        Ok(()) => {}
+        Err(e @ NotReady::MissingTopic(_)) => anyhow::bail!("{e} (on {})", config.kafka.brokers),
+        Err(e) => tracing::warn!(
+            brokers = %config.kafka.brokers,
+            "{e}; starting anyway, /readyz answers 503 until Kafka answers"
+        ),
+    }
+
+    let gateway_config = GatewayConfig {
+        max_body_bytes: args.max_body_bytes,
+        max_in_flight_bytes: args.max_in_flight_bytes,
+        limits: config.aggregate.limits,
+        ..GatewayConfig::default()
+    };
+    match &auth {
+        Auth::Tokens(t) => eprintln!(
+            "gateway: {} token(s) ({}), producing to {} at {}",
+            t.len(),
+            t.names().collect::<Vec<_>>().join(", "),
+            config.kafka.topic,
+            config.kafka.brokers
+        ),
+        Auth::Disabled => eprintln!(
+            "gateway: authentication disabled (--no-auth), producing to {} at {}",
+            config.kafka.topic, config.kafka.brokers
+        ),
+    }
+    eprintln!("listening on http://{addr}");
+    gateway::serve(listener, emitter, auth, gateway_config, shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    eprintln!("gateway stopped: every answered request was acknowledged by Kafka");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

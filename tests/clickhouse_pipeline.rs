@@ -1,0 +1,431 @@
+//! Kafka → aggregator → ClickHouse against a real Apache Kafka broker and a
+//! real ClickHouse server (both started by `scripts/services up` unless
+//! TOKENTALLY_KAFKA_BROKERS / TOKENTALLY_CLICKHOUSE_URL are set). Totals in
+//! ClickHouse must equal those of the file path over the same corpus,
+//! whatever happens: replays, SIGKILLed aggregators, two aggregators in one
+//! group, ClickHouse down for 20 s, the broker restarted.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::services::{
+    Private, Topic, clickhouse_rows, clickhouse_sql, corpus, produce, reference, services, topic,
+    topic_on, unique,
+};
+use common::{assert_same_totals, bin, run_ok, totals};
+use serde_json::{Map, Value};
+
+/// One test at a time: they share the broker, the server and two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh, migrated database.
+fn database(url: &str, tag: &str) -> String {
+    let db = unique(tag);
+    let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("applied migrations [1]"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    db
+}
+
+/// The same totals as `common::totals` reads from a store, from ClickHouse.
+fn ch_totals(url: &str, db: &str) -> Vec<Map<String, Value>> {
+    let mut rows = clickhouse_rows(
+        url,
+        &format!(
+            "SELECT toString(day) AS day, model, provider, requests, prompt_tokens, completion_tokens, \
+             total_tokens, cached_tokens, error_requests FROM {db}.usage_daily ORDER BY day, model, provider"
+        ),
+    );
+    rows.extend(clickhouse_rows(
+        url,
+        &format!(
+            "SELECT app, model, sum(total_tokens) AS t, sum(requests) AS r FROM {db}.usage_app_daily \
+             GROUP BY app, model ORDER BY app, model"
+        ),
+    ));
+    rows.extend(clickhouse_rows(
+        url,
+        &format!(
+            "SELECT sum(total_tokens) AS t, sum(requests) AS r, count() AS n FROM {db}.usage_minute"
+        ),
+    ));
+    rows.extend(clickhouse_rows(
+        url,
+        &format!("SELECT reason, count FROM {db}.rejected ORDER BY reason"),
+    ));
+    rows
+}
+
+fn aggregate(t: &Topic, url: &str, db: &str, group: &str, idle_secs: &str) -> Command {
+    let mut cmd = bin();
+    cmd.args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
+        .args(["--dlq-topic", &t.dlq(), "--group", group])
+        .args(["--sink", "clickhouse", "--clickhouse", url])
+        .args(["--clickhouse-database", db, "--batch-records", "5000"])
+        .args(["--exit-on-idle", idle_secs, "--json"]);
+    cmd
+}
+
+fn summary(cmd: &mut Command) -> Value {
+    serde_json::from_slice(&run_ok(cmd).stdout).expect("summary JSON")
+}
+
+fn spawn_quiet(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Produce `file` to the topic in the background (events stream while
+/// aggregators come and go).
+fn produce_in_background(t: &Topic, file: &Path) -> Child {
+    spawn_quiet(
+        bin()
+            .args([
+                "produce", "--kafka", &t.brokers, "--topic", &t.name, "--file",
+            ])
+            .arg(file),
+    )
+}
+
+/// Resident memory of a running process, in MiB.
+fn rss_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
+
+/// Spawn with stderr going to `log`.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `child` to exit successfully, sampling its memory; returns the
+/// peak RSS seen.
+fn wait_ok(mut child: Child, log: &Path, limit: Duration) -> u64 {
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "aggregator failed: {status}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            return peak;
+        }
+        peak = peak.max(rss_mib(child.id()).unwrap_or(0));
+        assert!(
+            started.elapsed() < limit,
+            "aggregator still running after {limit:?}"
+        );
+        sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kafka_to_clickhouse_is_exact_and_replays_change_nothing() {
+    let _serial = serial();
+    let s = services();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("ch-exact");
+    let file = corpus(dir.path(), 30_000, 21);
+    produce(&t, &file);
+    let reference = reference(dir.path(), &file);
+    let db = database(&s.clickhouse, "exact");
+
+    let first = summary(&mut aggregate(&t, &s.clickhouse, &db, "g1", "3"));
+    assert_eq!(first["records"], 30_000);
+    assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+
+    // Every dead letter of a committed batch is in rejected_events.
+    let raw = clickhouse_rows(
+        &s.clickhouse,
+        &format!("SELECT count() AS n FROM {db}.rejected_events"),
+    );
+    assert_eq!(raw[0]["n"], first["rejected_total"]);
+
+    // Another group starts from offset 0 of every partition: the ledger in
+    // ClickHouse, not Kafka's offsets, decides what is new.
+    let other = summary(&mut aggregate(&t, &s.clickhouse, &db, "g2", "3"));
+    assert_eq!(other["records"], 0);
+    assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+
+    // A second migrate is a no-op.
+    let out = run_ok(bin().args([
+        "migrate",
+        "--clickhouse",
+        &s.clickhouse,
+        "--clickhouse-database",
+        &db,
+    ]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+}
+
+#[test]
+fn an_unmigrated_database_is_a_clear_error() {
+    let _serial = serial();
+    let s = services();
+    let t = topic("ch-nomigrate");
+    let out = aggregate(&t, &s.clickhouse, &unique("absent"), "g", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run `tokentally migrate`"), "{err}");
+}
+
+#[test]
+fn ten_sigkills_while_a_million_events_stream_lose_and_double_nothing() {
+    let _serial = serial();
+    let s = services();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("ch-crash");
+    let file = corpus(dir.path(), 1_000_000, 31);
+    let db = database(&s.clickhouse, "crash");
+    let mut producer = produce_in_background(&t, &file);
+    let reference = reference(dir.path(), &file);
+
+    // Static membership: each restart takes the partitions back at once.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
+    let mut kills = 0;
+    while kills < 10 {
+        let mut child = spawn_quiet(
+            aggregate(&t, &s.clickhouse, &db, "crash", "30").args(["--instance-id", "crash-1"]),
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        sleep(Duration::from_millis(1_000 + seed % 3_000));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "aggregator exited early"
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(producer.wait().unwrap().success());
+    let last =
+        summary(aggregate(&t, &s.clickhouse, &db, "crash", "5").args(["--instance-id", "crash-1"]));
+    assert!(
+        last["records"].as_u64().unwrap() > 0,
+        "the kills left work for the last run"
+    );
+    assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+}
+
+#[test]
+fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
+    let _serial = serial();
+    let s = services();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("ch-two");
+    let file = corpus(dir.path(), 300_000, 41);
+    let db = database(&s.clickhouse, "two");
+    let mut producer = produce_in_background(&t, &file);
+    let reference = reference(dir.path(), &file);
+
+    // Survivor: idles out only after the victim's 10s session has expired
+    // and its partitions were reassigned.
+    let survivor = aggregate(&t, &s.clickhouse, &db, "two", "20")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut victim = spawn_quiet(&mut aggregate(&t, &s.clickhouse, &db, "two", "20"));
+    sleep(Duration::from_secs(6));
+    assert!(victim.try_wait().unwrap().is_none(), "victim exited early");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(producer.wait().unwrap().success());
+    let out = survivor.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["records"].as_u64().unwrap() > 0);
+    assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+}
+
+#[test]
+fn clickhouse_down_for_20s_midstream_loses_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("services");
+    let brokers = services().brokers.clone();
+    // A ClickHouse of this test's own, so stopping it disturbs nobody.
+    let env = [
+        ("TOKENTALLY_SERVICES_DIR", state.to_str().unwrap()),
+        ("TOKENTALLY_KAFKA_BROKERS", brokers.as_str()),
+        ("TOKENTALLY_CLICKHOUSE_URL", ""),
+        ("TOKENTALLY_CLICKHOUSE_HTTP_PORT", "38223"),
+        ("TOKENTALLY_CLICKHOUSE_TCP_PORT", "39223"),
+    ];
+    let (private, exports) = Private::up(&env);
+    let url = exports("TOKENTALLY_CLICKHOUSE_URL");
+    let t = topic_on(&brokers, "ch-outage");
+    let file = corpus(dir.path(), 300_000, 51);
+    let db = database(&url, "outage");
+    let mut producer = produce_in_background(&t, &file);
+    let reference = reference(dir.path(), &file);
+
+    let log = dir.path().join("aggregate.log");
+    let child = spawn_logged(&mut aggregate(&t, &url, &db, "outage", "10"), &log);
+    sleep(Duration::from_secs(3));
+    private.run("stop", "clickhouse");
+    sleep(Duration::from_secs(20));
+    private.run("start", "clickhouse");
+    assert!(producer.wait().unwrap().success());
+    let peak = wait_ok(child, &log, Duration::from_secs(240));
+    assert!(peak < 1024, "aggregator RSS peaked at {peak} MiB");
+    assert_same_totals(&ch_totals(&url, &db), &totals(&reference));
+}
+
+#[test]
+fn kafka_broker_restart_midstream_loses_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("services");
+    let url = services().clickhouse.clone();
+    // A broker of this test's own, so restarting it disturbs nobody.
+    let env = [
+        ("TOKENTALLY_SERVICES_DIR", state.to_str().unwrap()),
+        ("TOKENTALLY_CLICKHOUSE_URL", url.as_str()),
+        ("TOKENTALLY_KAFKA_BROKERS", ""),
+        ("TOKENTALLY_KAFKA_PORT", "39292"),
+        ("TOKENTALLY_KAFKA_CONTROLLER_PORT", "39293"),
+    ];
+    let (private, exports) = Private::up(&env);
+    let brokers = exports("TOKENTALLY_KAFKA_BROKERS");
+    let t = topic_on(&brokers, "ch-broker");
+    let file = corpus(dir.path(), 300_000, 61);
+    let db = database(&url, "broker");
+    let mut producer = produce_in_background(&t, &file);
+    let reference = reference(dir.path(), &file);
+
+    let log = dir.path().join("aggregate.log");
+    let child = spawn_logged(&mut aggregate(&t, &url, &db, "broker", "15"), &log);
+    sleep(Duration::from_secs(3));
+    private.run("stop", "kafka");
+    sleep(Duration::from_secs(5));
+    private.run("start", "kafka");
+    assert!(
+        producer.wait().unwrap().success(),
+        "the producer rode out the restart"
+    );
+    let peak = wait_ok(child, &log, Duration::from_secs(240));
+    assert!(peak < 1024, "aggregator RSS peaked at {peak} MiB");
+    assert_same_totals(&ch_totals(&url, &db), &totals(&reference));
+    let _ = clickhouse_sql(&url, &format!("DROP DATABASE {db}"));
+}
+
+/// A batch as the aggregator would hand it over: one event, and progress.
+async fn outcome(id: &str, progress: &[(&str, i64)]) -> tokentally_aggregate::core::BatchOutcome {
+    use tokentally_aggregate::core::{Aggregator, AggregatorConfig};
+    use tokentally_aggregate::sink::Recovered;
+    let mut raw = tokentally_aggregate::source::RawBatch::default();
+    raw.push(
+        format!(
+            r#"{{"event_id":"{id}","ts":1795737600000,"model":"m","provider":"p","prompt_tokens":1,"completion_tokens":2}}"#
+        )
+        .as_bytes(),
+    );
+    for (k, v) in progress {
+        raw.progress.insert(k.to_string(), *v);
+    }
+    Aggregator::new(AggregatorConfig::default(), &Recovered::default())
+        .process(&raw)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_that_lost_its_partition_is_fenced() {
+    use tokentally_aggregate::sink::UsageSink;
+    use tokentally_sink::clickhouse::{ClickHouseConfig, ClickHouseError, ClickHouseSink};
+    let url = services().clickhouse.clone();
+    let db = database(&url, "fence");
+    let config = ClickHouseConfig {
+        url: url.clone(),
+        database: db.clone(),
+        ..ClickHouseConfig::default()
+    };
+    let horizon = Duration::from_secs(86_400);
+    let key = "kafka:t:0".to_string();
+    let mut zombie = ClickHouseSink::connect(config.clone(), horizon)
+        .await
+        .unwrap();
+    zombie.recover().await.unwrap();
+    zombie
+        .recover_partitions(std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    zombie
+        .commit(&outcome("a", &[("kafka:t:0", 10)]).await)
+        .await
+        .unwrap();
+
+    // The partition moves to another aggregator, which resumes from the
+    // ledger and commits on.
+    let mut owner = ClickHouseSink::connect(config, horizon).await.unwrap();
+    owner.recover().await.unwrap();
+    let resumed = owner
+        .recover_partitions(std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(resumed.progress.get(&key), Some(&10));
+    assert_eq!(
+        resumed.dedup_ids.len(),
+        1,
+        "the ids of the batches that advanced it"
+    );
+    owner
+        .commit(&outcome("b", &[("kafka:t:0", 20)]).await)
+        .await
+        .unwrap();
+
+    // The old owner wakes up with a batch it read before losing the
+    // partition: refused, and nothing of it is written.
+    let err = zombie
+        .commit(&outcome("c", &[("kafka:t:0", 15)]).await)
+        .await
+        .unwrap_err();
+    let err = err.downcast::<ClickHouseError>().unwrap();
+    assert!(
+        matches!(
+            *err,
+            ClickHouseError::Fenced {
+                found: Some(20),
+                expected: Some(10),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let rows = clickhouse_rows(
+        &url,
+        &format!("SELECT sum(requests) AS r FROM {db}.usage_daily"),
+    );
+    assert_eq!(rows[0]["r"], 2);
+}

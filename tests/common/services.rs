@@ -1,0 +1,229 @@
+//! The real services of the integration tests: Kafka and ClickHouse started
+//! by `scripts/services up` (unless TOKENTALLY_KAFKA_BROKERS and
+//! TOKENTALLY_CLICKHOUSE_URL are set), topics, corpora, and SQL over
+//! ClickHouse's HTTP interface.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::{bin, run_ok};
+
+/// Addresses of the running services.
+pub struct Services {
+    pub brokers: String,
+    pub clickhouse: String,
+}
+
+/// Start (or find) the services once per test binary.
+pub fn services() -> &'static Services {
+    static S: OnceLock<Services> = OnceLock::new();
+    S.get_or_init(|| {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let (Some(brokers), Some(clickhouse)) = (
+            env("TOKENTALLY_KAFKA_BROKERS"),
+            env("TOKENTALLY_CLICKHOUSE_URL"),
+        ) {
+            return Services {
+                brokers,
+                clickhouse,
+            };
+        }
+        let exports = services_up(&[]);
+        Services {
+            brokers: exports("TOKENTALLY_KAFKA_BROKERS"),
+            clickhouse: exports("TOKENTALLY_CLICKHOUSE_URL"),
+        }
+    })
+}
+
+/// Run `scripts/services up` with extra environment; returns a lookup of
+/// the exported addresses.
+pub fn services_up(env: &[(&str, &str)]) -> impl Fn(&str) -> String {
+    let out = script()
+        .arg("up")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run scripts/services up");
+    assert!(
+        out.status.success(),
+        "scripts/services up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    move |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("scripts/services prints {name}"))
+            .to_string()
+    }
+}
+
+/// Services of one test's own (other ports, another state directory),
+/// stopped when dropped, even when the test fails.
+pub struct Private {
+    env: Vec<(String, String)>,
+}
+
+impl Private {
+    /// Start them; `env` picks the state directory and ports, and presets
+    /// the addresses of the shared services this test does not replace.
+    pub fn up(env: &[(&str, &str)]) -> (Private, impl Fn(&str) -> String) {
+        let private = Private {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let exports = services_up(env);
+        (private, exports)
+    }
+
+    /// `scripts/services ACTION SERVICE` (`stop`/`start` keep the data).
+    pub fn run(&self, action: &str, service: &str) {
+        let out = script()
+            .args([action, service])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = script()
+            .arg("down")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output();
+    }
+}
+
+/// `scripts/services` (for `stop`/`start` of one service).
+pub fn script() -> Command {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services"))
+}
+
+pub fn brokers() -> String {
+    services().brokers.clone()
+}
+
+/// A unique name for a topic, group or database.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tt_{tag}_{}_{nanos}", std::process::id())
+}
+
+pub struct Topic {
+    pub brokers: String,
+    pub name: String,
+}
+
+impl Topic {
+    pub fn dlq(&self) -> String {
+        format!("{}-dlq", self.name)
+    }
+}
+
+/// A fresh events topic (4 partitions) and its dead-letter topic.
+pub fn topic_on(brokers: &str, tag: &str) -> Topic {
+    let name = unique(tag).replace('_', "-");
+    run_ok(
+        bin()
+            .args(["topics", "create", "--kafka", brokers, "--topic", &name])
+            .args(["--dlq-topic", &format!("{name}-dlq"), "--partitions", "4"]),
+    );
+    Topic {
+        brokers: brokers.to_string(),
+        name,
+    }
+}
+
+pub fn topic(tag: &str) -> Topic {
+    topic_on(&brokers(), tag)
+}
+
+/// A simulated corpus with retries, late events and malformed lines.
+pub fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
+    let path = dir.join(format!("events-{seed}.ndjson"));
+    run_ok(
+        bin()
+            .args([
+                "simulate",
+                "--events",
+                &events.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--start-ms", "1795737600000", "--duplicate-rate", "0.02"])
+            .args(["--late-rate", "0.02", "--malformed-rate", "0.005", "--out"])
+            .arg(&path),
+    );
+    path
+}
+
+/// The corpus ingested from the file into a reference store (the file
+/// path is checked against independent ground truth in
+/// tests/ingest_ground_truth.rs).
+pub fn reference(dir: &Path, file: &Path) -> PathBuf {
+    let reference = dir.join("reference");
+    run_ok(
+        bin()
+            .args(["ingest", "--file"])
+            .arg(file)
+            .arg("--store")
+            .arg(&reference),
+    );
+    reference
+}
+
+pub fn produce(t: &Topic, file: &Path) {
+    run_ok(
+        bin()
+            .args([
+                "produce", "--kafka", &t.brokers, "--topic", &t.name, "--file",
+            ])
+            .arg(file),
+    );
+}
+
+/// Run SQL on ClickHouse over HTTP; the answer's body, or the error.
+pub fn clickhouse_sql(url: &str, sql: &str) -> Result<String, String> {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut s = TcpStream::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let req = format!(
+        "POST /?output_format_json_quote_64bit_integers=0 HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{sql}: {head}\n{body}"))
+    }
+}
+
+/// Rows of `sql` (without a FORMAT clause) as JSON objects.
+pub fn clickhouse_rows(url: &str, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let body = clickhouse_sql(url, &format!("{sql} FORMAT JSONEachRow")).unwrap();
+    body.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("JSONEachRow"))
+        .collect()
+}

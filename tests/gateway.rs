@@ -1,0 +1,736 @@
+//! The HTTP ingest gateway and the emitter library against a real Apache
+//! Kafka broker (started by `scripts/services up` when
+//! TOKENTALLY_KAFKA_BROKERS is not set): the ground-truth corpus sent
+//! through either, then aggregated, gives exactly the totals of the file
+//! path, and the gateway answers the documented statuses — never 200 for an
+//! event Kafka did not acknowledge.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::services::{Topic, brokers, corpus, reference, topic};
+use common::{bin, query, run_ok, usage_totals};
+use tokentally_ingest::emitter::{EmitError, Emitter};
+use tokentally_ingest::kafka::KafkaConfig;
+use tokentally_schemas::{Limits, TokenEvent, decode};
+
+/// The Kafka tests share one broker and two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A simulated corpus with duplicates, late events and malformed lines, and
+/// the same corpus ingested from the file into a reference store (the file
+/// path is checked against independent ground truth in
+/// tests/ingest_ground_truth.rs).
+fn corpus_with_reference(dir: &Path, events: u32, seed: u32) -> (Vec<Vec<u8>>, PathBuf) {
+    let path = corpus(dir, events, seed);
+    let reference = reference(dir, &path);
+    let lines: Vec<Vec<u8>> = std::fs::read(&path)
+        .unwrap()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    assert_eq!(lines.len(), events as usize);
+    (lines, reference)
+}
+
+/// Aggregate the topic into `store`; the run's JSON summary.
+fn aggregate(t: &Topic, store: &Path, group: &str) -> serde_json::Value {
+    let out = run_ok(
+        bin()
+            .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
+            .args(["--group", group, "--dlq-topic", &t.dlq()])
+            .args(["--batch-records", "2000", "--exit-on-idle", "5", "--json"])
+            .arg("--store")
+            .arg(store),
+    );
+    serde_json::from_slice(&out.stdout).expect("summary JSON")
+}
+
+/// The reference store's reject counts, by reason.
+fn reject_counts(store: &Path) -> BTreeMap<String, u64> {
+    query(store, "SELECT reason, count FROM rejected")
+        .iter()
+        .map(|r| (common::s(r, "reason").to_owned(), common::u(r, "count")))
+        .collect()
+}
+
+/// How many records a store refused.
+fn rejected_total(store: &Path) -> u64 {
+    common::u(
+        &query(
+            store,
+            "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT UNSIGNED) AS n FROM rejected",
+        )[0],
+        "n",
+    )
+}
+
+/// The reason the contract gives for refusing `line`.
+fn reason_of(line: &[u8]) -> Option<&'static str> {
+    decode(line, &Limits::default())
+        .err()
+        .map(|r| r.reason.as_str())
+}
+
+// ---------------------------------------------------------------------------
+// A gateway process and a minimal HTTP/1.1 client.
+
+struct Gateway {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+const TOKEN_A: &str = "tok-fleet-a-0123456789abcdef0123456789";
+const TOKEN_B: &str = "tok-fleet-b-fedcba9876543210fedcba9876";
+
+fn tokens_file(dir: &Path) -> PathBuf {
+    let path = dir.join("tokens");
+    std::fs::write(
+        &path,
+        format!("# gateway tokens\nfleet-a:{TOKEN_A}\n\nfleet-b:{TOKEN_B}\n"),
+    )
+    .unwrap();
+    path
+}
+
+impl Gateway {
+    /// `tokentally gateway --listen 127.0.0.1:0 ARGS`, once it listens.
+    fn start(args: &[&str]) -> Gateway {
+        let mut child = bin()
+            .args(["gateway", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("TOKENTALLY_GATEWAY_TOKENS")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tokentally gateway");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Gateway {
+                child,
+                addr,
+                stderr,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the gateway did not start listening:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    fn post(&self, token: Option<&str>, content_type: &str, body: &[u8]) -> Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", content_type)];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a));
+        }
+        http(&self.addr, "POST", "/v1/events", &headers, body)
+    }
+
+    fn get(&self, path: &str) -> Response {
+        http(&self.addr, "GET", path, &[], b"")
+    }
+
+    /// SIGTERM, and wait for the exit.
+    fn stop(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not stop on SIGTERM:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{e}: status {} body {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect to the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut data = request.into_bytes();
+    data.extend_from_slice(body);
+    // The server may answer (413, 401) before reading the whole body.
+    let _ = stream.write_all(&data);
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response ({read:?}): {raw:?}"));
+    let head = std::str::from_utf8(&raw[..head_end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[head_end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status: status.parse().unwrap(),
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&data[..eol]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// A request of the corpus test: content type, body, and the lines it holds.
+type Request<'a> = (&'static str, Vec<u8>, &'a [Vec<u8>]);
+
+#[test]
+fn the_corpus_through_the_gateway_gives_the_totals_of_the_file_path() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, reference) = corpus_with_reference(dir.path(), 40_000, 21);
+    let t = topic("gw-exact");
+    let gw = Gateway::start(&[
+        "--kafka",
+        &t.brokers,
+        "--topic",
+        &t.name,
+        "--tokens-file",
+        tokens_file(dir.path()).to_str().unwrap(),
+    ]);
+
+    // The first events one per request (a single JSON object; a malformed
+    // one is a rejected record, index 0), the rest in chunks: NDJSON, or a
+    // JSON array when every line of the chunk is well-formed JSON.
+    let mut requests: Vec<Request<'_>> = Vec::new();
+    let singles = 20;
+    for line in &lines[..singles] {
+        requests.push(("application/json", line.clone(), std::slice::from_ref(line)));
+    }
+    let mut arrays = 0;
+    for (i, chunk) in lines[singles..].chunks(997).enumerate() {
+        let all_json = chunk
+            .iter()
+            .all(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok());
+        if i % 3 != 0 && all_json {
+            arrays += 1;
+            let mut body = b"[".to_vec();
+            body.extend(chunk.join(&b",\n"[..]));
+            body.extend(b"]");
+            requests.push(("application/json; charset=utf-8", body, chunk));
+        } else {
+            let mut body = chunk.join(&b'\n');
+            body.push(b'\n');
+            requests.push(("application/x-ndjson", body, chunk));
+        }
+    }
+    assert!(arrays >= 5, "only {arrays} JSON-array requests");
+
+    // Three clients at once, with different tokens.
+    let results: Vec<(usize, BTreeMap<String, u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|worker| {
+                let gw = &gw;
+                let requests = &requests;
+                s.spawn(move || {
+                    let token = if worker == 0 { TOKEN_A } else { TOKEN_B };
+                    let mut accepted = 0;
+                    let mut reasons = BTreeMap::new();
+                    for (content_type, body, chunk) in requests.iter().skip(worker).step_by(3) {
+                        let r = gw.post(Some(token), content_type, body);
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        let v = r.json();
+                        let n = v["accepted"].as_u64().unwrap() as usize;
+                        let rejected = v["rejected"].as_array().unwrap();
+                        assert_eq!(n + rejected.len(), chunk.len(), "{v}");
+                        let expected: Vec<usize> = (0..chunk.len())
+                            .filter(|&i| reason_of(&chunk[i]).is_some())
+                            .collect();
+                        let got: Vec<usize> = rejected
+                            .iter()
+                            .map(|r| r["index"].as_u64().unwrap() as usize)
+                            .collect();
+                        assert_eq!(got, expected, "{v}");
+                        for r in rejected {
+                            let i = r["index"].as_u64().unwrap() as usize;
+                            let reason = r["reason"].as_str().unwrap();
+                            assert_eq!(Some(reason), reason_of(&chunk[i]), "{r}");
+                            *reasons.entry(reason.to_owned()).or_insert(0) += 1;
+                        }
+                        accepted += n;
+                    }
+                    (accepted, reasons)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted: usize = results.iter().map(|(n, _)| n).sum();
+    let mut reasons = BTreeMap::new();
+    for (_, r) in &results {
+        for (k, v) in r {
+            *reasons.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let rejected: u64 = reasons.values().sum();
+    assert!(rejected > 0, "the corpus has malformed lines");
+    assert_eq!(accepted + rejected as usize, lines.len());
+    assert_eq!(reasons, reject_counts(&reference));
+    assert!(gw.stop().success());
+
+    // Everything the gateway answered 200 for is in Kafka: aggregated, it
+    // gives exactly the reference totals. Rejected events never reached it.
+    let store = dir.path().join("kafka");
+    let summary = aggregate(&t, &store, "gw");
+    assert_eq!(summary["records"], accepted as u64);
+    assert_eq!(usage_totals(&store), usage_totals(&reference));
+    assert_eq!(rejected_total(&store), 0);
+}
+
+#[test]
+fn the_corpus_through_the_emitter_gives_the_totals_of_the_file_path() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, reference) = corpus_with_reference(dir.path(), 40_000, 22);
+    let t = topic("emitter");
+    let config = KafkaConfig {
+        brokers: t.brokers.clone(),
+        topic: t.name.clone(),
+        ..KafkaConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (accepted, reasons) = runtime.block_on(async {
+        let emitter = Emitter::new(&config).unwrap().with_source("emitter-test");
+        let mut pending = Vec::new();
+        let mut reasons = BTreeMap::new();
+        for line in &lines {
+            match emitter.enqueue_json(line) {
+                Ok(delivery) => pending.push(delivery),
+                Err(EmitError::Invalid(rejection)) => {
+                    assert_eq!(Some(rejection.reason.as_str()), reason_of(line));
+                    *reasons
+                        .entry(rejection.reason.as_str().to_owned())
+                        .or_insert(0u64) += 1;
+                }
+                Err(e) => panic!("enqueue failed: {e}"),
+            }
+        }
+        let accepted = pending.len();
+        for delivery in pending {
+            delivery.await.expect("acknowledged by Kafka");
+        }
+        // The one-step API, with its error for an invalid event.
+        let err = emitter
+            .send_json(br#"{"event_id":"x","ts":"yesterday","model":"m","provider":"p","prompt_tokens":1,"completion_tokens":1}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(err.rejection().unwrap().reason.as_str(), "invalid_ts");
+        assert!(err.to_string().starts_with("invalid event (invalid_ts)"), "{err}");
+        emitter.flush(Duration::from_secs(30)).unwrap();
+        (accepted, reasons)
+    });
+    assert_eq!(
+        accepted as u64 + reasons.values().sum::<u64>(),
+        lines.len() as u64
+    );
+    assert_eq!(reasons, reject_counts(&reference));
+
+    let store = dir.path().join("kafka");
+    let summary = aggregate(&t, &store, "emitter");
+    assert_eq!(summary["records"], accepted as u64);
+    assert_eq!(usage_totals(&store), usage_totals(&reference));
+    assert_eq!(rejected_total(&store), 0);
+}
+
+/// Kafka messages of a topic: (key, `source` header, payload).
+fn read_topic(t: &Topic, expected: usize) -> Vec<(String, Option<String>, String)> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &t.brokers)
+        .set("group.id", format!("{}-reader", t.name))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&t.name]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let source = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "source")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            source,
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+fn event(id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","ts":1795737600000,"model":"m","provider":"p","app":"a","prompt_tokens":3,"completion_tokens":4}}"#
+    )
+}
+
+#[test]
+fn the_gateway_answers_the_documented_statuses() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("gw-status");
+    let gw = Gateway::start(&[
+        "--kafka",
+        &t.brokers,
+        "--topic",
+        &t.name,
+        "--tokens-file",
+        tokens_file(dir.path()).to_str().unwrap(),
+        "--max-body-bytes",
+        "4096",
+    ]);
+    assert_eq!(gw.get("/healthz").status, 200);
+    let ready = gw.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    // Authentication.
+    let one = event("status-1");
+    let r = gw.post(None, "application/json", one.as_bytes());
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    let r = gw.post(
+        Some("tok-fleet-a-wrong"),
+        "application/json",
+        one.as_bytes(),
+    );
+    assert_eq!(r.status, 401);
+    let r = gw.post(
+        Some(&TOKEN_A[..TOKEN_A.len() - 1]),
+        "application/json",
+        one.as_bytes(),
+    );
+    assert_eq!(r.status, 401);
+
+    // Oversized body: 413, nothing sent.
+    let mut big = Vec::new();
+    for i in 0..60 {
+        big.extend(event(&format!("big-{i}")).as_bytes());
+        big.push(b'\n');
+    }
+    assert!(big.len() > 4096);
+    let r = gw.post(Some(TOKEN_A), "application/x-ndjson", &big);
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    // A body no event can be read from: 400, nothing sent.
+    let r = gw.post(
+        Some(TOKEN_A),
+        "application/json",
+        format!("[{},{{broken]", event("never-1")).as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("NDJSON"));
+    let r = gw.post(Some(TOKEN_A), "application/x-ndjson", b"\n\n");
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Malformed events: 200, listed in `rejected`, valid ones delivered.
+    let r = gw.post(Some(TOKEN_A), "application/json", one.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["accepted"], 1);
+    assert_eq!(r.json()["rejected"], serde_json::json!([]));
+    let ndjson = format!(
+        "{}\n{{\"event_id\":\"bad\"\n\n{}\r\n[1]\n",
+        event("status-2"),
+        event("status-3").replace("\"m\"", "\"\"")
+    );
+    let r = gw.post(Some(TOKEN_B), "application/x-ndjson", ndjson.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["accepted"], 1, "{v}");
+    let rejected: Vec<(u64, &str)> = v["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (1, "invalid_json"),
+            (3, "empty_value"),
+            (4, "not_an_object")
+        ]
+    );
+    assert_eq!(v["rejected"][1]["field"], "model");
+    let r = gw.post(
+        Some(TOKEN_B),
+        "application/json",
+        format!("[{}, 5]", event("status-4")).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"accepted": 1, "rejected": [{"index": 1, "reason": "not_an_object",
+            "detail": r.json()["rejected"][0]["detail"]}]})
+    );
+
+    // The emitter's typed API, to the same topic.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = KafkaConfig {
+            brokers: t.brokers.clone(),
+            topic: t.name.clone(),
+            ..KafkaConfig::default()
+        };
+        let emitter = Emitter::new(&config).unwrap().with_source("typed");
+        let mut ev = TokenEvent {
+            event_id: "typed-1".into(),
+            ts: 1_795_737_600_000,
+            model: "m".into(),
+            provider: "p".into(),
+            app: "a".into(),
+            node: Some("node-1".into()),
+            region: None,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            latency_ms: Some(10),
+            status: Default::default(),
+        };
+        emitter.send(&ev).await.expect("acknowledged");
+        ev.provider = "".into();
+        let err = emitter.send(&ev).await.unwrap_err();
+        assert_eq!(err.rejection().unwrap().reason.as_str(), "empty_value");
+    });
+    assert!(gw.stop().success());
+
+    // What reached Kafka: exactly the accepted events, keyed by event_id,
+    // with the token's name (or the emitter's source) as `source`.
+    let messages = read_topic(&t, 4);
+    let summary: Vec<(&str, Option<&str>)> = messages
+        .iter()
+        .map(|(k, s, _)| (k.as_str(), s.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("status-1", Some("fleet-a")),
+            ("status-2", Some("fleet-b")),
+            ("status-4", Some("fleet-b")),
+            ("typed-1", Some("typed")),
+        ]
+    );
+    assert_eq!(messages[0].2, one);
+}
+
+#[test]
+fn with_the_broker_down_the_gateway_never_answers_200() {
+    // No broker listens on port 1; the shared broker is left alone.
+    let gw = Gateway::start(&[
+        "--kafka",
+        "127.0.0.1:1",
+        "--topic",
+        "nowhere",
+        "--delivery-timeout",
+        "2s",
+        "--no-auth",
+    ]);
+    assert_eq!(gw.get("/healthz").status, 200);
+    let r = gw.get("/readyz");
+    assert_eq!(r.status, 503, "{}", r.text());
+
+    for (content_type, body) in [
+        ("application/json", event("down-1")),
+        (
+            "application/x-ndjson",
+            format!("{}\n{{broken\n{}\n", event("down-2"), event("down-3")),
+        ),
+    ] {
+        let started = Instant::now();
+        let r = gw.post(None, content_type, body.as_bytes());
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.header("retry-after").is_some(), "{r:?}");
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("not acknowledged"),
+            "{}",
+            r.text()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(1_500));
+    }
+    // Nothing to acknowledge: the rejection is the whole answer.
+    let r = gw.post(None, "application/x-ndjson", b"{broken\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["accepted"], 0);
+    assert!(gw.stop().success());
+}
+
+#[test]
+fn the_gateway_refuses_to_start_without_tokens() {
+    let out = bin()
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:1",
+        ])
+        .env_remove("TOKENTALLY_GATEWAY_TOKENS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no bearer tokens") && err.contains("--no-auth"),
+        "{err}"
+    );
+
+    // Tokens from the environment work too; --no-auth with tokens is refused.
+    let out = bin()
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:1",
+        ])
+        .arg("--no-auth")
+        .env("TOKENTALLY_GATEWAY_TOKENS", format!("env-node:{TOKEN_A}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose one"), "{err}");
+    assert!(!err.contains(TOKEN_A), "a token was printed: {err}");
+}
+
+#[test]
+fn the_gateway_refuses_a_missing_topic() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["gateway", "--listen", "127.0.0.1:0", "--kafka", &brokers()])
+        .args(["--topic", "tt-gateway-no-such-topic", "--tokens-file"])
+        .arg(tokens_file(dir.path()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("topic tt-gateway-no-such-topic does not exist"),
+        "{err}"
+    );
+}
