@@ -212,6 +212,16 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     assert_eq!(r["previous_record"], 1_200_000_000_000u64);
     assert_eq!(r["value"], 1_500_000_000_000u64);
 
+    // Recorded in ClickHouse too, once per id.
+    let rows = common::services::clickhouse_rows(
+        &services().clickhouse,
+        &format!(
+            "SELECT id, previous_holder FROM {db}.milestones WHERE type = 'record' AND scope = 'top_model'"
+        ),
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["previous_holder"], "model-a");
+
     // `alerts list` shows them delivered, and `alerts verify` accepts a
     // correctly signed body and refuses a tampered one.
     let list = run_ok(

@@ -31,7 +31,7 @@ fn database(url: &str, tag: &str) -> String {
     let db = unique(tag);
     let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("applied migrations [1]"),
+        String::from_utf8_lossy(&out.stdout).contains("applied migrations [1, 2]"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -79,6 +79,15 @@ fn docs_sql_queries_run_on_the_real_server_and_return_rows() {
             .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
             .args(["--clickhouse-database", &db]),
     );
+    // A milestone, as `alerts run --from-clickhouse` records it.
+    clickhouse_sql(
+        &s.clickhouse,
+        &format!(
+            "INSERT INTO {db}.milestones_log (id, type, scope, model, day, threshold, value, detected_at) \
+             VALUES ('first:model:1000000000000', 'first', 'model', 'qwen/qwen3.6-plus', '2026-11-27', 1000000000000, 1000000000001, now())"
+        ),
+    )
+    .unwrap();
     for q in &queries {
         let sql = q.replace("tokentally.", &format!("{db}."));
         let out = clickhouse_sql(&s.clickhouse, &format!("{sql}\nFORMAT TSV"))

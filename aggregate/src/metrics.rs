@@ -1,6 +1,9 @@
 //! Prometheus metrics of the aggregation core.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use tokentally_schemas::RejectReason;
 
 use crate::core::BatchStats;
@@ -15,6 +18,12 @@ pub struct PipelineMetrics {
     pub late_events: IntCounter,
     pub dedup_ids: IntGauge,
     pub batch_events: Histogram,
+    /// Time to commit one batch to the sink (flush latency).
+    pub commit_seconds: Histogram,
+    /// Unix time of the last committed batch.
+    pub last_commit: Gauge,
+    /// Messages behind the end of each partition (Kafka sources).
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl PipelineMetrics {
@@ -52,6 +61,24 @@ impl PipelineMetrics {
                 HistogramOpts::new("tokentally_batch_events", "Records per micro-batch.")
                     .buckets(prometheus::exponential_buckets(16.0, 4.0, 9)?),
             )?,
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tokentally_commit_seconds",
+                    "Time to commit one micro-batch to the sink.",
+                )
+                .buckets(prometheus::exponential_buckets(0.001, 2.5, 12)?),
+            )?,
+            last_commit: Gauge::new(
+                "tokentally_last_commit_timestamp_seconds",
+                "Unix time of the last micro-batch committed to the sink.",
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "tokentally_consumer_lag_messages",
+                    "Messages between the consumer's position and the end of the partition.",
+                ),
+                &["topic", "partition"],
+            )?,
         };
         registry.register(Box::new(m.events_received.clone()))?;
         registry.register(Box::new(m.events_accepted.clone()))?;
@@ -60,6 +87,9 @@ impl PipelineMetrics {
         registry.register(Box::new(m.late_events.clone()))?;
         registry.register(Box::new(m.dedup_ids.clone()))?;
         registry.register(Box::new(m.batch_events.clone()))?;
+        registry.register(Box::new(m.commit_seconds.clone()))?;
+        registry.register(Box::new(m.last_commit.clone()))?;
+        registry.register(Box::new(m.consumer_lag.clone()))?;
         for r in RejectReason::ALL {
             m.events_rejected.with_label_values(&[r.as_str()]);
         }

@@ -23,14 +23,23 @@ where
     let recovered = sink.recover().await.map_err(Error::Recover)?;
     source.resume(&recovered.progress).map_err(Error::Source)?;
     let mut aggregator = Aggregator::new(config, &recovered);
-    if let Some(m) = metrics {
-        aggregator = aggregator.with_metrics(m);
+    if let Some(m) = &metrics {
+        aggregator = aggregator.with_metrics(m.clone());
     }
     let mut totals = BatchStats::default();
     while let Some(raw) = source.next_batch().await.map_err(Error::Source)? {
         if !raw.is_empty() {
             let outcome = aggregator.process(&raw).await?;
+            let started = std::time::Instant::now();
             sink.commit(&outcome).await.map_err(Error::Sink)?;
+            if let Some(m) = &metrics {
+                m.commit_seconds.observe(started.elapsed().as_secs_f64());
+                m.last_commit.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                );
+            }
             source
                 .acknowledge(&outcome.progress)
                 .map_err(Error::Source)?;

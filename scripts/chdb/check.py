@@ -53,6 +53,10 @@ def main() -> int:
             s.query(f"""
                 INSERT INTO {db}.rejected_events_log (received_at, batch_id, reason, field, detail, raw)
                 VALUES (now(), '{batch}', 'invalid_json', '', 'expected value', '{{not json')""")
+        s.query(f"""
+            INSERT INTO {db}.milestones_log (id, type, scope, model, day, threshold, value, detected_at)
+            VALUES ('first:model:1000000000000', 'first', 'model', 'qwen/qwen3.6-plus', '2026-11-27',
+                    1000000000000, 1000000000001, now())""")
         for q in queries:
             rows = str(s.query(q, "JSONEachRow")).strip().splitlines()
             first = " ".join(q.split())[:70]

@@ -5,17 +5,19 @@ use clap::{Args, ValueEnum};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokentally_aggregate::core::{BatchOutcome, BatchStats};
+use tokentally_aggregate::metrics::PipelineMetrics;
 use tokentally_aggregate::pipeline;
 use tokentally_aggregate::sink::UsageSink;
 use tokentally_aggregate::source::kafka::{KafkaSource, KafkaSourceConfig};
 use tokentally_ingest::kafka::ensure_topics_exist;
-use tokentally_sink::clickhouse::ClickHouseSink;
+use tokentally_sink::clickhouse::{ClickHouseSink, SinkMetrics};
 use tokentally_sink::embedded::EmbeddedStore;
 
 use super::clickhouse_args::ClickHouseArgs;
 use super::gateway::shutdown_signal;
 use super::ingest::Summary;
 use super::kafka_args::KafkaArgs;
+use super::metrics::{MetricsArgs, registry};
 use crate::config::{AggregateArgs, Config, StoreArgs};
 
 /// Consume the events topic as a member of a consumer group and roll it up
@@ -40,6 +42,8 @@ pub struct AggregateCmdArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub aggregate: AggregateArgs,
     /// Static group membership id (e.g. the pod or host name): a restarted
@@ -80,23 +84,28 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
     }
     let k = config.kafka.clone();
     ensure_topics_exist(&k, &[&k.topic, &k.dlq_topic]).map_err(anyhow::Error::msg)?;
+    let registry = registry();
+    let metrics = PipelineMetrics::register(&registry)?;
     match args.sink {
         SinkKind::Embedded => {
             let mut store = EmbeddedStore::open(config.store.clone())?;
             let at = store.dir().display().to_string();
-            consume(&config, &args, &mut store, &at).await
+            args.metrics.serve(&registry).await?;
+            consume(&config, &args, &mut store, &at, metrics).await
         }
         SinkKind::Clickhouse => {
             let ch = config.clickhouse.clone();
-            let mut sink =
-                ClickHouseSink::connect(ch.clone(), config.aggregate.dedup.horizon).await?;
+            let mut sink = ClickHouseSink::connect(ch.clone(), config.aggregate.dedup.horizon)
+                .await?
+                .with_metrics(SinkMetrics::register(&registry)?);
             let at = format!(
                 "{} (database {}, ClickHouse {})",
                 ch.url,
                 ch.database,
                 sink.server().version
             );
-            consume(&config, &args, &mut sink, &at).await
+            args.metrics.serve(&registry).await?;
+            consume(&config, &args, &mut sink, &at, metrics).await
         }
     }
 }
@@ -107,6 +116,7 @@ async fn consume<K: UsageSink>(
     args: &AggregateCmdArgs,
     sink: &mut K,
     sink_name: &str,
+    metrics: PipelineMetrics,
 ) -> anyhow::Result<()> {
     let k = &config.kafka;
     let mut source = KafkaSource::connect(KafkaSourceConfig {
@@ -117,6 +127,7 @@ async fn consume<K: UsageSink>(
         max_wait: Duration::from_millis(args.max_wait_ms),
         exit_on_idle: args.exit_on_idle.map(Duration::from_secs_f64),
         instance_id: args.instance_id.clone(),
+        lag: Some(metrics.consumer_lag.clone()),
     })
     .map_err(|e| anyhow::anyhow!("connecting to Kafka at {}: {e}", k.brokers))?;
     let dlq: FutureProducer = k
@@ -130,7 +141,7 @@ async fn consume<K: UsageSink>(
         &mut source,
         sink,
         config.aggregate.clone(),
-        None,
+        Some(metrics),
         |outcome| {
             tracing::debug!(records = outcome.stats.records, accepted = outcome.stats.accepted, progress = ?outcome.progress, "committed batch");
             mirror_dead_letters(&dlq, &k.dlq_topic, outcome);

@@ -5,10 +5,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokentally_sink::alerts::webhook::{Secret, verify};
-use tokentally_sink::alerts::{AlertState, Alerter, Status, Totals, WebhookConfig, totals};
+use tokentally_sink::alerts::{
+    AlertMetrics, AlertState, Alerter, Status, Totals, WebhookConfig, totals,
+};
 
 use super::clickhouse_args::ClickHouseArgs;
 use super::gateway::shutdown_signal;
+use super::metrics::{MetricsArgs, registry};
 use crate::config::{Config, StoreArgs};
 
 /// Milestone alerts: detect milestones on the authoritative totals (the
@@ -50,6 +53,8 @@ pub struct RunArgs {
     /// How often the totals are read, e.g. 500ms [default: [alerts] interval, 1s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +112,10 @@ async fn run_alerts(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     if let Some(i) = args.interval {
         alerts.interval = i;
     }
-    let mut alerter = Alerter::open(&args.state.state, alerts)?;
+    let registry = registry();
+    let mut alerter =
+        Alerter::open(&args.state.state, alerts)?.with_metrics(AlertMetrics::register(&registry)?);
+    args.metrics.serve(&registry).await?;
     let ch = args
         .from_clickhouse
         .then(|| {
@@ -146,6 +154,20 @@ async fn run_alerts(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
                 // Totals unavailable (server down, store not created yet):
                 // keep delivering what is pending, try again next round.
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading totals failed"),
+            }
+            if let Some((client, db)) = &ch {
+                let pending = alerter.unmirrored();
+                match totals::mirror_to_clickhouse(client, db, &pending).await {
+                    Ok(()) => {
+                        let ids: Vec<String> = pending.into_iter().map(|m| m.id).collect();
+                        if !ids.is_empty() {
+                            alerter.mark_mirrored(&ids)?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording milestones in ClickHouse failed; retrying next round")
+                    }
+                }
             }
             alerter.deliver_due().await?;
             tokio::time::sleep(alerter.interval()).await;

@@ -5,9 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokentally_ingest::emitter::{Emitter, NotReady};
-use tokentally_ingest::gateway::{self, Auth, GatewayConfig, Tokens};
+use tokentally_ingest::gateway::{self, Auth, GatewayConfig, GatewayMetrics, Tokens};
 
 use super::kafka_args::KafkaArgs;
+use super::metrics::{MetricsArgs, registry};
 use crate::config::Config;
 
 /// Environment variable with bearer tokens, `name:token[,name:token...]`.
@@ -46,6 +47,8 @@ pub struct GatewayArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Largest request body in bytes; larger requests are answered 413.
     #[arg(long, value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -143,10 +146,20 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
             config.kafka.topic, config.kafka.brokers
         ),
     }
+    let registry = registry();
+    let metrics = GatewayMetrics::register(&registry)?;
+    args.metrics.serve(&registry).await?;
     eprintln!("listening on http://{addr}");
-    gateway::serve(listener, emitter, auth, gateway_config, shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    gateway::serve(
+        listener,
+        emitter,
+        auth,
+        gateway_config,
+        Some(metrics),
+        shutdown_signal(),
+    )
+    .await
+    .context("serving HTTP")?;
     eprintln!("gateway stopped: every answered request was acknowledged by Kafka");
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod gateway;
 pub mod ingest;
 mod kafka_args;
+mod metrics;
 pub mod migrate;
 pub mod produce;
 pub mod query;

@@ -12,6 +12,7 @@ use tokentally_ingest::kafka::event_key;
 
 use super::produce::LineProducer;
 
+use super::metrics::{MetricsArgs, registry};
 use crate::config::{Config, FleetArgs};
 
 /// Simulated fleet traffic: a seeded, deterministic mix of real-looking
@@ -35,6 +36,8 @@ pub struct SimulateArgs {
     pub rate: Option<f64>,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
@@ -44,7 +47,14 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
         if let Some(t) = &args.topic {
             config.kafka.topic = t.clone();
         }
-        return to_kafka(config, args.rate).await;
+        let registry = registry();
+        let produced = prometheus::IntCounter::new(
+            "tokentally_simulate_events_produced_total",
+            "Simulated events handed to the Kafka producer.",
+        )?;
+        registry.register(Box::new(produced.clone()))?;
+        args.metrics.serve(&registry).await?;
+        return to_kafka(config, args.rate, produced).await;
     }
     let sink: Box<dyn Write> = if args.out.as_os_str() == "-" {
         Box::new(io::stdout().lock())
@@ -71,7 +81,11 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn to_kafka(config: Config, rate: Option<f64>) -> anyhow::Result<()> {
+async fn to_kafka(
+    config: Config,
+    rate: Option<f64>,
+    produced: prometheus::IntCounter,
+) -> anyhow::Result<()> {
     if let Some(r) = rate {
         anyhow::ensure!(r > 0.0, "--rate must be positive, got {r}");
     }
@@ -98,6 +112,7 @@ async fn to_kafka(config: Config, rate: Option<f64>) -> anyhow::Result<()> {
                     tokio::time::sleep(wait).await;
                 }
             }
+            produced.inc_by(1024);
             bar.set_position(sent);
             bar.set_message(format!(
                 "{:.0}/s",
@@ -106,6 +121,7 @@ async fn to_kafka(config: Config, rate: Option<f64>) -> anyhow::Result<()> {
         }
     }
     let sent = out.finish().await?;
+    produced.inc_by(sent % 1024);
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(

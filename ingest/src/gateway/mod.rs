@@ -40,6 +40,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -92,7 +93,50 @@ pub enum Auth {
     Disabled,
 }
 
+/// Prometheus metrics of the gateway.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub requests: prometheus::IntCounterVec,
+    pub events: prometheus::IntCounterVec,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = GatewayMetrics {
+            requests: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tokentally_gateway_requests_total",
+                    "HTTP requests answered, by status code.",
+                ),
+                &["status"],
+            )?,
+            events: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tokentally_gateway_events_total",
+                    "Events in answered requests: accepted (acknowledged by Kafka) or rejected (invalid).",
+                ),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.events.clone()))?;
+        for outcome in ["accepted", "rejected"] {
+            m.events.with_label_values(&[outcome]);
+        }
+        Ok(m)
+    }
+}
+
+async fn count_status(State(m): State<GatewayMetrics>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    m.requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
+}
+
 struct Gateway {
+    metrics: Option<GatewayMetrics>,
     emitter: Emitter,
     auth: Auth,
     config: GatewayConfig,
@@ -102,22 +146,32 @@ struct Gateway {
 }
 
 /// The gateway's routes, serving with `emitter`.
-pub fn router(emitter: Emitter, auth: Auth, config: GatewayConfig) -> Router {
+pub fn router(
+    emitter: Emitter,
+    auth: Auth,
+    config: GatewayConfig,
+    metrics: Option<GatewayMetrics>,
+) -> Router {
     let admission_kib = kib(config.max_in_flight_bytes.max(config.max_body_bytes));
     let max_body = config.max_body_bytes;
     let state = Arc::new(Gateway {
+        metrics: metrics.clone(),
         emitter,
         auth,
         admission: Semaphore::new(admission_kib as usize),
         admission_kib,
         config,
     });
-    Router::new()
+    let router = Router::new()
         .route("/v1/events", post(post_events))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+        .with_state(state);
+    match metrics {
+        Some(m) => router.layer(middleware::from_fn_with_state(m, count_status)),
+        None => router,
+    }
 }
 
 /// Serve on `listener` until `shutdown` resolves, then finish the requests
@@ -127,9 +181,10 @@ pub async fn serve(
     emitter: Emitter,
     auth: Auth,
     config: GatewayConfig,
+    metrics: Option<GatewayMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(emitter, auth, config))
+    axum::serve(listener, router(emitter, auth, config, metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -342,6 +397,14 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
         elapsed_ms = started.elapsed().as_millis() as u64,
         "events acknowledged"
     );
+    if let Some(m) = &gw.metrics {
+        m.events
+            .with_label_values(&["accepted"])
+            .inc_by(accepted as u64);
+        m.events
+            .with_label_values(&["rejected"])
+            .inc_by(rejected.len() as u64);
+    }
     axum::Json(Accepted { accepted, rejected }).into_response()
 }
 

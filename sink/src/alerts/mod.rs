@@ -178,6 +178,9 @@ pub struct Recorded {
     pub milestone: Milestone,
     /// Endpoint URL → delivery.
     pub deliveries: BTreeMap<String, Delivery>,
+    /// Copied to ClickHouse's `milestones` table (alerts on ClickHouse).
+    #[serde(default)]
+    pub mirrored: bool,
 }
 
 /// Everything the alerter remembers.
@@ -223,6 +226,46 @@ impl AlertState {
     }
 }
 
+/// Prometheus metrics of the alerter.
+#[derive(Clone)]
+pub struct AlertMetrics {
+    pub deliveries: prometheus::IntCounterVec,
+    pub disabled: prometheus::IntGauge,
+    pub milestones: prometheus::IntCounterVec,
+}
+
+impl AlertMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = AlertMetrics {
+            deliveries: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tokentally_webhook_deliveries_total",
+                    "Webhook delivery attempts, by outcome (delivered, retry, gone, rejected).",
+                ),
+                &["outcome"],
+            )?,
+            disabled: prometheus::IntGauge::new(
+                "tokentally_webhook_endpoints_disabled",
+                "Webhook endpoints disabled after answering 410 Gone.",
+            )?,
+            milestones: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tokentally_milestones_total",
+                    "Milestones detected, by type.",
+                ),
+                &["type"],
+            )?,
+        };
+        registry.register(Box::new(m.deliveries.clone()))?;
+        registry.register(Box::new(m.disabled.clone()))?;
+        registry.register(Box::new(m.milestones.clone()))?;
+        for outcome in ["delivered", "retry", "gone", "rejected"] {
+            m.deliveries.with_label_values(&[outcome]);
+        }
+        Ok(m)
+    }
+}
+
 /// An endpoint ready to send to.
 struct Endpoint {
     config: WebhookConfig,
@@ -239,6 +282,7 @@ pub struct Alerter {
     /// then is history, recorded but not sent.
     fresh: bool,
     sender: Sender,
+    metrics: Option<AlertMetrics>,
     _lock: File,
 }
 
@@ -277,8 +321,22 @@ impl Alerter {
             state: loaded.unwrap_or_default(),
             endpoints,
             config,
+            metrics: None,
             _lock: lock,
         })
+    }
+
+    pub fn with_metrics(mut self, metrics: AlertMetrics) -> Self {
+        metrics.disabled.set(self.state.disabled.len() as i64);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.deliveries.with_label_values(&[outcome]).inc();
+            m.disabled.set(self.state.disabled.len() as i64);
+        }
     }
 
     pub fn state(&self) -> &AlertState {
@@ -327,6 +385,7 @@ impl Alerter {
                 Recorded {
                     milestone: m.clone(),
                     deliveries,
+                    mirrored: false,
                 },
             );
         }
@@ -339,6 +398,14 @@ impl Alerter {
                 );
             }
             return Ok(Vec::new());
+        }
+        if let Some(metrics) = &self.metrics {
+            for m in &new {
+                metrics
+                    .milestones
+                    .with_label_values(&[m.kind.as_str()])
+                    .inc();
+            }
         }
         Ok(new)
     }
@@ -378,6 +445,7 @@ impl Alerter {
             let give_up = now - detected_ms > self.config.give_up_after.as_millis() as i64;
             match attempt {
                 Attempt::Delivered => {
+                    self.count("delivered");
                     tracing::info!(id, url, "milestone delivered");
                     self.set(&id, &url, |d| {
                         d.status = Status::Delivered;
@@ -388,6 +456,7 @@ impl Alerter {
                 Attempt::Gone => {
                     tracing::warn!(url, "webhook endpoint answered 410 Gone: disabled");
                     self.state.disabled.insert(url.clone());
+                    self.count("gone");
                     self.set(&id, &url, |d| {
                         d.status = Status::Disabled;
                         d.attempts += 1;
@@ -395,6 +464,7 @@ impl Alerter {
                     });
                 }
                 Attempt::Rejected { status } => {
+                    self.count("rejected");
                     tracing::error!(
                         id,
                         url,
@@ -408,6 +478,7 @@ impl Alerter {
                     });
                 }
                 Attempt::Retry { error, after } => {
+                    self.count("retry");
                     let attempts = self.state.milestones[&id].deliveries[&url].attempts + 1;
                     let backoff = Duration::from_secs(1)
                         .saturating_mul(1 << attempts.min(9))
@@ -434,6 +505,26 @@ impl Alerter {
             .flat_map(|r| r.deliveries.values())
             .filter(|d| d.status == Status::Pending)
             .count())
+    }
+
+    /// Milestones not yet copied to ClickHouse.
+    pub fn unmirrored(&self) -> Vec<Milestone> {
+        self.state
+            .milestones
+            .values()
+            .filter(|r| !r.mirrored)
+            .map(|r| r.milestone.clone())
+            .collect()
+    }
+
+    /// Note that these were copied to ClickHouse.
+    pub fn mark_mirrored(&mut self, ids: &[String]) -> Result<(), AlertError> {
+        for id in ids {
+            if let Some(r) = self.state.milestones.get_mut(id) {
+                r.mirrored = true;
+            }
+        }
+        self.state.store(&self.dir)
     }
 
     fn set(&mut self, id: &str, url: &str, f: impl FnOnce(&mut Delivery)) {

@@ -37,6 +37,63 @@ pub async fn from_clickhouse(
     Ok(totals)
 }
 
+#[derive(Debug, clickhouse::Row, serde::Serialize)]
+struct MilestoneRow<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    scope: &'a str,
+    model: &'a str,
+    provider: &'a str,
+    day: &'a str,
+    threshold: u64,
+    value: u64,
+    previous_record: u64,
+    previous_holder: &'a str,
+    detected_at: u32,
+}
+
+/// Copy milestones to ClickHouse's `milestones` table (for dashboards and
+/// analysts). Repeats are harmless: the table keeps one row per id.
+pub async fn mirror_to_clickhouse(
+    client: &clickhouse::Client,
+    db: &str,
+    milestones: &[super::Milestone],
+) -> Result<(), ClickHouseError> {
+    if milestones.is_empty() {
+        return Ok(());
+    }
+    let table = format!("{db}.milestones_log");
+    let client = client.clone().with_database(db);
+    let mut insert = client
+        .insert::<MilestoneRow<'_>>("milestones_log")
+        .await
+        .map_err(ClickHouseError::query(&table))?;
+    for m in milestones {
+        let detected_at = chrono::DateTime::parse_from_rfc3339(&m.detected_at)
+            .map(|t| t.timestamp().clamp(0, i64::from(u32::MAX)) as u32)
+            .unwrap_or(0);
+        let row = MilestoneRow {
+            id: &m.id,
+            kind: m.kind.as_str(),
+            scope: &m.scope,
+            model: m.model.as_deref().unwrap_or(""),
+            provider: m.provider.as_deref().unwrap_or(""),
+            day: m.day.as_deref().unwrap_or(""),
+            threshold: m.threshold.unwrap_or(0),
+            value: m.value,
+            previous_record: m.previous_record.unwrap_or(0),
+            previous_holder: m.previous_holder.as_deref().unwrap_or(""),
+            detected_at,
+        };
+        insert
+            .write(&row)
+            .await
+            .map_err(ClickHouseError::query(&table))?;
+    }
+    insert.end().await.map_err(ClickHouseError::query(&table))
+}
+
 /// `usage_daily` of an embedded store.
 pub async fn from_store(dir: &Path) -> Result<Totals, QueryError> {
     let ctx = open_query_context(dir).await?;

@@ -174,11 +174,46 @@ const RETRIABLE_CODES: &[u32] = &[
     3, 159, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 394, 425, 999,
 ];
 
+/// Prometheus metrics of the ClickHouse sink.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub rows: prometheus::IntCounterVec,
+    pub errors: prometheus::IntCounter,
+    pub retries: prometheus::IntCounter,
+}
+
+impl SinkMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = SinkMetrics {
+            rows: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tokentally_sink_rows_total",
+                    "Rows inserted into ClickHouse, by table.",
+                ),
+                &["table"],
+            )?,
+            errors: prometheus::IntCounter::new(
+                "tokentally_sink_errors_total",
+                "ClickHouse requests that failed (retried or not).",
+            )?,
+            retries: prometheus::IntCounter::new(
+                "tokentally_sink_retries_total",
+                "ClickHouse requests retried after a retriable error.",
+            )?,
+        };
+        registry.register(Box::new(m.rows.clone()))?;
+        registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        Ok(m)
+    }
+}
+
 /// Retry `op` on retriable errors with exponential backoff (100ms doubling
 /// to 5s) and full jitter, for at most `budget`.
 pub async fn with_retries<T, F, Fut>(
     what: &str,
     budget: Duration,
+    metrics: Option<&SinkMetrics>,
     mut op: F,
 ) -> Result<T, ClickHouseError>
 where
@@ -189,9 +224,16 @@ where
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0;
     loop {
-        match op(attempt).await {
+        let result = op(attempt).await;
+        if let (Err(_), Some(m)) = (&result, metrics) {
+            m.errors.inc();
+        }
+        match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retriable() && started.elapsed() < budget => {
+                if let Some(m) = metrics {
+                    m.retries.inc();
+                }
                 let sleep = rand::rng().random_range(Duration::ZERO..=backoff);
                 tracing::warn!(what, attempt, error = %e, retry_in = ?sleep, "ClickHouse request failed, retrying");
                 tokio::time::sleep(sleep).await;
@@ -251,6 +293,7 @@ pub struct ClickHouseSink {
     loaded_at: Option<u32>,
     /// Oldest dedup-id partition (day) still kept.
     kept_id_day: Option<i64>,
+    metrics: Option<SinkMetrics>,
 }
 
 impl ClickHouseSink {
@@ -295,7 +338,13 @@ impl ClickHouseSink {
             known: HashMap::new(),
             loaded_at: None,
             kept_id_day: None,
+            metrics: None,
         })
+    }
+
+    pub fn with_metrics(mut self, metrics: SinkMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn server(&self) -> &ServerInfo {
@@ -310,7 +359,7 @@ impl ClickHouseSink {
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {
-        with_retries(&sql, self.config.retry_for, |_| {
+        with_retries(&sql, self.config.retry_for, self.metrics.as_ref(), |_| {
             timed(self.config.request_timeout, &sql, async {
                 self.client
                     .query(&sql)
@@ -323,7 +372,7 @@ impl ClickHouseSink {
     }
 
     async fn execute(&self, sql: String) -> Result<(), ClickHouseError> {
-        with_retries(&sql, self.config.retry_for, |_| {
+        with_retries(&sql, self.config.retry_for, self.metrics.as_ref(), |_| {
             timed(self.config.request_timeout, &sql, async {
                 self.client
                     .query(&sql)
@@ -544,7 +593,7 @@ impl UsageSink for ClickHouseSink {
 
         let ids = rows::id_rows(&batch_id, &outcome.new_ids);
         if !ids.is_empty() {
-            with_retries("insert dedup_ids", budget, |_| {
+            with_retries("insert dedup_ids", budget, self.metrics.as_ref(), |_| {
                 timed(
                     timeout,
                     "insert dedup_ids",
@@ -556,34 +605,44 @@ impl UsageSink for ClickHouseSink {
         let received_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
         let rejected = rows::rejected_rows(&batch_id, received_at, &outcome.dead_letters);
         if !rejected.is_empty() {
-            with_retries("insert rejected_events_log", budget, |_| {
-                timed(
-                    timeout,
-                    "insert rejected_events_log",
-                    self.insert_rows::<RejectedRow>("rejected_events_log", &rejected, None),
-                )
-            })
+            with_retries(
+                "insert rejected_events_log",
+                budget,
+                self.metrics.as_ref(),
+                |_| {
+                    timed(
+                        timeout,
+                        "insert rejected_events_log",
+                        self.insert_rows::<RejectedRow>("rejected_events_log", &rejected, None),
+                    )
+                },
+            )
             .await?;
         }
         let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
         let token = self.server.modern.then_some(batch_id.as_str());
         let this = &*self;
-        with_retries("insert usage_deltas", budget, |attempt| {
-            let deltas = &deltas;
-            let batch_id = &batch_id;
-            async move {
-                // A previous attempt may have landed with its answer lost.
-                if attempt > 0 && this.batch_committed(batch_id).await? {
-                    return Ok(());
+        with_retries(
+            "insert usage_deltas",
+            budget,
+            this.metrics.as_ref(),
+            |attempt| {
+                let deltas = &deltas;
+                let batch_id = &batch_id;
+                async move {
+                    // A previous attempt may have landed with its answer lost.
+                    if attempt > 0 && this.batch_committed(batch_id).await? {
+                        return Ok(());
+                    }
+                    timed(
+                        timeout,
+                        "insert usage_deltas",
+                        this.insert_rows::<DeltaRow>("usage_deltas", deltas, token),
+                    )
+                    .await
                 }
-                timed(
-                    timeout,
-                    "insert usage_deltas",
-                    this.insert_rows::<DeltaRow>("usage_deltas", deltas, token),
-                )
-                .await
-            }
-        })
+            },
+        )
         .await?;
         for (k, v) in &outcome.progress {
             self.known.insert(k.clone(), Some(*v));

@@ -56,11 +56,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only: never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "usage deltas, progress ledger, dedup ids, dead letters and the analyst views",
-    statements: v1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "usage deltas, progress ledger, dedup ids, dead letters and the analyst views",
+        statements: v1,
+    },
+    Migration {
+        version: 2,
+        name: "milestones recorded by tokentally alerts",
+        statements: v2,
+    },
+];
 
 /// Create the database and the migrations table.
 pub fn bootstrap(db: &str) -> Vec<String> {
@@ -158,6 +165,28 @@ fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
             "CREATE VIEW IF NOT EXISTS {db}.rejected_events AS \
              SELECT received_at, reason, field, detail, raw FROM {db}.rejected_events_log \
              WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress')"
+        ),
+    ]
+}
+
+fn v2(db: &str, server: &ServerInfo) -> Vec<String> {
+    let name = if server.modern {
+        "LowCardinality(String)"
+    } else {
+        "String"
+    };
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.milestones_log (\
+             id String, type {name}, scope {name}, model String, provider String, day String, \
+             threshold UInt64, value UInt64, previous_record UInt64, previous_holder String, \
+             detected_at DateTime('UTC')) \
+             ENGINE = ReplacingMergeTree ORDER BY id"
+        ),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.milestones AS \
+             SELECT id, type, scope, model, provider, day, threshold, value, previous_record, \
+             previous_holder, detected_at FROM {db}.milestones_log FINAL"
         ),
     ]
 }

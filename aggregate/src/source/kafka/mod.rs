@@ -44,15 +44,33 @@ pub struct KafkaSourceConfig {
     /// with the same id gets its partitions back at once, without waiting
     /// for the session timeout or rebalancing the others.
     pub instance_id: Option<String>,
+    /// Consumer lag per partition, updated from librdkafka's statistics
+    /// every 5 s.
+    pub lag: Option<prometheus::IntGaugeVec>,
 }
 
-/// Records partitions revoked by rebalances, for the batch builder.
+/// Records partitions revoked by rebalances, for the batch builder, and
+/// publishes consumer lag from librdkafka's statistics.
 #[derive(Default)]
 struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
+    lag: Option<prometheus::IntGaugeVec>,
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(lag) = &self.lag else { return };
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                // -1: unknown (not consumed or not assigned here).
+                if part.partition >= 0 && part.consumer_lag >= 0 {
+                    lag.with_label_values(&[topic.as_str(), p.to_string().as_str()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -240,6 +258,9 @@ impl KafkaSource {
         if let Some(id) = &config.instance_id {
             client.set("group.instance.id", id);
         }
+        if config.lag.is_some() {
+            client.set("statistics.interval.ms", "5000");
+        }
         let consumer: Kafka = client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
@@ -256,7 +277,10 @@ impl KafkaSource {
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.queue.backoff.ms", "10")
             .set("max.partition.fetch.bytes", "4194304")
-            .create_with_context(RebalanceLog::default())?;
+            .create_with_context(RebalanceLog {
+                revoked: Mutex::default(),
+                lag: config.lag.clone(),
+            })?;
         consumer.subscribe(&[&config.topic])?;
         Ok(KafkaSource {
             consumer,
