@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::services::{clickhouse_sql, produce, services, topic, unique};
+use common::services::{analyst_database, clickhouse_sql, services};
 use common::{bin, run_ok};
 
 /// The ```sql blocks of docs/SQL.md.
@@ -41,53 +41,7 @@ fn docs_sql_queries_run_on_the_real_server_and_return_rows() {
     let queries = doc_queries();
     assert!(queries.len() >= 8, "docs/SQL.md lost its queries");
 
-    // A day of a 20T-token fleet, so the 1T query finds models too.
-    let file = dir.path().join("events.ndjson");
-    run_ok(
-        bin()
-            .args(["simulate", "--events", "20000", "--seed", "9"])
-            .args([
-                "--tokens-per-day",
-                "20000000000000",
-                "--start-ms",
-                "1795737600000",
-            ])
-            .args(["--late-rate", "0.05", "--malformed-rate", "0.01", "--out"])
-            .arg(&file),
-    );
-    let t = topic("sql");
-    produce(&t, &file);
-    let db = unique("sql");
-    run_ok(bin().args([
-        "migrate",
-        "--clickhouse",
-        &s.clickhouse,
-        "--clickhouse-database",
-        &db,
-    ]));
-    run_ok(
-        bin()
-            .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
-            .args([
-                "--dlq-topic",
-                &t.dlq(),
-                "--group",
-                "sql",
-                "--exit-on-idle",
-                "3",
-            ])
-            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
-            .args(["--clickhouse-database", &db]),
-    );
-    // A milestone, as `alerts run --from-clickhouse` records it.
-    clickhouse_sql(
-        &s.clickhouse,
-        &format!(
-            "INSERT INTO {db}.milestones_log (id, type, scope, model, day, threshold, value, detected_at) \
-             VALUES ('first:model:1000000000000', 'first', 'model', 'qwen/qwen3.6-plus', '2026-11-27', 1000000000000, 1000000000001, now())"
-        ),
-    )
-    .unwrap();
+    let db = analyst_database(dir.path(), "sql");
     for q in &queries {
         let sql = q.replace("tokentally.", &format!("{db}."));
         let out = clickhouse_sql(&s.clickhouse, &format!("{sql}\nFORMAT TSV"))

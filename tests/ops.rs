@@ -29,7 +29,7 @@ use std::process::Command;
 use serde_json::{Map, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use common::services::{clickhouse_sql, produce, services, topic, unique};
+use common::services::{analyst_database, clickhouse_sql, services};
 use common::{bin, run_ok};
 
 // ------------------------------------------------------------------ files
@@ -1143,56 +1143,7 @@ fn dashboard_clickhouse_queries_return_rows_on_the_real_server() {
     );
     let s = services();
     let dir = tempfile::tempdir().unwrap();
-    // A simulated day of a 20T-token fleet (2026-11-27), with duplicates,
-    // late and malformed events, through Kafka into ClickHouse.
-    let file = dir.path().join("events.ndjson");
-    run_ok(
-        bin()
-            .args(["simulate", "--events", "20000", "--seed", "11"])
-            .args([
-                "--tokens-per-day",
-                "20000000000000",
-                "--start-ms",
-                "1795737600000",
-            ])
-            .args(["--duplicate-rate", "0.01", "--late-rate", "0.05"])
-            .args(["--malformed-rate", "0.01", "--out"])
-            .arg(&file),
-    );
-    let t = topic("ops");
-    produce(&t, &file);
-    let db = unique("ops");
-    run_ok(bin().args([
-        "migrate",
-        "--clickhouse",
-        &s.clickhouse,
-        "--clickhouse-database",
-        &db,
-    ]));
-    run_ok(
-        bin()
-            .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
-            .args([
-                "--dlq-topic",
-                &t.dlq(),
-                "--group",
-                "ops",
-                "--exit-on-idle",
-                "3",
-            ])
-            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
-            .args(["--clickhouse-database", &db]),
-    );
-    // A milestone, as `alerts run --from-clickhouse` records it (the
-    // alerter's own tests cover how it gets there).
-    clickhouse_sql(
-        &s.clickhouse,
-        &format!(
-            "INSERT INTO {db}.milestones_log (id, type, scope, model, day, threshold, value, detected_at) \
-             VALUES ('first:model:1000000000000', 'first', 'model', 'qwen/qwen3.6-plus', '2026-11-27', 1000000000000, 1038396841137, now())"
-        ),
-    )
-    .unwrap();
+    let db = analyst_database(dir.path(), "ops");
     for (at, sql) in &queries {
         let sql = expand_macros(sql).replace("tokentally.", &format!("{db}."));
         let body = clickhouse_sql(&s.clickhouse, &format!("{sql}\nFORMAT JSONEachRow"))

@@ -227,3 +227,54 @@ pub fn clickhouse_rows(url: &str, sql: &str) -> Vec<serde_json::Map<String, serd
         .map(|l| serde_json::from_str(l).expect("JSONEachRow"))
         .collect()
 }
+
+/// A migrated ClickHouse database holding a simulated day (2026-11-27) of a
+/// 20T-token fleet, with duplicates, late and malformed events, produced to
+/// Kafka and aggregated into it, plus one milestone as `alerts run
+/// --from-clickhouse` records it: data for every documented view.
+pub fn analyst_database(dir: &Path, tag: &str) -> String {
+    let s = services();
+    let file = dir.join("events.ndjson");
+    run_ok(
+        bin()
+            .args(["simulate", "--events", "20000", "--seed", "11"])
+            .args(["--tokens-per-day", "20000000000000"])
+            .args(["--start-ms", "1795737600000", "--duplicate-rate", "0.01"])
+            .args(["--late-rate", "0.05", "--malformed-rate", "0.01", "--out"])
+            .arg(&file),
+    );
+    let t = topic(tag);
+    produce(&t, &file);
+    let db = unique(tag);
+    run_ok(bin().args([
+        "migrate",
+        "--clickhouse",
+        &s.clickhouse,
+        "--clickhouse-database",
+        &db,
+    ]));
+    run_ok(
+        bin()
+            .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
+            .args([
+                "--dlq-topic",
+                &t.dlq(),
+                "--group",
+                tag,
+                "--exit-on-idle",
+                "3",
+            ])
+            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
+            .args(["--clickhouse-database", &db]),
+    );
+    clickhouse_sql(
+        &s.clickhouse,
+        &format!(
+            "INSERT INTO {db}.milestones_log (id, type, scope, model, day, threshold, value, detected_at) \
+             VALUES ('first:model:1000000000000', 'first', 'model', 'qwen/qwen3.6-plus', '2026-11-27', \
+             1000000000000, 1000000000001, now())"
+        ),
+    )
+    .unwrap();
+    db
+}

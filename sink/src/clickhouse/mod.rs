@@ -647,6 +647,14 @@ impl UsageSink for ClickHouseSink {
         for (k, v) in &outcome.progress {
             self.known.insert(k.clone(), Some(*v));
         }
+        tracing::debug!(
+            batch_id,
+            progress = ?outcome.progress,
+            delta_rows = deltas.len(),
+            ids = ids.len(),
+            dead_letters = rejected.len(),
+            "batch committed to ClickHouse"
+        );
         self.forget_ids(outcome.dedup_floor).await?;
         Ok(())
     }
