@@ -1,6 +1,6 @@
 //! Configuration: defaults, overridden by an optional TOML file
 //! (`--config` / `TOKENTALLY_CONFIG`), overridden by environment variables
-//! and flags. See `docs/CONFIG.md` and `tokentally.example.toml`.
+//! and flags. See README "Configuration" and `tokentally.example.toml`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
