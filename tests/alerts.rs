@@ -83,17 +83,8 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     let state = dir.path().join("alerts-state");
 
     let aggregator = || -> Child {
-        bin()
-            .args([
-                "aggregate",
-                "--kafka",
-                &t.brokers,
-                "--topic",
-                &t.name,
-                "--dlq-topic",
-                &t.dlq(),
-            ])
-            .args(["--group", "alerts", "--instance-id", "alerts-1"])
+        t.aggregate("alerts")
+            .args(["--instance-id", "alerts-1"])
             .args([
                 "--sink",
                 "clickhouse",

@@ -68,10 +68,8 @@ fn ch_totals(url: &str, db: &str) -> Vec<Map<String, Value>> {
 }
 
 fn aggregate(t: &Topic, url: &str, db: &str, group: &str, idle_secs: &str) -> Command {
-    let mut cmd = bin();
-    cmd.args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
-        .args(["--dlq-topic", &t.dlq(), "--group", group])
-        .args(["--sink", "clickhouse", "--clickhouse", url])
+    let mut cmd = t.aggregate(group);
+    cmd.args(["--sink", "clickhouse", "--clickhouse", url])
         .args(["--clickhouse-database", db, "--batch-records", "5000"])
         .args(["--exit-on-idle", idle_secs, "--json"]);
     cmd

@@ -49,9 +49,7 @@ fn corpus_with_reference(dir: &Path, events: u32, seed: u32) -> (Vec<Vec<u8>>, P
 /// Aggregate the topic into `store`; the run's JSON summary.
 fn aggregate(t: &Topic, store: &Path, group: &str) -> serde_json::Value {
     let out = run_ok(
-        bin()
-            .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
-            .args(["--group", group, "--dlq-topic", &t.dlq()])
+        t.aggregate(group)
             .args(["--batch-records", "2000", "--exit-on-idle", "5", "--json"])
             .arg("--store")
             .arg(store),

@@ -42,18 +42,8 @@ fn aggregate(t: &Topic, store: &Path, group: &str) -> Command {
 }
 
 fn aggregate_idle(t: &Topic, store: &Path, group: &str, idle_secs: &str) -> Command {
-    let mut cmd = bin();
+    let mut cmd = t.aggregate(group);
     cmd.args([
-        "aggregate",
-        "--kafka",
-        &t.brokers,
-        "--topic",
-        &t.name,
-        "--group",
-        group,
-    ])
-    .args(["--dlq-topic", &t.dlq()])
-    .args([
         "--batch-records",
         "2000",
         "--exit-on-idle",

@@ -108,17 +108,8 @@ fn aggregate_gateway_alerts_and_simulate_serve_lint_clean_metrics() {
     produce(&t, &corpus(dir.path(), 2_000, 3));
 
     let aggregate = serve(
-        bin()
-            .args([
-                "aggregate",
-                "--kafka",
-                &t.brokers,
-                "--topic",
-                &t.name,
-                "--dlq-topic",
-                &t.dlq(),
-            ])
-            .args(["--group", "metrics", "--store"])
+        t.aggregate("metrics")
+            .arg("--store")
             .arg(dir.path().join("store")),
         false,
     );

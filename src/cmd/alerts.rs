@@ -1,5 +1,5 @@
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -135,49 +135,49 @@ async fn run_alerts(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
         alerter.interval(),
         args.state.state.display()
     );
-    let work = async {
-        loop {
-            let read: anyhow::Result<Totals> = match &ch {
-                Some((client, db)) => totals::from_clickhouse(client, db)
-                    .await
-                    .map_err(Into::into),
-                None => totals::from_store(&config.store.dir)
-                    .await
-                    .map_err(Into::into),
-            };
-            match read {
-                Ok(t) => {
-                    for m in alerter.detect(&t)? {
-                        eprintln!("milestone {}: {}", m.id, serde_json::to_string(&m)?);
-                    }
-                }
-                // Totals unavailable (server down, store not created yet):
-                // keep delivering what is pending, try again next round.
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading totals failed"),
-            }
-            if let Some((client, db)) = &ch {
-                let pending = alerter.unmirrored();
-                match totals::mirror_to_clickhouse(client, db, &pending).await {
-                    Ok(()) => {
-                        let ids: Vec<String> = pending.into_iter().map(|m| m.id).collect();
-                        if !ids.is_empty() {
-                            alerter.mark_mirrored(&ids)?;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "recording milestones in ClickHouse failed; retrying next round")
-                    }
-                }
-            }
-            alerter.deliver_due().await?;
-            tokio::time::sleep(alerter.interval()).await;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), anyhow::Error>(())
-    };
     tokio::select! {
-        r = work => r,
+        r = watch(&mut alerter, ch.as_ref(), &config.store.dir) => r,
         _ = shutdown_signal() => Ok(()),
+    }
+}
+
+/// Every interval: read the totals, detect and deliver, and copy new
+/// milestones to ClickHouse when watching it. Runs until an error.
+async fn watch(
+    alerter: &mut Alerter,
+    ch: Option<&(clickhouse::Client, String)>,
+    store: &Path,
+) -> anyhow::Result<()> {
+    loop {
+        let read: anyhow::Result<Totals> = match ch {
+            Some((client, db)) => totals::from_clickhouse(client, db)
+                .await
+                .map_err(Into::into),
+            None => totals::from_store(store).await.map_err(Into::into),
+        };
+        // Totals unavailable (server down, store not created yet): keep
+        // delivering what is pending, try again next round.
+        if let Err(e) = &read {
+            tracing::warn!(error = %format!("{e:#}"), "reading totals failed");
+        }
+        for m in alerter.round(read.ok().as_ref()).await? {
+            eprintln!("milestone {}: {}", m.id, serde_json::to_string(&m)?);
+        }
+        if let Some((client, db)) = ch {
+            let pending = alerter.unmirrored();
+            match totals::mirror_to_clickhouse(client, db, &pending).await {
+                Ok(()) if !pending.is_empty() => {
+                    let ids: Vec<String> = pending.into_iter().map(|m| m.id).collect();
+                    alerter.mark_mirrored(&ids)?;
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "recording milestones in ClickHouse failed; retrying next round"
+                ),
+            }
+        }
+        tokio::time::sleep(alerter.interval()).await;
     }
 }
 

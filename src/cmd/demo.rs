@@ -67,10 +67,8 @@ fn spawn_alerter(
 ) -> tokio::task::JoinHandle<anyhow::Result<Alerter>> {
     tokio::spawn(async move {
         while !*stop.borrow() {
-            if let Ok(t) = totals::from_store(&store).await {
-                alerter.detect(&t)?;
-            }
-            alerter.deliver_due().await?;
+            let t = totals::from_store(&store).await.ok();
+            alerter.round(t.as_ref()).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         Ok(alerter)

@@ -133,6 +133,15 @@ impl Topic {
     pub fn dlq(&self) -> String {
         format!("{}-dlq", self.name)
     }
+
+    /// `tokentally aggregate` of this topic (and its dead-letter topic) as
+    /// a member of `group`; the caller adds the sink and the rest.
+    pub fn aggregate(&self, group: &str) -> Command {
+        let mut cmd = bin();
+        cmd.args(["aggregate", "--kafka", &self.brokers, "--topic", &self.name])
+            .args(["--dlq-topic", &self.dlq(), "--group", group]);
+        cmd
+    }
 }
 
 /// A fresh events topic (4 partitions) and its dead-letter topic.
@@ -254,16 +263,8 @@ pub fn analyst_database(dir: &Path, tag: &str) -> String {
         &db,
     ]));
     run_ok(
-        bin()
-            .args(["aggregate", "--kafka", &t.brokers, "--topic", &t.name])
-            .args([
-                "--dlq-topic",
-                &t.dlq(),
-                "--group",
-                tag,
-                "--exit-on-idle",
-                "3",
-            ])
+        t.aggregate(tag)
+            .args(["--exit-on-idle", "3"])
             .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
             .args(["--clickhouse-database", &db]),
     );

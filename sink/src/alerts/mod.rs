@@ -14,7 +14,6 @@ pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
 use self::webhook::{Attempt, Secret, Sender};
-use crate::embedded::manifest::sync_dir;
+use crate::embedded::manifest::write_atomic;
 
 /// `[[alerts.webhooks]]`: one endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,16 +209,8 @@ impl AlertState {
 
     /// Replace the state file atomically (write, fsync, rename, fsync dir).
     pub fn store(&self, dir: &Path) -> Result<(), AlertError> {
-        let io = || -> std::io::Result<()> {
-            let tmp = dir.join(format!("{STATE}.tmp"));
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, dir.join(STATE))?;
-            sync_dir(dir)
-        };
-        io().map_err(|source| AlertError::State {
+        let json = serde_json::to_vec_pretty(self).expect("alert state serializes");
+        write_atomic(dir, STATE, &json).map_err(|source| AlertError::State {
             dir: dir.display().to_string(),
             source,
         })
@@ -505,6 +496,18 @@ impl Alerter {
             .flat_map(|r| r.deliveries.values())
             .filter(|d| d.status == Status::Pending)
             .count())
+    }
+
+    /// One round: record what `totals` newly reach (when they could be
+    /// read), then attempt every delivery that is due. Returns the new
+    /// milestones.
+    pub async fn round(&mut self, totals: Option<&Totals>) -> Result<Vec<Milestone>, AlertError> {
+        let new = match totals {
+            Some(t) => self.detect(t)?,
+            None => Vec::new(),
+        };
+        self.deliver_due().await?;
+        Ok(new)
     }
 
     /// Milestones not yet copied to ClickHouse.

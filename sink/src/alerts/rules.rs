@@ -283,7 +283,7 @@ fn records(
     }
     // The highest daily total of any model, taken from another model (or
     // from an earlier day).
-    let mut holder: Option<(&str, &str, u64)> = None; // (day, model, value)
+    let mut holder: Option<(&str, u64)> = None; // (model, value)
     let mut days: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for ((day, model), &v) in model_day {
         days.entry(day).or_default().push((model, v));
@@ -295,7 +295,7 @@ fn records(
         entries.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
         for (model, v) in entries {
             match holder {
-                Some((_, hmodel, hv)) if v > hv => {
+                Some((hmodel, hv)) if v > hv => {
                     // Taken from another model (a model beating its own
                     // best day is its own record, above).
                     if hmodel != model && hv > 0 && v >= min {
@@ -311,9 +311,9 @@ fn records(
                         m.previous_holder = Some(hmodel.to_string());
                         push(m);
                     }
-                    holder = Some((day, model, v));
+                    holder = Some((model, v));
                 }
-                None => holder = Some((day, model, v)),
+                None => holder = Some((model, v)),
                 _ => {}
             }
         }

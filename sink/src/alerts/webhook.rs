@@ -53,15 +53,18 @@ impl Secret {
         Ok(Secret(key))
     }
 
+    /// The HMAC of `{id}.{timestamp}.{body}`.
+    fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        mac
+    }
+
     /// `v1,<base64 signature>` of one message.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+        let tag = self.mac(id, timestamp, body).finalize().into_bytes();
+        format!("v1,{}", B64.encode(tag))
     }
 }
 
@@ -91,9 +94,7 @@ pub fn verify(
     if (now - ts).abs() > 300 {
         return Err(SignatureError::Stale(now - ts));
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes any key length");
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
+    let mac = secret.mac(id, ts, body);
     for sig in signatures.split_whitespace() {
         if let Some(b64) = sig.strip_prefix("v1,")
             && let Ok(bytes) = B64.decode(b64)
@@ -161,7 +162,10 @@ impl Sender {
             .body(Full::new(Bytes::copy_from_slice(body)));
         let request = match request {
             Ok(r) => r,
-            Err(e) => return Attempt::Rejected { status: 0 }.with_log(url, &e.to_string()),
+            Err(e) => {
+                tracing::warn!(url, error = %e, "webhook request could not be built");
+                return Attempt::Rejected { status: 0 };
+            }
         };
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
         {
@@ -195,13 +199,6 @@ impl Sender {
             },
             _ => Attempt::Rejected { status },
         }
-    }
-}
-
-impl Attempt {
-    fn with_log(self, url: &str, error: &str) -> Attempt {
-        tracing::warn!(url, error, "webhook request could not be built");
-        self
     }
 }
 

@@ -38,6 +38,15 @@ impl ServerInfo {
         }
     }
 
+    /// The column type of names (models, providers, reasons).
+    pub fn name_type(&self) -> &'static str {
+        if self.modern {
+            "LowCardinality(String)"
+        } else {
+            "String"
+        }
+    }
+
     pub async fn detect(client: &Client) -> Result<Self, ClickHouseError> {
         let version: String = client
             .query("SELECT version()")
@@ -90,11 +99,7 @@ fn sums(measures: &[&str]) -> String {
 }
 
 fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
-    let name = if server.modern {
-        "LowCardinality(String)"
-    } else {
-        "String"
-    };
+    let name = server.name_type();
     let dedup_window = if server.modern {
         " SETTINGS non_replicated_deduplication_window = 1000"
     } else {
@@ -170,11 +175,7 @@ fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
 }
 
 fn v2(db: &str, server: &ServerInfo) -> Vec<String> {
-    let name = if server.modern {
-        "LowCardinality(String)"
-    } else {
-        "String"
-    };
+    let name = server.name_type();
     vec![
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.milestones_log (\

@@ -80,13 +80,8 @@ impl Manifest {
 
     /// Atomically replace the manifest of `dir`.
     pub fn store(&self, dir: &Path) -> io::Result<()> {
-        let tmp = dir.join(format!("{MANIFEST}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dir.join(MANIFEST))?;
-        sync_dir(dir)
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_atomic(dir, MANIFEST, &json)
     }
 
     /// Every file the manifest references, garbage included.
@@ -99,6 +94,18 @@ impl Manifest {
             .map(String::as_str)
             .chain(self.garbage.iter().map(|g| g.file.as_str()))
     }
+}
+
+/// Replace `dir/name` with `bytes` atomically: write a temporary file,
+/// fsync it, rename it over the old one, fsync the directory.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
 }
 
 /// fsync a directory so a rename or a new file in it is durable.
