@@ -107,6 +107,7 @@ pub struct Aggregator {
     config: AggregatorConfig,
     dedup: DedupIndex,
     engine: RollupEngine,
+    builder: EventBatchBuilder,
     watermark_ms: Option<i64>,
     metrics: Option<PipelineMetrics>,
 }
@@ -125,6 +126,7 @@ impl Aggregator {
         }
         Aggregator {
             engine: RollupEngine::new(config.partitions),
+            builder: EventBatchBuilder::with_capacity(0),
             dedup,
             watermark_ms: recovered.watermark_ms,
             metrics: None,
@@ -163,7 +165,6 @@ impl Aggregator {
     /// rebuild the aggregator from the sink if the commit fails.
     pub async fn process(&mut self, raw: &RawBatch) -> Result<BatchOutcome> {
         let mut stats = BatchStats::default();
-        let mut builder = EventBatchBuilder::with_capacity(raw.len());
         let mut dead_letters = Vec::new();
         let mut new_ids = Vec::with_capacity(raw.len());
         let lateness = self.config.allowed_lateness.as_millis() as i64;
@@ -199,9 +200,9 @@ impl Aggregator {
             wm = Some(arrival_wm);
             stats.accepted += 1;
             stats.tokens += ev.total_tokens();
-            builder.append(&ev);
+            self.builder.append(&ev);
         }
-        let deltas = self.engine.deltas(builder.finish()?).await?;
+        let deltas = self.engine.deltas(self.builder.finish()?).await?;
         self.watermark_ms = wm;
         if let Some(w) = wm {
             self.dedup.advance(w);

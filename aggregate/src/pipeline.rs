@@ -54,6 +54,7 @@ where
             aggregator.restore(&recovered);
             source.resume(&recovered.progress).map_err(Error::Source)?;
         }
+        source.recycle(raw);
     }
     Ok(totals)
 }

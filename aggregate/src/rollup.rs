@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::error::Result;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use tokentally_schemas::arrow::event_schema;
+use tokentally_schemas::arrow::{EventBatch, NAME_COLUMNS, event_schema};
 
 /// One of the roll-ups tokentally maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,16 +88,9 @@ impl Rollup {
     }
 
     /// The SQL that computes this roll-up's delta from table `events`
-    /// (schema [`event_schema`]).
+    /// (schema [`event_schema`]); name columns come out as ids.
     pub fn delta_sql(self) -> String {
-        let keys = self.keys();
-        let select_keys: Vec<String> = keys
-            .iter()
-            .map(|k| match *k {
-                "day" | "minute" => k.to_string(),
-                _ => format!("arrow_cast({k}, 'Utf8') AS {k}"),
-            })
-            .collect();
+        let keys = self.keys().join(", ");
         let measures: Vec<String> = self
             .measures()
             .iter()
@@ -107,10 +101,8 @@ impl Rollup {
             })
             .collect();
         format!(
-            "SELECT {}, {} FROM events GROUP BY {}",
-            select_keys.join(", "),
+            "SELECT {keys}, {} FROM events GROUP BY {keys}",
             measures.join(", "),
-            keys.join(", ")
         )
     }
 
@@ -182,12 +174,12 @@ impl RollupEngine {
     }
 
     /// Compute the deltas of one batch of validated events.
-    pub async fn deltas(&self, events: RecordBatch) -> Result<RollupDeltas> {
+    pub async fn deltas(&self, events: EventBatch) -> Result<RollupDeltas> {
         let mut out = RollupDeltas::default();
-        if events.num_rows() == 0 {
+        if events.rows.num_rows() == 0 {
             return Ok(out);
         }
-        let table = MemTable::try_new(event_schema(), vec![vec![events]])?;
+        let table = MemTable::try_new(event_schema(), vec![vec![events.rows]])?;
         self.ctx.deregister_table("events")?;
         self.ctx.register_table("events", Arc::new(table))?;
         for (rollup, sql) in &self.sql {
@@ -195,14 +187,28 @@ impl RollupEngine {
             let schema = rollup.schema();
             for b in batches {
                 if b.num_rows() > 0 {
+                    let columns = with_names(&schema, &b, &events.names)?;
                     out.slot(*rollup)
-                        .push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+                        .push(RecordBatch::try_new(schema.clone(), columns)?);
                 }
             }
         }
         self.ctx.deregister_table("events")?;
         Ok(out)
     }
+}
+
+/// The columns of a delta with name ids replaced by the names.
+fn with_names(schema: &Schema, batch: &RecordBatch, names: &StringArray) -> Result<Vec<ArrayRef>> {
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if NAME_COLUMNS.contains(&field.name().as_str()) {
+            columns.push(take(names, column.as_ref(), None)?);
+        } else {
+            columns.push(column.clone());
+        }
+    }
+    Ok(columns)
 }
 
 #[cfg(test)]
@@ -213,7 +219,7 @@ mod tests {
     use tokentally_schemas::arrow::EventBatchBuilder;
     use tokentally_schemas::{Limits, decode};
 
-    fn batch(lines: &[&str]) -> RecordBatch {
+    fn batch(lines: &[&str]) -> EventBatch {
         let mut b = EventBatchBuilder::with_capacity(lines.len());
         for l in lines {
             b.append(&decode(l.as_bytes(), &Limits::default()).unwrap());

@@ -179,29 +179,24 @@ enum Field {
 }
 
 impl Field {
-    /// Dispatch on length (and a first byte where lengths collide), then
-    /// confirm with one comparison: this is on the hot path.
+    /// Matching string literals lets the compiler dispatch on length and
+    /// compare inline (no `memcmp` call): this runs for every key.
     fn from_key(key: &str) -> Field {
-        let candidate = match (key.len(), key.as_bytes().first()) {
-            (2, _) => Field::Ts,
-            (3, _) => Field::App,
-            (4, _) => Field::Node,
-            (5, _) => Field::Model,
-            (6, Some(b'r')) => Field::Region,
-            (6, _) => Field::Status,
-            (8, Some(b'e')) => Field::EventId,
-            (8, _) => Field::Provider,
-            (10, _) => Field::LatencyMs,
-            (13, Some(b'p')) => Field::PromptTokens,
-            (13, _) => Field::CachedTokens,
-            (16, _) => Field::ReasoningTokens,
-            (17, _) => Field::CompletionTokens,
-            _ => return Field::Unknown,
-        };
-        if candidate.name() == key {
-            candidate
-        } else {
-            Field::Unknown
+        match key {
+            "ts" => Field::Ts,
+            "app" => Field::App,
+            "node" => Field::Node,
+            "model" => Field::Model,
+            "region" => Field::Region,
+            "status" => Field::Status,
+            "event_id" => Field::EventId,
+            "provider" => Field::Provider,
+            "latency_ms" => Field::LatencyMs,
+            "prompt_tokens" => Field::PromptTokens,
+            "cached_tokens" => Field::CachedTokens,
+            "reasoning_tokens" => Field::ReasoningTokens,
+            "completion_tokens" => Field::CompletionTokens,
+            _ => Field::Unknown,
         }
     }
 

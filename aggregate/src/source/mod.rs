@@ -108,6 +108,11 @@ pub trait EventSource {
     fn acknowledge(&mut self, _progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
         Ok(())
     }
+
+    /// Hand back a batch the pipeline is done with, so that a source can
+    /// reuse its buffers (a fresh multi-megabyte buffer per batch costs page
+    /// faults). The default drops it.
+    fn recycle(&mut self, _batch: RawBatch) {}
 }
 
 #[cfg(test)]
