@@ -91,7 +91,14 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("decode_validate_dedup_rollup", |b| {
         b.iter_batched(
-            || Aggregator::new(AggregatorConfig::default(), &Recovered::default()),
+            || {
+                // One core: decode on the benchmark's thread only.
+                let config = AggregatorConfig {
+                    decode_threads: 1,
+                    ..AggregatorConfig::default()
+                };
+                Aggregator::new(config, &Recovered::default())
+            },
             |mut agg| {
                 let out = rt.block_on(agg.process(&raw)).unwrap();
                 assert_eq!(out.stats.accepted as usize, EVENTS);

@@ -109,6 +109,9 @@ pub struct DedupIndex {
     ids: HashMap<Key, i64, BuildHasherDefault<PassThrough>>,
     /// Ids per hour, to find which hours to forget under `max_ids`.
     per_hour: BTreeMap<i64, usize>,
+    /// (hour, ids) not yet added to `per_hour`: consecutive new ids almost
+    /// always share an hour, so the map is updated once per run of them.
+    hot: (i64, usize),
     /// Ids first seen before this hour have been forgotten.
     floor: i64,
 }
@@ -119,6 +122,7 @@ impl DedupIndex {
             config,
             ids: HashMap::default(),
             per_hour: BTreeMap::new(),
+            hot: (i64::MIN, 0),
             floor: i64::MIN,
         }
     }
@@ -145,9 +149,20 @@ impl DedupIndex {
             Entry::Occupied(_) => Seen::Duplicate,
             Entry::Vacant(slot) => {
                 slot.insert(bucket);
-                *self.per_hour.entry(bucket).or_default() += 1;
+                if self.hot.0 != bucket {
+                    self.flush_hot();
+                    self.hot.0 = bucket;
+                }
+                self.hot.1 += 1;
                 Seen::New
             }
+        }
+    }
+
+    fn flush_hot(&mut self) {
+        if self.hot.1 > 0 {
+            *self.per_hour.entry(self.hot.0).or_default() += self.hot.1;
+            self.hot.1 = 0;
         }
     }
 
@@ -168,6 +183,7 @@ impl DedupIndex {
         let mut floor = self
             .floor
             .max(bucket_of(watermark_ms.saturating_sub(horizon_ms)));
+        self.flush_hot();
         let mut len = self.ids.len();
         while let Some((&hour, &n)) = self.per_hour.first_key_value() {
             if hour >= floor && len <= self.config.max_ids {

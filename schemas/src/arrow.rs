@@ -11,8 +11,8 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Builder, RecordBatch, StringArray, TimestampMillisecondBuilder, UInt32Builder,
-    UInt64Builder,
+    ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -146,20 +146,21 @@ impl Names {
 
 /// Accumulates validated events into an [`EventBatch`]. Keep one for the
 /// life of a pipeline: its name table carries over from batch to batch.
+/// Columns are plain vectors (no column is nullable), handed to Arrow
+/// without a copy.
 pub struct EventBatchBuilder {
     schema: SchemaRef,
     names: Names,
-    day: Date32Builder,
-    minute: TimestampMillisecondBuilder,
-    model: UInt32Builder,
-    provider: UInt32Builder,
-    app: UInt32Builder,
-    prompt: UInt64Builder,
-    completion: UInt64Builder,
-    total: UInt64Builder,
-    cached: UInt64Builder,
-    is_error: UInt64Builder,
-    len: usize,
+    day: Vec<i32>,
+    minute: Vec<i64>,
+    model: Vec<u32>,
+    provider: Vec<u32>,
+    app: Vec<u32>,
+    prompt: Vec<u64>,
+    completion: Vec<u64>,
+    total: Vec<u64>,
+    cached: Vec<u64>,
+    is_error: Vec<u64>,
 }
 
 impl EventBatchBuilder {
@@ -167,60 +168,60 @@ impl EventBatchBuilder {
         EventBatchBuilder {
             schema: event_schema(),
             names: Names::default(),
-            day: Date32Builder::with_capacity(rows),
-            minute: TimestampMillisecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            model: UInt32Builder::with_capacity(rows),
-            provider: UInt32Builder::with_capacity(rows),
-            app: UInt32Builder::with_capacity(rows),
-            prompt: UInt64Builder::with_capacity(rows),
-            completion: UInt64Builder::with_capacity(rows),
-            total: UInt64Builder::with_capacity(rows),
-            cached: UInt64Builder::with_capacity(rows),
-            is_error: UInt64Builder::with_capacity(rows),
-            len: 0,
+            day: Vec::with_capacity(rows),
+            minute: Vec::with_capacity(rows),
+            model: Vec::with_capacity(rows),
+            provider: Vec::with_capacity(rows),
+            app: Vec::with_capacity(rows),
+            prompt: Vec::with_capacity(rows),
+            completion: Vec::with_capacity(rows),
+            total: Vec::with_capacity(rows),
+            cached: Vec::with_capacity(rows),
+            is_error: Vec::with_capacity(rows),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.day.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.day.is_empty()
     }
 
     pub fn append(&mut self, ev: &TokenEvent<'_>) {
         let combo = self.names.combo(&ev.model, &ev.provider, &ev.app);
-        self.model.append_value(combo.model);
-        self.provider.append_value(combo.provider);
-        self.app.append_value(combo.app);
-        self.day.append_value(ev.day());
-        self.minute.append_value(ev.minute_ms());
-        self.prompt.append_value(ev.prompt_tokens);
-        self.completion.append_value(ev.completion_tokens);
-        self.total.append_value(ev.total_tokens());
-        self.cached.append_value(ev.cached_tokens);
-        self.is_error
-            .append_value(u64::from(ev.status == Status::Error));
-        self.len += 1;
+        self.model.push(combo.model);
+        self.provider.push(combo.provider);
+        self.app.push(combo.app);
+        self.day.push(ev.day());
+        self.minute.push(ev.minute_ms());
+        self.prompt.push(ev.prompt_tokens);
+        self.completion.push(ev.completion_tokens);
+        self.total.push(ev.total_tokens());
+        self.cached.push(ev.cached_tokens);
+        self.is_error.push(u64::from(ev.status == Status::Error));
     }
 
     /// Take the rows appended so far as a batch; the builder is empty after
     /// (its name table is kept, unless it has grown past a bound).
     pub fn finish(&mut self) -> Result<EventBatch, ArrowError> {
+        /// The column's values, leaving an empty vector of the same capacity.
+        fn take<T>(v: &mut Vec<T>) -> Vec<T> {
+            std::mem::replace(v, Vec::with_capacity(v.len()))
+        }
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.day.finish()),
-            Arc::new(self.minute.finish()),
-            Arc::new(self.model.finish()),
-            Arc::new(self.provider.finish()),
-            Arc::new(self.app.finish()),
-            Arc::new(self.prompt.finish()),
-            Arc::new(self.completion.finish()),
-            Arc::new(self.total.finish()),
-            Arc::new(self.cached.finish()),
-            Arc::new(self.is_error.finish()),
+            Arc::new(Date32Array::from(take(&mut self.day))),
+            Arc::new(TimestampMillisecondArray::from(take(&mut self.minute)).with_timezone("UTC")),
+            Arc::new(UInt32Array::from(take(&mut self.model))),
+            Arc::new(UInt32Array::from(take(&mut self.provider))),
+            Arc::new(UInt32Array::from(take(&mut self.app))),
+            Arc::new(UInt64Array::from(take(&mut self.prompt))),
+            Arc::new(UInt64Array::from(take(&mut self.completion))),
+            Arc::new(UInt64Array::from(take(&mut self.total))),
+            Arc::new(UInt64Array::from(take(&mut self.cached))),
+            Arc::new(UInt64Array::from(take(&mut self.is_error))),
         ];
-        self.len = 0;
         let names = self.names.table();
         if self.names.names.len() > MAX_NAMES || self.names.combos.len() > MAX_NAMES {
             self.names = Names::default();
@@ -236,7 +237,7 @@ impl EventBatchBuilder {
 mod tests {
     use super::*;
     use crate::event::{Limits, decode};
-    use arrow::array::{Array, AsArray, UInt64Array};
+    use arrow::array::{Array, AsArray};
     use arrow::datatypes::UInt32Type;
 
     fn event(model: &str, provider: &str, app: &str) -> String {

@@ -154,7 +154,11 @@ async fn consume<K: UsageSink>(
             return Ok(());
         }
     };
-    dlq.flush(Duration::from_secs(10))?;
+    // Every queued dead letter is delivered or expired within the delivery
+    // timeout (a broker that just restarted can take a while to accept an
+    // idempotent producer again).
+    dlq.flush(k.delivery_timeout + Duration::from_secs(5))
+        .context("delivering the last dead letters to the dead-letter topic")?;
     let summary = Summary::new(&stats, started, sink_name, 0);
     let elapsed = summary.elapsed_s;
     if args.json {
