@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
@@ -33,50 +33,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokentally_ingest::{Fleet, FleetConfig};
 
+mod common;
+use common::{Kill, arg, env, run, tokentally};
+
 /// Mean tokens per request assumed for the trillion-token day: the brief's
 /// "a 1T-token day is ~250M requests". The generated topic uses the same mean.
 const MEAN_TOKENS: u64 = 4_000;
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set: run `eval \"$(scripts/services up)\"` first");
-        std::process::exit(2)
-    })
-}
-
-fn tokentally() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tokentally"))
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run tokentally");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn log(msg: &str) {
     eprintln!("[suite] {msg}");
-}
-
-/// A child process killed when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
@@ -119,6 +84,32 @@ fn clickhouse_u64(url: &str, sql: &str) -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Poll `{db}.usage_daily` every 100 ms (calling `each_poll` first) until it
+/// counts `events` requests: the seconds since `started`, and the count.
+/// Panics after 30 minutes.
+fn wait_counted(
+    url: &str,
+    db: &str,
+    events: u64,
+    started: Instant,
+    what: &str,
+    mut each_poll: impl FnMut(),
+) -> (f64, u64) {
+    let query = format!("SELECT sum(requests) FROM {db}.usage_daily");
+    loop {
+        each_poll();
+        let counted = clickhouse_u64(url, &query);
+        if counted >= events {
+            return (started.elapsed().as_secs_f64(), counted);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{what}: {counted} of {events} after 30 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Daily totals: (day, model, provider) → [requests, prompt, completion,
@@ -289,25 +280,15 @@ fn end_to_end(
             .expect("start the aggregator"),
     );
     let pid = child.0.id();
-    let query = format!("SELECT sum(requests) FROM {db}.usage_daily");
-    let (mut peak, mut samples) = (0.0f64, Vec::new());
-    let secs = loop {
-        if let Some((rss, hwm)) = rss_mb(pid) {
+    let mut peak = 0.0f64;
+    let (secs, _) = wait_counted(url, db, events, started, "end to end", || {
+        if let Some((_, hwm)) = rss_mb(pid) {
             peak = peak.max(hwm);
-            samples.push(rss);
         }
         if let Ok(Some(status)) = child.0.try_wait() {
             panic!("the aggregator exited early: {status}");
         }
-        if clickhouse_u64(url, &query) >= events {
-            break started.elapsed().as_secs_f64();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "end to end: not done after 30 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    });
     if let Some((_, hwm)) = rss_mb(pid) {
         peak = peak.max(hwm);
     }
@@ -360,19 +341,7 @@ fn kafka_engine(
     }
     let started = Instant::now();
     clickhouse(url, view).expect("peer view");
-    let query = format!("SELECT sum(requests) FROM {db}.usage_daily");
-    let mut counted;
-    let secs = loop {
-        counted = clickhouse_u64(url, &query);
-        if counted >= events {
-            break started.elapsed().as_secs_f64();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "kafka engine: {counted} of {events} after 30 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (secs, counted) = wait_counted(url, db, events, started, "kafka engine", || {});
     let got = clickhouse_totals(url, &format!("{db}.usage_daily"));
     // Detach the consumer before dropping the rest (see the SQL file).
     let _ = clickhouse(url, &format!("DROP TABLE {db}.usage_daily_mv"));
