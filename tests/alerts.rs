@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::services::{produce, services, topic, unique};
+use common::services::{migrated_database, produce, services, topic};
 use common::webhook::{SECRET, Seen, receiver};
 use common::{bin, run_ok};
 use serde_json::Value;
@@ -65,14 +65,7 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     let s = services();
     let dir = tempfile::tempdir().unwrap();
     let t = topic("alerts");
-    let db = unique("alerts");
-    run_ok(bin().args([
-        "migrate",
-        "--clickhouse",
-        &s.clickhouse,
-        "--clickhouse-database",
-        &db,
-    ]));
+    let db = migrated_database(&s.clickhouse, "alerts");
     let (url, seen) = receiver(true);
     let config = dir.path().join("tokentally.toml");
     std::fs::write(

@@ -13,8 +13,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::services::{
-    Private, Topic, clickhouse_rows, clickhouse_sql, corpus, produce, reference, services, topic,
-    topic_on, unique,
+    Private, Topic, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce, reference,
+    services, topic, topic_on, unique,
 };
 use common::{assert_same_totals, bin, run_ok, totals};
 use serde_json::{Map, Value};
@@ -24,18 +24,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A fresh, migrated database.
-fn database(url: &str, tag: &str) -> String {
-    let db = unique(tag);
-    let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("applied migrations [1, 2]"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    db
 }
 
 /// The same totals as `common::totals` reads from a store, from ClickHouse.
@@ -152,7 +140,7 @@ fn kafka_to_clickhouse_is_exact_and_replays_change_nothing() {
     let file = corpus(dir.path(), 30_000, 21);
     produce(&t, &file);
     let reference = reference(dir.path(), &file);
-    let db = database(&s.clickhouse, "exact");
+    let db = migrated_database(&s.clickhouse, "exact");
 
     let first = summary(&mut aggregate(&t, &s.clickhouse, &db, "g1", "3"));
     assert_eq!(first["records"], 30_000);
@@ -202,7 +190,7 @@ fn ten_sigkills_while_a_million_events_stream_lose_and_double_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let t = topic("ch-crash");
     let file = corpus(dir.path(), 1_000_000, 31);
-    let db = database(&s.clickhouse, "crash");
+    let db = migrated_database(&s.clickhouse, "crash");
     let mut producer = produce_in_background(&t, &file);
     let reference = reference(dir.path(), &file);
 
@@ -242,7 +230,7 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
     let dir = tempfile::tempdir().unwrap();
     let t = topic("ch-two");
     let file = corpus(dir.path(), 300_000, 41);
-    let db = database(&s.clickhouse, "two");
+    let db = migrated_database(&s.clickhouse, "two");
     let mut producer = produce_in_background(&t, &file);
     let reference = reference(dir.path(), &file);
 
@@ -267,6 +255,48 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
 }
 
 #[test]
+fn aggregators_joining_and_leaving_on_sigterm_midstream_stay_exact() {
+    let _serial = serial();
+    let s = services();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("ch-join");
+    let file = corpus(dir.path(), 300_000, 43);
+    let db = migrated_database(&s.clickhouse, "join");
+    let mut producer = produce_in_background(&t, &file);
+    let reference = reference(dir.path(), &file);
+
+    // Each join and each SIGTERM moves partitions while the other
+    // aggregator has a batch being committed (commits overlap reading).
+    let stayer_log = dir.path().join("stayer.log");
+    let stayer = spawn_logged(
+        aggregate(&t, &s.clickhouse, &db, "join", "15").env("RUST_LOG", "info"),
+        &stayer_log,
+    );
+    for round in 0..2 {
+        sleep(Duration::from_secs(2));
+        let log = dir.path().join(format!("leaver-{round}.log"));
+        let leaver = spawn_logged(
+            aggregate(&t, &s.clickhouse, &db, "join", "60").env("RUST_LOG", "info"),
+            &log,
+        );
+        sleep(Duration::from_secs(4));
+        let pid = leaver.id().to_string();
+        run_ok(Command::new("kill").args(["-TERM", &pid]));
+        wait_ok(leaver, &log, Duration::from_secs(60));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("shutting down"), "{text}");
+    }
+    assert!(producer.wait().unwrap().success());
+    wait_ok(stayer, &stayer_log, Duration::from_secs(240));
+    let waits = std::fs::read_to_string(&stayer_log)
+        .unwrap()
+        .matches("waited for the batch in flight")
+        .count();
+    eprintln!("the stayer held {waits} revocations until its commit landed");
+    assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+}
+
+#[test]
 fn clickhouse_down_for_20s_midstream_loses_nothing() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
@@ -284,7 +314,7 @@ fn clickhouse_down_for_20s_midstream_loses_nothing() {
     let url = exports("TOKENTALLY_CLICKHOUSE_URL");
     let t = topic_on(&brokers, "ch-outage");
     let file = corpus(dir.path(), 300_000, 51);
-    let db = database(&url, "outage");
+    let db = migrated_database(&url, "outage");
     let mut producer = produce_in_background(&t, &file);
     let reference = reference(dir.path(), &file);
 
@@ -318,7 +348,7 @@ fn kafka_broker_restart_midstream_loses_nothing() {
     let brokers = exports("TOKENTALLY_KAFKA_BROKERS");
     let t = topic_on(&brokers, "ch-broker");
     let file = corpus(dir.path(), 300_000, 61);
-    let db = database(&url, "broker");
+    let db = migrated_database(&url, "broker");
     let mut producer = produce_in_background(&t, &file);
     let reference = reference(dir.path(), &file);
 
@@ -363,7 +393,7 @@ async fn an_aggregator_that_lost_its_partition_is_fenced() {
     use tokentally_aggregate::sink::UsageSink;
     use tokentally_sink::clickhouse::{ClickHouseConfig, ClickHouseError, ClickHouseSink};
     let url = services().clickhouse.clone();
-    let db = database(&url, "fence");
+    let db = migrated_database(&url, "fence");
     let config = ClickHouseConfig {
         url: url.clone(),
         database: db.clone(),

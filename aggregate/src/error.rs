@@ -14,6 +14,12 @@ pub enum Error {
     Recover(#[source] BoxError),
     #[error("roll-up query failed: {0}")]
     DataFusion(#[from] DataFusionError),
+    #[error(
+        "stopped with a batch still being committed after {0:?}; it may yet land, so the \
+         process must exit without leaving the consumer group (the partitions move after the \
+         session timeout)"
+    )]
+    Abandoned(std::time::Duration),
     #[error("building an Arrow batch failed: {0}")]
     Arrow(#[from] ArrowError),
 }

@@ -88,14 +88,14 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
     let metrics = PipelineMetrics::register(&registry)?;
     match args.sink {
         SinkKind::Embedded => {
-            let mut store = EmbeddedStore::open(config.store.clone())?;
+            let store = EmbeddedStore::open(config.store.clone())?;
             let at = store.dir().display().to_string();
             args.metrics.serve(&registry).await?;
-            consume(&config, &args, &mut store, &at, metrics).await
+            consume(&config, &args, store, &at, metrics).await
         }
         SinkKind::Clickhouse => {
             let ch = config.clickhouse.clone();
-            let mut sink = ClickHouseSink::connect(ch.clone(), config.aggregate.dedup.horizon)
+            let sink = ClickHouseSink::connect(ch.clone(), config.aggregate.dedup.horizon)
                 .await?
                 .with_metrics(SinkMetrics::register(&registry)?);
             let at = format!(
@@ -105,16 +105,16 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
                 sink.server().version
             );
             args.metrics.serve(&registry).await?;
-            consume(&config, &args, &mut sink, &at, metrics).await
+            consume(&config, &args, sink, &at, metrics).await
         }
     }
 }
 
 /// Run the consumer-group pipeline into `sink` until idle or a signal.
-async fn consume<K: UsageSink>(
+async fn consume<K: UsageSink + Send + 'static>(
     config: &Config,
     args: &AggregateCmdArgs,
-    sink: &mut K,
+    sink: K,
     sink_name: &str,
     metrics: PipelineMetrics,
 ) -> anyhow::Result<()> {
@@ -137,6 +137,13 @@ async fn consume<K: UsageSink>(
     tracing::info!(brokers = %k.brokers, topic = %k.topic, group = %k.group, sink = sink_name, "aggregating");
 
     let started = Instant::now();
+    let stop = async {
+        shutdown_signal().await;
+        eprintln!(
+            "shutting down: waiting (at most {:?}) for the batch being committed; the batch being read will be read again",
+            pipeline::SHUTDOWN_GRACE
+        );
+    };
     let run = pipeline::run(
         &mut source,
         sink,
@@ -146,12 +153,20 @@ async fn consume<K: UsageSink>(
             tracing::debug!(records = outcome.stats.records, accepted = outcome.stats.accepted, progress = ?outcome.progress, "committed batch");
             mirror_dead_letters(&dlq, &k.dlq_topic, outcome);
         },
-    );
-    let stats: BatchStats = tokio::select! {
-        r = run => r.context("aggregation failed; every batch committed before the failure is kept")?,
-        _ = shutdown_signal() => {
-            eprintln!("shutting down: the last committed batch is kept, the batch in flight will be read again");
-            return Ok(());
+        stop,
+    )
+    .await;
+    let stats: BatchStats = match run {
+        Ok(stats) => stats,
+        Err(e @ tokentally_aggregate::Error::Abandoned(_)) => {
+            // Leaving the group now could let a new owner read the ledger
+            // before that commit lands: exit without closing the consumer.
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context("aggregation failed; every batch committed before the failure is kept"));
         }
     };
     // Every queued dead letter is delivered or expired within the delivery

@@ -164,7 +164,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
     let wall = (args.wall_secs > 0.0).then(|| Duration::from_secs_f64(args.wall_secs));
     let mut source = SimulatedSource::start(fleet, args.batch_records, wall);
-    let mut store = EmbeddedStore::open(config.store.clone())?;
+    let store = EmbeddedStore::open(config.store.clone())?;
     let mut tracker = MilestoneTracker::new(config.alerts.rules.daily_thresholds.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let alerts = match &args.webhook {
@@ -204,7 +204,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let mut milestones = Vec::new();
     let stats = pipeline::run(
         &mut source,
-        &mut store,
+        store,
         config.aggregate.clone(),
         None,
         |outcome| {
@@ -237,6 +237,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 );
             }
         },
+        std::future::pending(),
     )
     .await?;
     bar.finish_and_clear();

@@ -66,24 +66,21 @@ impl<'a> Summary<'a> {
 pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     config.apply_store(&args.store);
     config.apply_aggregate(&args.aggregate);
-    let mut store = EmbeddedStore::open(config.store.clone())?;
+    let store = EmbeddedStore::open(config.store.clone())?;
+    let dir = store.dir().to_path_buf();
     let mut source = FileSource::open(Input::parse(&args.file), config.source.batch_records)?;
     let started = Instant::now();
     let stats = pipeline::run(
         &mut source,
-        &mut store,
+        store,
         config.aggregate.clone(),
         None,
         |_| {},
+        std::future::pending(),
     )
     .await
     .context("ingest failed; the store keeps every batch committed before the failure")?;
-    let summary = Summary::new(
-        &stats,
-        started,
-        store.dir().display(),
-        source.skipped_bytes(),
-    );
+    let summary = Summary::new(&stats, started, dir.display(), source.skipped_bytes());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

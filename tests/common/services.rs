@@ -237,6 +237,15 @@ pub fn clickhouse_rows(url: &str, sql: &str) -> Vec<serde_json::Map<String, serd
         .collect()
 }
 
+/// A fresh database named after `tag`, migrated to the current schema.
+pub fn migrated_database(url: &str, tag: &str) -> String {
+    let db = unique(tag);
+    let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("applied migrations [1, 2, 3]"), "{text}");
+    db
+}
+
 /// A migrated ClickHouse database holding a simulated day (2026-11-27) of a
 /// 20T-token fleet, with duplicates, late and malformed events, produced to
 /// Kafka and aggregated into it, plus one milestone as `alerts run
@@ -254,14 +263,7 @@ pub fn analyst_database(dir: &Path, tag: &str) -> String {
     );
     let t = topic(tag);
     produce(&t, &file);
-    let db = unique(tag);
-    run_ok(bin().args([
-        "migrate",
-        "--clickhouse",
-        &s.clickhouse,
-        "--clickhouse-database",
-        &db,
-    ]));
+    let db = migrated_database(&s.clickhouse, tag);
     run_ok(
         t.aggregate(tag)
             .args(["--exit-on-idle", "3"])

@@ -7,6 +7,7 @@ pub mod simulated;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Error type of sources and sinks: the backend's own error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -113,6 +114,55 @@ pub trait EventSource {
     /// reuse its buffers (a fresh multi-megabyte buffer per batch costs page
     /// faults). The default drops it.
     fn recycle(&mut self, _batch: RawBatch) {}
+
+    /// The gate this source waits on before it gives partitions up. The
+    /// pipeline commits a batch while it reads the next one; a source whose
+    /// partitions can be taken away (a consumer-group rebalance) must not let
+    /// a new owner start until the batch being committed is in the sink, or
+    /// the new owner would read that batch's records again. `None` (the
+    /// default): the source never loses partitions.
+    fn commit_gate(&self) -> Option<CommitGate> {
+        None
+    }
+}
+
+/// Counts commits in flight, so that a source can wait until there are none.
+#[derive(Debug, Clone, Default)]
+pub struct CommitGate(Arc<(Mutex<usize>, Condvar)>);
+
+impl CommitGate {
+    /// Mark a commit as started; it ends when the guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        InFlight(self.clone())
+    }
+
+    /// Block the calling thread until no commit is in flight. Returns
+    /// whether it had to wait.
+    pub fn wait_idle(&self) -> bool {
+        let (count, idle) = &*self.0;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        let waited = *n > 0;
+        while *n > 0 {
+            n = idle.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        waited
+    }
+}
+
+/// A commit in flight (see [`CommitGate`]).
+#[derive(Debug)]
+pub struct InFlight(CommitGate);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let (count, idle) = &*self.0.0;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            idle.notify_all();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +189,29 @@ mod tests {
         let recs: Vec<&[u8]> = b.iter().collect();
         assert_eq!(recs, vec![&b"{}"[..], b"", b"abc"]);
         assert_eq!(b.bytes(), 5);
+    }
+
+    #[test]
+    fn the_gate_opens_when_the_last_commit_ends() {
+        let gate = CommitGate::default();
+        assert!(!gate.wait_idle());
+        let first = gate.enter();
+        let second = gate.enter();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let waited = gate.wait_idle();
+                tx.send(()).unwrap();
+                waited
+            })
+        };
+        drop(first);
+        let pending = rx.recv_timeout(std::time::Duration::from_millis(200));
+        assert!(pending.is_err(), "opened with a commit still in flight");
+        drop(second);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the gate opened");
+        assert!(waiter.join().unwrap());
     }
 }

@@ -34,7 +34,7 @@ use tokentally_aggregate::dedup::bucket_of;
 use tokentally_aggregate::sink::{Recovered, UsageSink};
 use tokentally_aggregate::source::BoxError;
 
-use self::rows::{DeltaRow, IdRow, RejectedRow};
+use self::rows::{DeltaRow, IdSetRow, RejectedRow};
 pub use self::schema::{MigrationReport, ServerInfo, migrate};
 
 /// ClickHouse settings (`[clickhouse]` in the config file). The password
@@ -270,10 +270,10 @@ struct ProgressRow {
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
-struct LoadedId {
+struct LoadedIdSet {
     bucket: i64,
-    id_hi: u64,
-    id_lo: u64,
+    ids_hi: Vec<u64>,
+    ids_lo: Vec<u64>,
 }
 
 /// The ClickHouse implementation of [`UsageSink`].
@@ -426,15 +426,17 @@ impl ClickHouseSink {
             None => String::new(),
         };
         let sql = format!(
-            "SELECT bucket, id_hi, id_lo FROM {db}.dedup_ids WHERE bucket >= {floor} \
+            "SELECT bucket, ids_hi, ids_lo FROM {db}.dedup_id_sets WHERE bucket >= {floor} \
              AND batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress'{filter})"
         );
-        Ok(self
-            .fetch::<LoadedId>(sql)
-            .await?
-            .into_iter()
-            .map(|r| (r.bucket, (u128::from(r.id_hi) << 64) | u128::from(r.id_lo)))
-            .collect())
+        let mut ids = Vec::new();
+        for set in self.fetch::<LoadedIdSet>(sql).await? {
+            let words = set.ids_hi.iter().zip(&set.ids_lo);
+            ids.extend(
+                words.map(|(hi, lo)| (set.bucket, (u128::from(*hi) << 64) | u128::from(*lo))),
+            );
+        }
+        Ok(ids)
     }
 
     async fn server_now(&self) -> Result<u32, ClickHouseError> {
@@ -508,7 +510,11 @@ impl ClickHouseSink {
                 .await
                 .map_err(ClickHouseError::query(&full))?;
         }
-        insert.end().await.map_err(ClickHouseError::query(&full))
+        insert.end().await.map_err(ClickHouseError::query(&full))?;
+        if let Some(m) = &self.metrics {
+            m.rows.with_label_values(&[table]).inc_by(rows.len() as u64);
+        }
+        Ok(())
     }
 
     /// Drop dedup-id partitions (days) entirely below the floor.
@@ -520,12 +526,12 @@ impl ClickHouseSink {
         let db = self.db().to_string();
         let sql = format!(
             "SELECT DISTINCT toInt64(partition) FROM system.parts WHERE database = {} \
-             AND table = 'dedup_ids' AND active",
+             AND table = 'dedup_id_sets' AND active",
             quote(&db)
         );
         for p in self.fetch::<i64>(sql).await? {
             if p < day {
-                self.execute(format!("ALTER TABLE {db}.dedup_ids DROP PARTITION {p}"))
+                self.execute(format!("ALTER TABLE {db}.dedup_id_sets DROP PARTITION {p}"))
                     .await?;
             }
         }
@@ -591,15 +597,20 @@ impl UsageSink for ClickHouseSink {
         let budget = self.config.retry_for;
         let timeout = self.config.request_timeout;
 
-        let ids = rows::id_rows(&batch_id, &outcome.new_ids);
+        let ids = rows::id_set_rows(&batch_id, &outcome.new_ids);
         if !ids.is_empty() {
-            with_retries("insert dedup_ids", budget, self.metrics.as_ref(), |_| {
-                timed(
-                    timeout,
-                    "insert dedup_ids",
-                    self.insert_rows::<IdRow>("dedup_ids", &ids, None),
-                )
-            })
+            with_retries(
+                "insert dedup_id_sets",
+                budget,
+                self.metrics.as_ref(),
+                |_| {
+                    timed(
+                        timeout,
+                        "insert dedup_id_sets",
+                        self.insert_rows::<IdSetRow>("dedup_id_sets", &ids, None),
+                    )
+                },
+            )
             .await?;
         }
         let received_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
@@ -651,7 +662,7 @@ impl UsageSink for ClickHouseSink {
             batch_id,
             progress = ?outcome.progress,
             delta_rows = deltas.len(),
-            ids = ids.len(),
+            ids = outcome.new_ids.len(),
             dead_letters = rejected.len(),
             "batch committed to ClickHouse"
         );

@@ -65,13 +65,14 @@ impl<'a> DeltaRow<'a> {
     }
 }
 
-/// One row of `dedup_ids`.
+/// One row of `dedup_id_sets`: the ids one batch counted in one dedup
+/// bucket (hour), as two parallel arrays (high and low words).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
-pub struct IdRow<'a> {
+pub struct IdSetRow<'a> {
     pub batch_id: &'a str,
     pub bucket: i64,
-    pub id_hi: u64,
-    pub id_lo: u64,
+    pub ids_hi: Vec<u64>,
+    pub ids_lo: Vec<u64>,
 }
 
 /// One row of `rejected_events_log`.
@@ -86,15 +87,26 @@ pub struct RejectedRow<'a> {
     pub raw: &'a [u8],
 }
 
-pub fn id_rows<'a>(batch_id: &'a str, ids: &[(i64, u128)]) -> Vec<IdRow<'a>> {
-    ids.iter()
-        .map(|&(bucket, id)| IdRow {
-            batch_id,
-            bucket,
-            id_hi: (id >> 64) as u64,
-            id_lo: id as u64,
-        })
-        .collect()
+/// A batch's new ids, one row per bucket (a batch spans one or two hours).
+pub fn id_set_rows<'a>(batch_id: &'a str, ids: &[(i64, u128)]) -> Vec<IdSetRow<'a>> {
+    let mut rows: Vec<IdSetRow<'a>> = Vec::new();
+    for &(bucket, id) in ids {
+        let at = match rows.iter().rposition(|r| r.bucket == bucket) {
+            Some(at) => at,
+            None => {
+                rows.push(IdSetRow {
+                    batch_id,
+                    bucket,
+                    ids_hi: Vec::new(),
+                    ids_lo: Vec::new(),
+                });
+                rows.len() - 1
+            }
+        };
+        rows[at].ids_hi.push((id >> 64) as u64);
+        rows[at].ids_lo.push(id as u64);
+    }
+    rows
 }
 
 pub fn rejected_rows<'a>(
@@ -277,14 +289,35 @@ mod tests {
                 .all(|r| r.batch_id.is_empty())
         );
 
-        let ids = id_rows("b1", &outcome.new_ids);
-        assert_eq!(ids.len(), 2);
-        let back: Vec<u128> = ids
+        let sets = id_set_rows("b1", &outcome.new_ids);
+        let back: Vec<(i64, u128)> = sets
             .iter()
-            .map(|r| (u128::from(r.id_hi) << 64) | u128::from(r.id_lo))
+            .flat_map(|r| {
+                assert_eq!(r.batch_id, "b1");
+                r.ids_hi
+                    .iter()
+                    .zip(&r.ids_lo)
+                    .map(|(hi, lo)| (r.bucket, (u128::from(*hi) << 64) | u128::from(*lo)))
+            })
             .collect();
-        let want: Vec<u128> = outcome.new_ids.iter().map(|(_, id)| *id).collect();
-        assert_eq!(back, want);
+        assert_eq!(back, outcome.new_ids);
+    }
+
+    #[test]
+    fn ids_are_grouped_by_bucket_in_arrival_order() {
+        let ids = [(7, 1u128 << 64 | 2), (8, 3), (7, 4), (8, u128::MAX)];
+        let sets = id_set_rows("b", &ids);
+        let view: Vec<(i64, &[u64], &[u64])> = sets
+            .iter()
+            .map(|r| (r.bucket, r.ids_hi.as_slice(), r.ids_lo.as_slice()))
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                (7, &[1u64, 0][..], &[2u64, 4][..]),
+                (8, &[0, u64::MAX][..], &[3, u64::MAX][..]),
+            ]
+        );
     }
 
     #[test]

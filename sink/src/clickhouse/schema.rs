@@ -9,8 +9,9 @@
 //! - `usage_daily`, `usage_minute`, `usage_app_daily`, `rejected`: views
 //!   summing the deltas; exact whatever the state of background merges.
 //! - `ingest_progress`: view of the progress ledger per source partition.
-//! - `dedup_ids`, `rejected_events_log`: written before the deltas, tagged
-//!   with the batch id; only rows of committed batches count.
+//! - `dedup_id_sets` (a batch's ids per hour, as arrays),
+//!   `rejected_events_log`: written before the deltas, tagged with the
+//!   batch id; only rows of committed batches count.
 //! - `rejected_events`: the raw dead letters of committed batches.
 //! - `schema_migrations`: the migrations applied.
 
@@ -75,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "milestones recorded by tokentally alerts",
         statements: v2,
+    },
+    Migration {
+        version: 3,
+        name: "dedup ids as one row of arrays per batch and hour",
+        statements: v3,
     },
 ];
 
@@ -189,6 +195,36 @@ fn v2(db: &str, server: &ServerInfo) -> Vec<String> {
              SELECT id, type, scope, model, provider, day, threshold, value, previous_record, \
              previous_holder, detected_at FROM {db}.milestones_log FINAL"
         ),
+    ]
+}
+
+/// `dedup_ids` held one row per id (65,536 rows per batch, each repeating
+/// the batch id); `dedup_id_sets` holds one row of arrays per batch and
+/// hour, which ClickHouse inserts and merges far faster. The old rows are
+/// copied over and the old table dropped. Rerunnable at any point: the old
+/// table is recreated (empty) if a previous run already dropped it, and
+/// sets already copied are skipped. Aggregators must be stopped meanwhile.
+fn v3(db: &str, _: &ServerInfo) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.dedup_id_sets (\
+             batch_id String, bucket Int64, ids_hi Array(UInt64), ids_lo Array(UInt64)) \
+             ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, batch_id)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.dedup_ids (\
+             batch_id String, bucket Int64, id_hi UInt64, id_lo UInt64) \
+             ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)"
+        ),
+        format!(
+            "INSERT INTO {db}.dedup_id_sets (batch_id, bucket, ids_hi, ids_lo) \
+             SELECT batch_id, bucket, arrayMap(p -> tupleElement(p, 1), pairs), \
+             arrayMap(p -> tupleElement(p, 2), pairs) FROM (\
+             SELECT batch_id, bucket, groupArray((id_hi, id_lo)) AS pairs FROM {db}.dedup_ids \
+             WHERE (batch_id, bucket) NOT IN (SELECT batch_id, bucket FROM {db}.dedup_id_sets) \
+             GROUP BY batch_id, bucket)"
+        ),
+        format!("DROP TABLE IF EXISTS {db}.dedup_ids"),
     ]
 }
 

@@ -26,7 +26,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
-use super::{BoxError, EventSource, RawBatch};
+use super::{BoxError, CommitGate, EventSource, RawBatch};
 
 /// How a [`KafkaSource`] reads.
 #[derive(Debug, Clone)]
@@ -50,11 +50,13 @@ pub struct KafkaSourceConfig {
     pub lag: Option<prometheus::IntGaugeVec>,
 }
 
-/// Records partitions revoked by rebalances, for the batch builder, and
+/// Records partitions revoked by rebalances, for the batch builder, holds
+/// revocations until the batch being committed is in the sink, and
 /// publishes consumer lag from librdkafka's statistics.
 #[derive(Default)]
 struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
+    gate: CommitGate,
     lag: Option<prometheus::IntGaugeVec>,
 }
 
@@ -76,6 +78,14 @@ impl ClientContext for RebalanceLog {
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // The group moves on (and a new owner reads the ledger) once
+            // this returns: the batch being committed must be in first.
+            // This blocks the thread reading the source, not the commit.
+            if self.gate.wait_idle() {
+                tracing::info!(
+                    "waited for the batch in flight to commit before giving partitions up"
+                );
+            }
             let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
             revoked.extend(tpl.elements().iter().map(|e| e.partition()));
             tracing::info!(partitions = ?revoked, "partitions revoked");
@@ -292,6 +302,7 @@ impl KafkaSource {
             .set("max.partition.fetch.bytes", "4194304")
             .create_with_context(RebalanceLog {
                 revoked: Mutex::default(),
+                gate: CommitGate::default(),
                 lag: config.lag.clone(),
             })?;
         consumer.subscribe(&[&config.topic])?;
@@ -467,6 +478,10 @@ impl EventSource for KafkaSource {
 
     fn recycle(&mut self, batch: RawBatch) {
         self.spare = Some(batch);
+    }
+
+    fn commit_gate(&self) -> Option<CommitGate> {
+        Some(self.consumer.context().gate.clone())
     }
 
     fn acknowledge(&mut self, progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
