@@ -184,6 +184,70 @@ fn an_unmigrated_database_is_a_clear_error() {
 }
 
 #[test]
+fn migration_3_moves_the_dedup_ids_of_schema_2_into_arrays() {
+    let _serial = serial();
+    let url = services().clickhouse.clone();
+    let db = migrated_database(&url, "v3");
+    let sql = |q: &str| clickhouse_sql(&url, q).unwrap();
+    // Put the database back at schema 2, with ids in the old one-row-per-id
+    // table (the DDL of migration 1).
+    sql(&format!(
+        "CREATE TABLE {db}.dedup_ids (batch_id String, bucket Int64, id_hi UInt64, id_lo UInt64) \
+         ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)"
+    ));
+    sql(&format!(
+        "INSERT INTO {db}.dedup_ids VALUES ('b1', 10, 1, 2), ('b1', 10, 3, 4), ('b2', 11, 5, 6), ('b1', 12, 7, 8)"
+    ));
+    sql(&format!(
+        "ALTER TABLE {db}.schema_migrations DELETE WHERE version = 3"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql(&format!(
+        "SELECT count() FROM {db}.schema_migrations WHERE version = 3"
+    ))
+    .trim()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "the mutation did not finish");
+        sleep(Duration::from_millis(100));
+    }
+
+    let migrate = || {
+        let out = run_ok(bin().args([
+            "migrate",
+            "--clickhouse",
+            &url,
+            "--clickhouse-database",
+            &db,
+        ]));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = migrate();
+    assert!(first.contains("applied migrations [3]"), "{first}");
+    assert_eq!(sql(&format!("EXISTS TABLE {db}.dedup_ids")).trim(), "0");
+    let sets = clickhouse_rows(
+        &url,
+        &format!(
+            "SELECT batch_id, bucket, arraySort(arrayMap((h, l) -> (h, l), ids_hi, ids_lo)) AS ids \
+             FROM {db}.dedup_id_sets ORDER BY batch_id, bucket"
+        ),
+    );
+    let got: Vec<String> = sets
+        .iter()
+        .map(|r| format!("{} {} {}", r["batch_id"], r["bucket"], r["ids"]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            r#""b1" 10 [[1,2],[3,4]]"#,
+            r#""b1" 12 [[7,8]]"#,
+            r#""b2" 11 [[5,6]]"#
+        ]
+    );
+    assert!(migrate().contains("up to date"));
+}
+
+#[test]
 fn ten_sigkills_while_a_million_events_stream_lose_and_double_nothing() {
     let _serial = serial();
     let s = services();
@@ -290,7 +354,7 @@ fn aggregators_joining_and_leaving_on_sigterm_midstream_stay_exact() {
     wait_ok(stayer, &stayer_log, Duration::from_secs(240));
     let waits = std::fs::read_to_string(&stayer_log)
         .unwrap()
-        .matches("waited for the batch in flight")
+        .matches("waited for the batches handed out")
         .count();
     eprintln!("the stayer held {waits} revocations until its commit landed");
     assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));

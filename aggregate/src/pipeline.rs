@@ -9,8 +9,12 @@
 //! - the in-memory dedup state already includes N when N+1 is processed,
 //!   and if N's commit fails the pipeline stops: a restart rebuilds that
 //!   state from the sink;
-//! - the source waits on the [`CommitGate`](crate::source::CommitGate) before giving partitions up in
-//!   a rebalance, so a new owner never reads the ledger before N is in it;
+//! - a source that can lose partitions attaches a guard to each batch
+//!   ([`RawBatch::hold`](crate::source::RawBatch)), which the pipeline
+//!   keeps until the batch's commit lands, and waits for every guard before
+//!   giving partitions up in a rebalance (see
+//!   [`CommitGate`](crate::source::CommitGate)), so a new owner never reads
+//!   the ledger before this aggregator's batches are in it;
 //! - before asking the sink for newly assigned partitions' progress, the
 //!   pipeline waits for N, so the answer includes this aggregator's own
 //!   last commit.
@@ -55,7 +59,6 @@ where
     K: UsageSink + Send + 'static,
 {
     let mut stop = pin!(stop.fuse());
-    let gate = source.commit_gate().unwrap_or_default();
     let committer = Committer::start(sink, metrics.clone())?;
     let recovered = tokio::select! {
         r = committer.recover(None) => r.map_err(Error::Recover)?,
@@ -92,6 +95,7 @@ where
                 return Ok(());
             };
             let needs_resume = std::mem::take(&mut raw.needs_resume);
+            let hold = raw.hold.take();
             let processing = Instant::now();
             let outcome = if raw.is_empty() {
                 None
@@ -116,7 +120,7 @@ where
             );
             landed(previous, source)?;
             if let Some(outcome) = outcome {
-                in_flight = Some(committer.commit(outcome, gate.enter())?);
+                in_flight = Some(committer.commit(outcome, hold)?);
             }
             if !needs_resume.is_empty() {
                 // The partitions' progress must include this aggregator's
@@ -172,7 +176,11 @@ enum Request {
         Option<Vec<String>>,
         oneshot::Sender<std::result::Result<Recovered, BoxError>>,
     ),
-    Commit(Box<BatchOutcome>, InFlight, oneshot::Sender<Committed>),
+    Commit(
+        Box<BatchOutcome>,
+        Option<InFlight>,
+        oneshot::Sender<Committed>,
+    ),
 }
 
 type Committed = (Box<BatchOutcome>, std::result::Result<(), BoxError>);
@@ -228,10 +236,10 @@ impl Committer {
         rx.await.map_err(|_| stopped())?
     }
 
-    fn commit(&self, outcome: BatchOutcome, in_flight: InFlight) -> Result<Ticket> {
+    fn commit(&self, outcome: BatchOutcome, hold: Option<InFlight>) -> Result<Ticket> {
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send(Request::Commit(Box::new(outcome), in_flight, tx))
+            .send(Request::Commit(Box::new(outcome), hold, tx))
             .map_err(|_| Error::Sink(stopped()))?;
         Ok(Ticket(rx))
     }
@@ -263,12 +271,12 @@ async fn serve<K: UsageSink>(sink: &mut K, request: Request, metrics: Option<&Pi
             };
             let _ = reply.send(recovered);
         }
-        Request::Commit(outcome, in_flight, reply) => {
+        Request::Commit(outcome, hold, reply) => {
             let started = Instant::now();
             let result = sink.commit(&outcome).await;
-            // Open the gate before answering: the batch is in (or failed,
-            // and the pipeline stops).
-            drop(in_flight);
+            // Release the batch before answering: it is in (or failed, and
+            // the pipeline stops).
+            drop(hold);
             if let (Ok(()), Some(m)) = (&result, metrics) {
                 m.commit_seconds.observe(started.elapsed().as_secs_f64());
                 m.last_commit.set(
@@ -377,7 +385,10 @@ mod tests {
                 self.landed_at_gate = Some(self.log.lock().unwrap().len());
             }
             self.handed += 1;
-            Ok(self.left.pop_front())
+            Ok(self.left.pop_front().map(|mut b| {
+                b.hold = Some(self.gate.enter());
+                b
+            }))
         }
         fn acknowledge(
             &mut self,
@@ -385,9 +396,6 @@ mod tests {
         ) -> std::result::Result<(), BoxError> {
             self.acknowledged.push(progress["p"]);
             Ok(())
-        }
-        fn commit_gate(&self) -> Option<CommitGate> {
-            Some(self.gate.clone())
         }
     }
 
@@ -419,9 +427,9 @@ mod tests {
         assert_eq!(committed, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(seen, committed);
         assert_eq!(source.acknowledged, committed);
-        // Batches 1-3 were handed out before the gate: all three are in
-        // once it opens (the third was still being committed when the
-        // source reached it, 50ms per commit).
+        // Batches 1-3 were handed out before the source waited on the gate:
+        // all three are in once it opens (the third was still being
+        // committed, 50ms per commit).
         assert_eq!(source.landed_at_gate, Some(3));
     }
 

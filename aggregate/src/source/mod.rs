@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A micro-batch of raw input records (one JSON document each), stored
 /// contiguously to avoid an allocation per record.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct RawBatch {
     data: Vec<u8>,
     ends: Vec<usize>,
@@ -26,6 +26,22 @@ pub struct RawBatch {
     /// batch, the pipeline asks the sink (`recover_partitions`) and hands
     /// the answer to [`EventSource::resume`].
     pub needs_resume: Vec<String>,
+    /// Set by sources whose partitions can be taken away (see
+    /// [`CommitGate`]): the pipeline holds it until this batch's commit has
+    /// landed or failed. A clone does not carry it.
+    pub hold: Option<InFlight>,
+}
+
+impl Clone for RawBatch {
+    fn clone(&self) -> Self {
+        RawBatch {
+            data: self.data.clone(),
+            ends: self.ends.clone(),
+            progress: self.progress.clone(),
+            needs_resume: self.needs_resume.clone(),
+            hold: None,
+        }
+    }
 }
 
 impl RawBatch {
@@ -35,6 +51,7 @@ impl RawBatch {
             ends: Vec::with_capacity(records),
             progress: BTreeMap::new(),
             needs_resume: Vec::new(),
+            hold: None,
         }
     }
 
@@ -89,6 +106,7 @@ impl RawBatch {
         self.ends.clear();
         self.progress.clear();
         self.needs_resume.clear();
+        self.hold = None;
     }
 }
 
@@ -114,30 +132,28 @@ pub trait EventSource {
     /// reuse its buffers (a fresh multi-megabyte buffer per batch costs page
     /// faults). The default drops it.
     fn recycle(&mut self, _batch: RawBatch) {}
-
-    /// The gate this source waits on before it gives partitions up. The
-    /// pipeline commits a batch while it reads the next one; a source whose
-    /// partitions can be taken away (a consumer-group rebalance) must not let
-    /// a new owner start until the batch being committed is in the sink, or
-    /// the new owner would read that batch's records again. `None` (the
-    /// default): the source never loses partitions.
-    fn commit_gate(&self) -> Option<CommitGate> {
-        None
-    }
 }
 
-/// Counts commits in flight, so that a source can wait until there are none.
+/// Counts batches handed out and not yet committed, so that a source can
+/// wait until there are none.
+///
+/// The pipeline commits a batch while the next is read and processed. A
+/// source whose partitions can be taken away (a consumer-group rebalance)
+/// must not let a new owner start before every batch it handed out is in
+/// the sink, or the new owner would read those records again: it attaches
+/// a guard from [`CommitGate::enter`] to each batch ([`RawBatch::hold`])
+/// and calls [`CommitGate::wait_idle`] before giving partitions up.
 #[derive(Debug, Clone, Default)]
 pub struct CommitGate(Arc<(Mutex<usize>, Condvar)>);
 
 impl CommitGate {
-    /// Mark a commit as started; it ends when the guard is dropped.
+    /// Mark a batch as handed out; it is done when the guard is dropped.
     pub fn enter(&self) -> InFlight {
         *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         InFlight(self.clone())
     }
 
-    /// Block the calling thread until no commit is in flight. Returns
+    /// Block the calling thread until no batch is outstanding. Returns
     /// whether it had to wait.
     pub fn wait_idle(&self) -> bool {
         let (count, idle) = &*self.0;
@@ -150,7 +166,7 @@ impl CommitGate {
     }
 }
 
-/// A commit in flight (see [`CommitGate`]).
+/// A batch handed out and not yet committed (see [`CommitGate`]).
 #[derive(Debug)]
 pub struct InFlight(CommitGate);
 

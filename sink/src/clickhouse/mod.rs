@@ -641,9 +641,14 @@ impl UsageSink for ClickHouseSink {
                 let deltas = &deltas;
                 let batch_id = &batch_id;
                 async move {
-                    // A previous attempt may have landed with its answer lost.
-                    if attempt > 0 && this.batch_committed(batch_id).await? {
-                        return Ok(());
+                    if attempt > 0 {
+                        // A previous attempt may have landed with its answer
+                        // lost; and while this one was failing, the group may
+                        // have given the partitions to another aggregator.
+                        if this.batch_committed(batch_id).await? {
+                            return Ok(());
+                        }
+                        this.check_fence(outcome).await?;
                     }
                     timed(
                         timeout,

@@ -8,14 +8,18 @@
 //! committed offset for it (`needs_resume` → `resume`), and then skips any
 //! record below that offset, so records redelivered after a crash, a
 //! rebalance or a lagging Kafka commit are never counted twice. When a
-//! partition is revoked, its records in the batch being filled are dropped
-//! (the new owner reads them from the sink's offset). Offsets are committed
+//! partition is revoked, the source first waits until every batch it handed
+//! out is committed (the [`CommitGate`]: the consumer thread reads ahead
+//! while the pipeline processes and commits), then drops the partition's
+//! records from the batch being filled (the new owner reads them from the
+//! sink's offset). Offsets are committed
 //! to Kafka only after the sink has committed (`acknowledge`): they tell the
 //! group where to start and feed lag metrics, they are not the source of
 //! truth.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -25,6 +29,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use super::{BoxError, CommitGate, EventSource, RawBatch};
 
@@ -79,11 +84,11 @@ impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // The group moves on (and a new owner reads the ledger) once
-            // this returns: the batch being committed must be in first.
-            // This blocks the thread reading the source, not the commit.
+            // this returns: every batch handed out must be committed first.
+            // This blocks the reading thread, not the pipeline or the commit.
             if self.gate.wait_idle() {
                 tracing::info!(
-                    "waited for the batch in flight to commit before giving partitions up"
+                    "waited for the batches handed out to commit before giving partitions up"
                 );
             }
             let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,8 +108,31 @@ impl ConsumerContext for RebalanceLog {
 type Kafka = StreamConsumer<RebalanceLog>;
 
 /// A consumer-group member reading raw event records.
+///
+/// The consumer runs on a thread of its own (`tokentally-kafka`), which
+/// reads and fills the next batch while the pipeline processes the current
+/// one; this handle passes batches, resumes and recycled buffers between
+/// them. Each batch carries a guard of the [`CommitGate`], so a rebalance
+/// gives partitions up only once every batch handed out is committed.
 pub struct KafkaSource {
-    consumer: Kafka,
+    batches: mpsc::Receiver<Result<Option<RawBatch>, BoxError>>,
+    control: mpsc::UnboundedSender<Control>,
+    consumer: Arc<Kafka>,
+    topic: String,
+    skipped: Arc<AtomicU64>,
+    exhausted: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// From the pipeline to the reading thread.
+enum Control {
+    Resume(BTreeMap<String, i64>),
+    Recycle(RawBatch),
+}
+
+/// The reading side, owned by the consumer thread.
+struct Reader {
+    consumer: Arc<Kafka>,
     config: KafkaSourceConfig,
     cursor: Cursor,
     /// The record that revealed a partition still to resume.
@@ -121,13 +149,13 @@ pub struct KafkaSource {
 struct Cursor {
     /// Next offset per partition already read: committed by the sink, or in
     /// a batch handed out (a failed commit ends the process).
-    committed: HashMap<i32, i64>,
+    committed: ByPartition<i64>,
     /// Partitions whose committed progress was learnt since their
     /// assignment; records of other partitions wait for `resume`.
-    resumed: HashSet<i32>,
+    resumed: ByPartition<()>,
     /// Partitions asked for in the last `needs_resume`.
     awaiting: Vec<i32>,
-    skipped: u64,
+    skipped: Arc<AtomicU64>,
 }
 
 impl Cursor {
@@ -145,8 +173,8 @@ impl Cursor {
             return;
         }
         for p in &revoked {
-            self.resumed.remove(p);
-            self.committed.remove(p);
+            self.resumed.remove(*p);
+            self.committed.remove(*p);
         }
         filling.drop_partitions(&revoked);
     }
@@ -161,10 +189,10 @@ impl Cursor {
         msg: &M,
     ) -> Result<bool, BoxError> {
         let (partition, offset) = (msg.partition(), msg.offset());
-        if !self.resumed.contains(&partition) {
+        if self.resumed.get(partition).is_none() {
             let mut need: Vec<i32> = assignment(consumer)?
                 .into_iter()
-                .filter(|p| !self.resumed.contains(p))
+                .filter(|p| self.resumed.get(*p).is_none())
                 .collect();
             if !need.contains(&partition) {
                 need.push(partition);
@@ -173,8 +201,8 @@ impl Cursor {
             self.awaiting = need;
             return Ok(false);
         }
-        if self.committed.get(&partition).is_some_and(|&c| offset < c) {
-            self.skipped += 1;
+        if self.committed.get(partition).is_some_and(|c| offset < c) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(true);
         }
         filling.push(partition, offset, msg.payload().unwrap_or_default());
@@ -227,6 +255,50 @@ pub fn progress_key(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
 }
 
+/// Values per partition, indexed by partition number (partitions are small
+/// non-negative integers): no hashing per record.
+struct ByPartition<T>(Vec<Option<T>>);
+
+impl<T> Default for ByPartition<T> {
+    fn default() -> Self {
+        ByPartition(Vec::new())
+    }
+}
+
+impl<T: Copy> ByPartition<T> {
+    fn get(&self, partition: i32) -> Option<T> {
+        let i = usize::try_from(partition).ok()?;
+        self.0.get(i).copied().flatten()
+    }
+
+    fn insert(&mut self, partition: i32, value: T) {
+        let Ok(i) = usize::try_from(partition) else {
+            return;
+        };
+        if i >= self.0.len() {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some(value);
+    }
+
+    fn remove(&mut self, partition: i32) {
+        if let Some(slot) = usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.0.get_mut(i))
+        {
+            *slot = None;
+        }
+    }
+
+    /// (partition, value) in partition order.
+    fn iter(&self) -> impl Iterator<Item = (i32, T)> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (i as i32, v)))
+    }
+}
+
 /// A batch being filled, with the partition of each record so that the
 /// records of a revoked partition can be dropped.
 struct Filling {
@@ -234,7 +306,7 @@ struct Filling {
     partitions: Vec<i32>,
     /// Partition → the offset after its last record in the batch; turned
     /// into the batch's progress by [`Filling::finish`].
-    next: BTreeMap<i32, i64>,
+    next: ByPartition<i64>,
 }
 
 impl Filling {
@@ -246,7 +318,7 @@ impl Filling {
 
     /// The batch, with the progress its records complete.
     fn finish(mut self, topic: &str) -> RawBatch {
-        for (p, next) in self.next {
+        for (p, next) in self.next.iter() {
             self.batch.progress.insert(progress_key(topic, p), next);
         }
         self.batch
@@ -267,7 +339,7 @@ impl Filling {
         }
         kept.needs_resume = std::mem::take(&mut self.batch.needs_resume);
         for p in revoked {
-            self.next.remove(p);
+            self.next.remove(*p);
         }
         self.batch = kept;
         self.partitions = parts;
@@ -306,20 +378,133 @@ impl KafkaSource {
                 lag: config.lag.clone(),
             })?;
         consumer.subscribe(&[&config.topic])?;
-        Ok(KafkaSource {
-            consumer,
+        let consumer = Arc::new(consumer);
+        let skipped = Arc::new(AtomicU64::new(0));
+        let topic = config.topic.clone();
+        let reader = Reader {
+            consumer: consumer.clone(),
             config,
-            cursor: Cursor::default(),
+            cursor: Cursor {
+                skipped: skipped.clone(),
+                ..Cursor::default()
+            },
             pending: None,
             spare: None,
             last_record: Instant::now(),
             assigned: Vec::new(),
+        };
+        // One batch waits while the pipeline processes another.
+        let (tx, batches) = mpsc::channel(1);
+        let (control, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("tokentally-kafka".into())
+            .spawn(move || runtime.block_on(reader.run(tx, rx)))?;
+        Ok(KafkaSource {
+            batches,
+            control,
+            consumer,
+            topic,
+            skipped,
+            exhausted: false,
+            thread: Some(thread),
         })
     }
 
     /// Records skipped because the sink had already committed them.
     pub fn skipped_records(&self) -> u64 {
-        self.cursor.skipped
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    fn partition_of(&self, key: &str) -> Option<i32> {
+        partition_of(&self.topic, key)
+    }
+}
+
+impl Drop for KafkaSource {
+    /// Stop the reading thread and wait for it (it leaves the group, after
+    /// the batches handed out, now dropped, release the gate).
+    fn drop(&mut self) {
+        self.batches.close();
+        while self.batches.try_recv().is_ok() {}
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The partition of a progress key of `topic`.
+fn partition_of(topic: &str, key: &str) -> Option<i32> {
+    key.strip_prefix("kafka:")?
+        .strip_prefix(topic)?
+        .strip_prefix(':')?
+        .parse()
+        .ok()
+}
+
+impl Reader {
+    /// Read batches until the pipeline goes away or the source ends.
+    /// Nothing is read before the first resume (the sink's progress), nor
+    /// after a batch asking for one until it comes.
+    async fn run(
+        mut self,
+        tx: mpsc::Sender<Result<Option<RawBatch>, BoxError>>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        let mut awaiting_resume = true;
+        loop {
+            loop {
+                let msg = if awaiting_resume {
+                    tokio::select! {
+                        msg = control.recv() => msg,
+                        () = tx.closed() => return,
+                    }
+                } else {
+                    match control.try_recv() {
+                        Ok(msg) => Some(msg),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                };
+                match msg {
+                    None => return,
+                    Some(Control::Resume(committed)) => {
+                        self.resume(&committed);
+                        awaiting_resume = false;
+                    }
+                    Some(Control::Recycle(batch)) => self.spare = Some(batch),
+                }
+            }
+            let next = tokio::select! {
+                next = self.next_batch() => next,
+                () = tx.closed() => return,
+            };
+            let more = matches!(next, Ok(Some(_)));
+            let next = next.map(|batch| {
+                batch.map(|mut b| {
+                    awaiting_resume = !b.needs_resume.is_empty();
+                    b.hold = Some(self.consumer.context().gate.enter());
+                    b
+                })
+            });
+            if tx.send(next).await.is_err() || !more {
+                return;
+            }
+        }
+    }
+
+    fn resume(&mut self, committed: &BTreeMap<String, i64>) {
+        for p in std::mem::take(&mut self.cursor.awaiting) {
+            self.cursor.committed.remove(p);
+            self.cursor.resumed.insert(p, ());
+        }
+        for (key, offset) in committed {
+            if let Some(p) = partition_of(&self.config.topic, key) {
+                self.cursor.committed.insert(p, *offset);
+            }
+        }
     }
 
     /// True when every assigned partition has been read to its end (the
@@ -356,29 +541,6 @@ impl KafkaSource {
         caught_up
     }
 
-    fn partition_of(&self, key: &str) -> Option<i32> {
-        key.strip_prefix("kafka:")?
-            .strip_prefix(self.config.topic.as_str())?
-            .strip_prefix(':')?
-            .parse()
-            .ok()
-    }
-}
-
-impl EventSource for KafkaSource {
-    fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError> {
-        for p in std::mem::take(&mut self.cursor.awaiting) {
-            self.cursor.committed.remove(&p);
-            self.cursor.resumed.insert(p);
-        }
-        for (key, offset) in committed {
-            if let Some(p) = self.partition_of(key) {
-                self.cursor.committed.insert(p, *offset);
-            }
-        }
-        Ok(())
-    }
-
     async fn next_batch(&mut self) -> Result<Option<RawBatch>, BoxError> {
         let cap = self.config.batch_records.max(1);
         let mut batch = self.spare.take().unwrap_or_default();
@@ -386,7 +548,7 @@ impl EventSource for KafkaSource {
         let mut filling = Filling {
             batch,
             partitions: Vec::with_capacity(cap),
-            next: BTreeMap::new(),
+            next: ByPartition::default(),
         };
         let mut first_at: Option<Instant> = None;
         let topic = self.config.topic.clone();
@@ -475,20 +637,39 @@ impl EventSource for KafkaSource {
         }
         Ok(Some(filling.finish(&topic)))
     }
+}
 
-    fn recycle(&mut self, batch: RawBatch) {
-        self.spare = Some(batch);
+impl EventSource for KafkaSource {
+    fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError> {
+        self.control
+            .send(Control::Resume(committed.clone()))
+            .map_err(|_| reader_stopped())
     }
 
-    fn commit_gate(&self) -> Option<CommitGate> {
-        Some(self.consumer.context().gate.clone())
+    async fn next_batch(&mut self) -> Result<Option<RawBatch>, BoxError> {
+        if self.exhausted {
+            return Ok(None);
+        }
+        match self.batches.recv().await {
+            Some(Ok(None)) => {
+                self.exhausted = true;
+                Ok(None)
+            }
+            Some(next) => next,
+            None => Err(reader_stopped()),
+        }
+    }
+
+    fn recycle(&mut self, batch: RawBatch) {
+        // The thread is gone only when the source is finished.
+        let _ = self.control.send(Control::Recycle(batch));
     }
 
     fn acknowledge(&mut self, progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
         let mut tpl = TopicPartitionList::new();
         for (key, next) in progress {
             if let Some(p) = self.partition_of(key) {
-                tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(*next))?;
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(*next))?;
             }
         }
         if tpl.count() > 0 {
@@ -496,6 +677,10 @@ impl EventSource for KafkaSource {
         }
         Ok(())
     }
+}
+
+fn reader_stopped() -> BoxError {
+    "the Kafka reading thread stopped".into()
 }
 
 #[cfg(test)]
@@ -507,7 +692,7 @@ mod tests {
         let mut f = Filling {
             batch: RawBatch::default(),
             partitions: Vec::new(),
-            next: BTreeMap::new(),
+            next: ByPartition::default(),
         };
         f.push(0, 10, b"a");
         f.push(1, 20, b"b");
