@@ -360,76 +360,83 @@ fn aggregators_joining_and_leaving_on_sigterm_midstream_stay_exact() {
     assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
 }
 
-#[test]
-fn clickhouse_down_for_20s_midstream_loses_nothing() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("services");
-    let brokers = services().brokers.clone();
-    // A ClickHouse of this test's own, so stopping it disturbs nobody.
-    let env = [
-        ("TOKENTALLY_SERVICES_DIR", state.to_str().unwrap()),
-        ("TOKENTALLY_KAFKA_BROKERS", brokers.as_str()),
-        ("TOKENTALLY_CLICKHOUSE_URL", ""),
-        ("TOKENTALLY_CLICKHOUSE_HTTP_PORT", "38223"),
-        ("TOKENTALLY_CLICKHOUSE_TCP_PORT", "39223"),
-    ];
-    let (private, exports) = Private::up(&env);
-    let url = exports("TOKENTALLY_CLICKHOUSE_URL");
-    let t = topic_on(&brokers, "ch-outage");
-    let file = corpus(dir.path(), 300_000, 51);
-    let db = migrated_database(&url, "outage");
-    let mut producer = produce_in_background(&t, &file);
-    let reference = reference(dir.path(), &file);
-
-    let log = dir.path().join("aggregate.log");
-    let child = spawn_logged(&mut aggregate(&t, &url, &db, "outage", "10"), &log);
-    sleep(Duration::from_secs(3));
-    private.run("stop", "clickhouse");
-    sleep(Duration::from_secs(20));
-    private.run("start", "clickhouse");
-    assert!(producer.wait().unwrap().success());
-    let peak = wait_ok(child, &log, Duration::from_secs(240));
-    assert!(peak < 1024, "aggregator RSS peaked at {peak} MiB");
-    assert_same_totals(&ch_totals(&url, &db), &totals(&reference));
+/// The shared service a test replaces with a private instance of its own,
+/// so that stopping it disturbs nobody.
+#[derive(Clone, Copy)]
+enum Outage {
+    ClickHouse,
+    Kafka,
 }
 
-#[test]
-fn kafka_broker_restart_midstream_loses_nothing() {
+/// 300,000 events stream while a private `service` is stopped 3 s in and
+/// started again after `down`: nothing is lost or counted twice, and the
+/// aggregator's memory stays bounded meanwhile.
+fn an_outage_midstream_loses_nothing(service: Outage, down: Duration, seed: u32, idle: &str) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("services");
-    let url = services().clickhouse.clone();
-    // A broker of this test's own, so restarting it disturbs nobody.
-    let env = [
-        ("TOKENTALLY_SERVICES_DIR", state.to_str().unwrap()),
-        ("TOKENTALLY_CLICKHOUSE_URL", url.as_str()),
-        ("TOKENTALLY_KAFKA_BROKERS", ""),
-        ("TOKENTALLY_KAFKA_PORT", "39292"),
-        ("TOKENTALLY_KAFKA_CONTROLLER_PORT", "39293"),
-    ];
+    let state = state.to_str().unwrap();
+    let shared = services();
+    let (name, env) = match service {
+        Outage::ClickHouse => (
+            "clickhouse",
+            [
+                ("TOKENTALLY_SERVICES_DIR", state),
+                ("TOKENTALLY_KAFKA_BROKERS", shared.brokers.as_str()),
+                ("TOKENTALLY_CLICKHOUSE_URL", ""),
+                ("TOKENTALLY_CLICKHOUSE_HTTP_PORT", "38223"),
+                ("TOKENTALLY_CLICKHOUSE_TCP_PORT", "39223"),
+            ],
+        ),
+        Outage::Kafka => (
+            "kafka",
+            [
+                ("TOKENTALLY_SERVICES_DIR", state),
+                ("TOKENTALLY_CLICKHOUSE_URL", shared.clickhouse.as_str()),
+                ("TOKENTALLY_KAFKA_BROKERS", ""),
+                ("TOKENTALLY_KAFKA_PORT", "39292"),
+                ("TOKENTALLY_KAFKA_CONTROLLER_PORT", "39293"),
+            ],
+        ),
+    };
     let (private, exports) = Private::up(&env);
-    let brokers = exports("TOKENTALLY_KAFKA_BROKERS");
-    let t = topic_on(&brokers, "ch-broker");
-    let file = corpus(dir.path(), 300_000, 61);
-    let db = migrated_database(&url, "broker");
+    let (brokers, url) = match service {
+        Outage::ClickHouse => (shared.brokers.clone(), exports("TOKENTALLY_CLICKHOUSE_URL")),
+        Outage::Kafka => (
+            exports("TOKENTALLY_KAFKA_BROKERS"),
+            shared.clickhouse.clone(),
+        ),
+    };
+    let t = topic_on(&brokers, &format!("ch-{name}-down"));
+    let file = corpus(dir.path(), 300_000, seed);
+    let db = migrated_database(&url, name);
     let mut producer = produce_in_background(&t, &file);
     let reference = reference(dir.path(), &file);
 
     let log = dir.path().join("aggregate.log");
-    let child = spawn_logged(&mut aggregate(&t, &url, &db, "broker", "15"), &log);
+    let child = spawn_logged(&mut aggregate(&t, &url, &db, name, idle), &log);
     sleep(Duration::from_secs(3));
-    private.run("stop", "kafka");
-    sleep(Duration::from_secs(5));
-    private.run("start", "kafka");
+    private.run("stop", name);
+    sleep(down);
+    private.run("start", name);
     assert!(
         producer.wait().unwrap().success(),
-        "the producer rode out the restart"
+        "the producer rode out the outage"
     );
     let peak = wait_ok(child, &log, Duration::from_secs(240));
     assert!(peak < 1024, "aggregator RSS peaked at {peak} MiB");
     assert_same_totals(&ch_totals(&url, &db), &totals(&reference));
     let _ = clickhouse_sql(&url, &format!("DROP DATABASE {db}"));
+}
+
+#[test]
+fn clickhouse_down_for_20s_midstream_loses_nothing() {
+    an_outage_midstream_loses_nothing(Outage::ClickHouse, Duration::from_secs(20), 51, "10");
+}
+
+#[test]
+fn kafka_broker_restart_midstream_loses_nothing() {
+    an_outage_midstream_loses_nothing(Outage::Kafka, Duration::from_secs(5), 61, "15");
 }
 
 /// A batch as the aggregator would hand it over: one event, and progress.

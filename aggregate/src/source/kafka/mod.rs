@@ -594,6 +594,12 @@ impl Reader {
                 }
             };
             self.cursor.take_revocations(&self.consumer, &mut filling);
+            if filling.batch.is_empty() {
+                // A revocation may have emptied the batch: wait afresh. (An
+                // empty batch after the wait means idle, the end of the
+                // stream; it must not mean "every record was revoked".)
+                first_at = None;
+            }
             let msg = match received {
                 Err(_)
                     if first_at.is_none()
