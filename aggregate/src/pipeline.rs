@@ -86,10 +86,21 @@ where
     let result: Result<()> = async {
         loop {
             let reading = Instant::now();
-            let next = tokio::select! {
-                biased;
-                () = &mut stop => break,
-                next = source.next_batch() => next.map_err(Error::Source)?,
+            // While waiting for the next batch, report the one in flight as
+            // soon as it lands (Kafka offsets, dead-letter mirror, progress),
+            // not only when more data comes.
+            let next = loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break None,
+                    r = Committer::wait(&mut in_flight), if in_flight.is_some() => {
+                        landed(r?, source)?;
+                    }
+                    next = source.next_batch() => break Some(next.map_err(Error::Source)?),
+                }
+            };
+            let Some(next) = next else {
+                break;
             };
             let Some(mut raw) = next else {
                 return Ok(());
@@ -346,6 +357,8 @@ mod tests {
         log: Log,
         landed_at_gate: Option<usize>,
         acknowledged: Vec<i64>,
+        /// How long the source stays quiet before it says it has ended.
+        quiet: Duration,
     }
 
     impl Batches {
@@ -371,6 +384,7 @@ mod tests {
                 log: log.clone(),
                 landed_at_gate: None,
                 acknowledged: Vec::new(),
+                quiet: Duration::ZERO,
             }
         }
     }
@@ -383,6 +397,9 @@ mod tests {
             if self.handed == self.check_at {
                 self.gate.wait_idle();
                 self.landed_at_gate = Some(self.log.lock().unwrap().len());
+            }
+            if self.left.is_empty() {
+                tokio::time::sleep(self.quiet).await;
             }
             self.handed += 1;
             Ok(self.left.pop_front().map(|mut b| {
@@ -431,6 +448,31 @@ mod tests {
         // all three are in once it opens (the third was still being
         // committed, 50ms per commit).
         assert_eq!(source.landed_at_gate, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_reported_while_the_source_is_quiet() {
+        let log = Log::default();
+        let mut source = Batches::new(1, &log, usize::MAX);
+        source.quiet = Duration::from_secs(3);
+        let started = Instant::now();
+        let mut reported = None;
+        run(
+            &mut source,
+            sink(&log, 10, None),
+            AggregatorConfig::default(),
+            None,
+            |_| reported = Some(started.elapsed()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let reported = reported.expect("the batch was reported");
+        assert!(
+            reported < Duration::from_secs(2),
+            "reported after {reported:?}"
+        );
+        assert_eq!(source.acknowledged, vec![1]);
     }
 
     #[tokio::test]

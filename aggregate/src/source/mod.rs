@@ -118,7 +118,9 @@ pub trait EventSource {
     fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError>;
 
     /// The next micro-batch, or `None` when the source is exhausted. A batch
-    /// may be empty when it only carries `needs_resume`.
+    /// may be empty when it only carries `needs_resume`. Must be
+    /// cancel-safe: the pipeline drops the future when a commit lands or a
+    /// stop comes first, and calls again.
     fn next_batch(&mut self) -> impl Future<Output = Result<Option<RawBatch>, BoxError>> + Send;
 
     /// Called after the sink has durably committed a batch, with its

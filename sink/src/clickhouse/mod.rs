@@ -517,6 +517,30 @@ impl ClickHouseSink {
         Ok(())
     }
 
+    /// Insert a batch's rows of a side table (tagged with its batch id, so
+    /// a repeat is harmless), retried as a whole; nothing when empty.
+    async fn insert_side_rows<R>(
+        &self,
+        table: &str,
+        rows: &[R::Value<'_>],
+    ) -> Result<(), ClickHouseError>
+    where
+        R: clickhouse::Row + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let what = format!("insert {table}");
+        with_retries(&what, self.config.retry_for, self.metrics.as_ref(), |_| {
+            timed(
+                self.config.request_timeout,
+                &what,
+                self.insert_rows::<R>(table, rows, None),
+            )
+        })
+        .await
+    }
+
     /// Drop dedup-id partitions (days) entirely below the floor.
     async fn forget_ids(&mut self, floor: i64) -> Result<(), ClickHouseError> {
         let day = floor.div_euclid(24) - 1;
@@ -598,38 +622,12 @@ impl UsageSink for ClickHouseSink {
         let timeout = self.config.request_timeout;
 
         let ids = rows::id_set_rows(&batch_id, &outcome.new_ids);
-        if !ids.is_empty() {
-            with_retries(
-                "insert dedup_id_sets",
-                budget,
-                self.metrics.as_ref(),
-                |_| {
-                    timed(
-                        timeout,
-                        "insert dedup_id_sets",
-                        self.insert_rows::<IdSetRow>("dedup_id_sets", &ids, None),
-                    )
-                },
-            )
+        self.insert_side_rows::<IdSetRow>("dedup_id_sets", &ids)
             .await?;
-        }
         let received_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
         let rejected = rows::rejected_rows(&batch_id, received_at, &outcome.dead_letters);
-        if !rejected.is_empty() {
-            with_retries(
-                "insert rejected_events_log",
-                budget,
-                self.metrics.as_ref(),
-                |_| {
-                    timed(
-                        timeout,
-                        "insert rejected_events_log",
-                        self.insert_rows::<RejectedRow>("rejected_events_log", &rejected, None),
-                    )
-                },
-            )
+        self.insert_side_rows::<RejectedRow>("rejected_events_log", &rejected)
             .await?;
-        }
         let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
         let token = self.server.modern.then_some(batch_id.as_str());
         let this = &*self;
