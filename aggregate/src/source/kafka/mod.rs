@@ -348,51 +348,10 @@ impl Filling {
 
 impl KafkaSource {
     pub fn connect(config: KafkaSourceConfig) -> Result<Self, BoxError> {
-        let mut client = ClientConfig::new();
-        if let Some(id) = &config.instance_id {
-            client.set("group.instance.id", id);
-        }
-        if config.lag.is_some() {
-            client.set("statistics.interval.ms", "5000");
-        }
-        let consumer: Kafka = client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            // Keep fetching while the application is busy: without these,
-            // librdkafka stops fetching a partition for a whole second once
-            // 100k messages are queued, which stalls a fast consumer. The
-            // queue stays bounded by bytes (16 MiB; 64 MiB was no faster
-            // and doubled the RSS).
-            .set("queued.min.messages", "1000000")
-            .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.queue.backoff.ms", "10")
-            .set("max.partition.fetch.bytes", "4194304")
-            .create_with_context(RebalanceLog {
-                revoked: Mutex::default(),
-                gate: CommitGate::default(),
-                lag: config.lag.clone(),
-            })?;
-        consumer.subscribe(&[&config.topic])?;
-        let consumer = Arc::new(consumer);
-        let skipped = Arc::new(AtomicU64::new(0));
-        let topic = config.topic.clone();
-        let reader = Reader {
-            consumer: consumer.clone(),
-            config,
-            cursor: Cursor {
-                skipped: skipped.clone(),
-                ..Cursor::default()
-            },
-            pending: None,
-            spare: None,
-            last_record: Instant::now(),
-            assigned: Vec::new(),
-        };
+        let reader = Reader::subscribe(config)?;
+        let consumer = reader.consumer.clone();
+        let skipped = reader.cursor.skipped.clone();
+        let topic = reader.config.topic.clone();
         // One batch waits while the pipeline processes another.
         let (tx, batches) = mpsc::channel(1);
         let (control, rx) = mpsc::unbounded_channel();
@@ -445,6 +404,49 @@ fn partition_of(topic: &str, key: &str) -> Option<i32> {
 }
 
 impl Reader {
+    /// A consumer subscribed to the topic (it joins the group as it polls).
+    fn subscribe(config: KafkaSourceConfig) -> Result<Self, BoxError> {
+        let mut client = ClientConfig::new();
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        if config.lag.is_some() {
+            client.set("statistics.interval.ms", "5000");
+        }
+        let consumer: Kafka = client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Keep fetching while the application is busy: without these,
+            // librdkafka stops fetching a partition for a whole second once
+            // 100k messages are queued, which stalls a fast consumer. The
+            // queue stays bounded by bytes (16 MiB; 64 MiB was no faster
+            // and doubled the RSS).
+            .set("queued.min.messages", "1000000")
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("max.partition.fetch.bytes", "4194304")
+            .create_with_context(RebalanceLog {
+                revoked: Mutex::default(),
+                gate: CommitGate::default(),
+                lag: config.lag.clone(),
+            })?;
+        consumer.subscribe(&[&config.topic])?;
+        Ok(Reader {
+            consumer: Arc::new(consumer),
+            config,
+            cursor: Cursor::default(),
+            pending: None,
+            spare: None,
+            last_record: Instant::now(),
+            assigned: Vec::new(),
+        })
+    }
+
     /// Read batches until the pipeline goes away or the source ends.
     /// Nothing is read before the first resume (the sink's progress), nor
     /// after a batch asking for one until it comes.
@@ -692,6 +694,69 @@ fn reader_stopped() -> BoxError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs the broker of `scripts/services up` (as `scripts/test` runs it).
+    #[tokio::test]
+    async fn a_batch_emptied_by_a_revocation_does_not_end_the_stream() {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let brokers = std::env::var("TOKENTALLY_KAFKA_BROKERS")
+            .expect("TOKENTALLY_KAFKA_BROKERS: start the broker with scripts/services up");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let topic = format!("tt-unit-revoked-{nanos}");
+        let kafka = tokentally_ingest::kafka::KafkaConfig {
+            brokers: brokers.clone(),
+            ..Default::default()
+        };
+        tokentally_ingest::kafka::create_topics(&kafka, &[(&topic, 1)])
+            .await
+            .unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for _ in 0..10 {
+            let record = FutureRecord::<(), [u8]>::to(&topic).payload(b"{}");
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        let mut reader = Reader::subscribe(KafkaSourceConfig {
+            brokers,
+            topic: topic.clone(),
+            group: topic.clone(),
+            batch_records: 1_000,
+            max_wait: Duration::from_secs(1),
+            exit_on_idle: None,
+            instance_id: None,
+            lag: None,
+        })
+        .unwrap();
+        let wait = Duration::from_secs(30);
+        let first = tokio::time::timeout(wait, reader.next_batch()).await;
+        let first = first.unwrap().unwrap().expect("a batch");
+        assert!(first.is_empty());
+        assert_eq!(first.needs_resume, vec![progress_key(&topic, 0)]);
+        reader.resume(&BTreeMap::new());
+
+        // The ten records fill the next batch, which waits up to a second
+        // for more; meanwhile the partition is revoked (as the rebalance
+        // callback reports it).
+        let context = reader.consumer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            context.context().revoked.lock().unwrap().push(0);
+        });
+        match tokio::time::timeout(Duration::from_secs(4), reader.next_batch()).await {
+            Err(_) => {} // still waiting for records: right
+            Ok(Ok(Some(batch))) => assert!(batch.is_empty(), "revoked records were kept"),
+            Ok(Ok(None)) => panic!("a revocation ended the stream"),
+            Ok(Err(e)) => panic!("{e}"),
+        }
+    }
 
     #[test]
     fn dropping_a_revoked_partition_keeps_the_others() {
