@@ -20,7 +20,7 @@
 //!   last commit.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -60,10 +60,10 @@ where
 {
     let mut stop = pin!(stop.fuse());
     let committer = Committer::start(sink, metrics.clone())?;
-    let recovered = tokio::select! {
-        r = committer.recover(None) => r.map_err(Error::Recover)?,
-        () = &mut stop => return Ok(BatchStats::default()),
+    let Some(recovered) = unless_stopped(stop.as_mut(), committer.recover(None)).await else {
+        return Ok(BatchStats::default());
     };
+    let recovered = recovered.map_err(Error::Recover)?;
     source.resume(&recovered.progress).map_err(Error::Source)?;
     let mut aggregator = Aggregator::new(config, &recovered);
     if let Some(m) = &metrics {
@@ -117,11 +117,12 @@ where
             let records = raw.len();
             source.recycle(raw);
             // Commits land in order: the previous batch before this one.
-            let previous = tokio::select! {
-                biased;
-                r = Committer::wait(&mut in_flight) => r?,
-                () = &mut stop => break,
+            let Some(previous) =
+                unless_stopped(stop.as_mut(), Committer::wait(&mut in_flight)).await
+            else {
+                break;
             };
+            let previous = previous?;
             tracing::debug!(
                 records,
                 read_ms = (processing - reading).as_millis() as u64,
@@ -136,16 +137,17 @@ where
             if !needs_resume.is_empty() {
                 // The partitions' progress must include this aggregator's
                 // own last commit.
-                let previous = tokio::select! {
-                    biased;
-                    r = Committer::wait(&mut in_flight) => r?,
-                    () = &mut stop => break,
+                let Some(previous) =
+                    unless_stopped(stop.as_mut(), Committer::wait(&mut in_flight)).await
+                else {
+                    break;
                 };
-                landed(previous, source)?;
-                let recovered = tokio::select! {
-                    r = committer.recover(Some(needs_resume)) => r.map_err(Error::Recover)?,
-                    () = &mut stop => break,
+                landed(previous?, source)?;
+                let recover = committer.recover(Some(needs_resume));
+                let Some(recovered) = unless_stopped(stop.as_mut(), recover).await else {
+                    break;
                 };
+                let recovered = recovered.map_err(Error::Recover)?;
                 aggregator.restore(&recovered);
                 source.resume(&recovered.progress).map_err(Error::Source)?;
             }
@@ -177,6 +179,19 @@ where
             landed(last, source)?;
             Ok(totals)
         }
+    }
+}
+
+/// `work`'s output, or `None` if `stop` completes first (`work` wins a tie).
+/// `stop` must not have completed before (the pipeline fuses it).
+async fn unless_stopped<T>(
+    stop: Pin<&mut impl Future<Output = ()>>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        v = work => Some(v),
+        () = stop => None,
     }
 }
 

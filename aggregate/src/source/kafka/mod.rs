@@ -56,8 +56,8 @@ pub struct KafkaSourceConfig {
 }
 
 /// Records partitions revoked by rebalances, for the batch builder, holds
-/// revocations until the batch being committed is in the sink, and
-/// publishes consumer lag from librdkafka's statistics.
+/// revocations until every batch handed out is committed, and publishes
+/// consumer lag from librdkafka's statistics.
 #[derive(Default)]
 struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
@@ -376,10 +376,6 @@ impl KafkaSource {
     pub fn skipped_records(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
-
-    fn partition_of(&self, key: &str) -> Option<i32> {
-        partition_of(&self.topic, key)
-    }
 }
 
 impl Drop for KafkaSource {
@@ -676,7 +672,7 @@ impl EventSource for KafkaSource {
     fn acknowledge(&mut self, progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
         let mut tpl = TopicPartitionList::new();
         for (key, next) in progress {
-            if let Some(p) = self.partition_of(key) {
+            if let Some(p) = partition_of(&self.topic, key) {
                 tpl.add_partition_offset(&self.topic, p, Offset::Offset(*next))?;
             }
         }
