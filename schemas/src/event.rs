@@ -100,8 +100,11 @@ pub fn day_of(ts_ms: i64) -> i32 {
 
 /// Decode and validate one JSON document against the contract.
 ///
-/// The document is checked to be UTF-8 once, then parsed with sonic-rs
-/// (SIMD) through a hand-written visitor; see `cargo bench --bench core`.
+/// The document is checked to be UTF-8 once. A compact flat event that
+/// passes validation — what emitters write — is then decoded in one forward
+/// pass (see `flat.rs`); anything else is parsed with sonic-rs (SIMD) through
+/// a hand-written visitor, which accepts any valid JSON layout and names the
+/// reason for a rejection. See `cargo bench --bench core`.
 pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Rejection> {
     let text = std::str::from_utf8(input).map_err(|e| {
         Rejection::new(
@@ -110,6 +113,17 @@ pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Re
             format!("not valid UTF-8: {e}"),
         )
     })?;
+    match crate::flat::decode(text, limits) {
+        Some(ev) => Ok(ev),
+        None => decode_general(text, limits),
+    }
+}
+
+/// The general decoder: any JSON layout, every rejection with its reason.
+pub(crate) fn decode_general<'a>(
+    text: &'a str,
+    limits: &Limits,
+) -> Result<TokenEvent<'a>, Rejection> {
     let state = ParseState {
         limits,
         field: Cell::new(None),
@@ -161,7 +175,7 @@ impl ParseState<'_> {
 }
 
 #[derive(Clone, Copy)]
-enum Field {
+pub(crate) enum Field {
     EventId,
     Ts,
     Model,
@@ -181,7 +195,7 @@ enum Field {
 impl Field {
     /// Matching string literals lets the compiler dispatch on length and
     /// compare inline (no `memcmp` call): this runs for every key.
-    fn from_key(key: &str) -> Field {
+    pub(crate) fn from_key(key: &str) -> Field {
         match key {
             "ts" => Field::Ts,
             "app" => Field::App,

@@ -9,6 +9,7 @@
 
 pub mod arrow;
 pub mod event;
+mod flat;
 pub mod reject;
 
 pub use event::{Limits, Status, TokenEvent, decode};
