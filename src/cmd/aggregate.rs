@@ -52,6 +52,8 @@ pub struct AggregateCmdArgs {
     #[arg(long, env = "TOKENTALLY_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
     /// Longest a micro-batch waits to fill before it is committed (freshness).
+    /// After a full batch (a backlog), the next goes as soon as every assigned
+    /// partition is read to its end.
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub max_wait_ms: u64,
     /// After SECS without new records, once every assigned partition has been

@@ -142,6 +142,12 @@ struct Reader {
     last_record: Instant,
     /// Partitions assigned when last checked.
     assigned: Vec<i32>,
+    /// Partitions read to their end (librdkafka reported EOF) and quiet
+    /// since.
+    at_end: ByPartition<()>,
+    /// The last batch handed out was full: the source is working through a
+    /// backlog.
+    backlog: bool,
 }
 
 /// Where the source stands in each partition.
@@ -414,7 +420,8 @@ impl Reader {
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            // EOF events tell the end of a backlog (see `next_batch`).
+            .set("enable.partition.eof", "true")
             .set("session.timeout.ms", "10000")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Keep fetching while the application is busy: without these,
@@ -425,6 +432,10 @@ impl Reader {
             .set("queued.min.messages", "1000000")
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.queue.backoff.ms", "10")
+            // A fetch with nothing to return waits this long at the broker
+            // before librdkafka learns (and reports, as EOF) that a
+            // partition is at its end. Data is never held back by it.
+            .set("fetch.wait.max.ms", "100")
             .set("max.partition.fetch.bytes", "4194304")
             .create_with_context(RebalanceLog {
                 revoked: Mutex::default(),
@@ -440,6 +451,8 @@ impl Reader {
             spare: None,
             last_record: Instant::now(),
             assigned: Vec::new(),
+            at_end: ByPartition::default(),
+            backlog: false,
         })
     }
 
@@ -639,6 +652,21 @@ impl Reader {
                     continue;
                 }
                 Err(_) => break, // waited long enough
+                Ok(Err(KafkaError::PartitionEOF(p))) => {
+                    // The end of a backlog: hand the tail over now rather
+                    // than after `max_wait` (only after a full batch, so a
+                    // steady trickle still fills batches for `max_wait`).
+                    self.at_end.insert(p, ());
+                    if self.backlog
+                        && !filling.batch.is_empty()
+                        && assignment(&self.consumer)?
+                            .iter()
+                            .all(|&p| self.at_end.get(p).is_some())
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 Ok(Err(e)) if is_fatal(&e) => return Err(Box::new(e)),
                 Ok(Err(e)) => {
                     // Broker down, transport failures, rebalances in
@@ -649,6 +677,7 @@ impl Reader {
                 Ok(Ok(msg)) => msg,
             };
             received_any = true;
+            self.at_end.remove(msg.partition());
             if !self
                 .cursor
                 .accept(&self.consumer, &topic, &mut filling, &msg)?
@@ -663,6 +692,7 @@ impl Reader {
         if filling.batch.is_empty() {
             return Ok(None); // idle for exit_on_idle
         }
+        self.backlog = filling.batch.len() >= cap;
         Ok(Some(filling.finish(&topic)))
     }
 }
@@ -715,9 +745,15 @@ fn reader_stopped() -> BoxError {
 mod tests {
     use super::*;
 
-    /// Needs the broker of `scripts/services up` (as `scripts/test` runs it).
-    #[tokio::test]
-    async fn a_batch_emptied_by_a_revocation_does_not_end_the_stream() {
+    /// A new one-partition topic holding `records` records, and a reader of
+    /// it (a group of its own). Needs the broker of `scripts/services up`
+    /// (as `scripts/test` runs it).
+    async fn reader_of(
+        name: &str,
+        records: usize,
+        batch_records: usize,
+        max_wait: Duration,
+    ) -> (Reader, String) {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let brokers = std::env::var("TOKENTALLY_KAFKA_BROKERS")
             .expect("TOKENTALLY_KAFKA_BROKERS: start the broker with scripts/services up");
@@ -725,7 +761,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let topic = format!("tt-unit-revoked-{nanos}");
+        let topic = format!("tt-unit-{name}-{nanos}");
         let kafka = tokentally_ingest::kafka::KafkaConfig {
             brokers: brokers.clone(),
             ..Default::default()
@@ -737,24 +773,48 @@ mod tests {
             .set("bootstrap.servers", &brokers)
             .create()
             .unwrap();
-        for _ in 0..10 {
+        for _ in 0..records {
             let record = FutureRecord::<(), [u8]>::to(&topic).payload(b"{}");
             producer
                 .send(record, Duration::from_secs(30))
                 .await
                 .unwrap();
         }
-        let mut reader = Reader::subscribe(KafkaSourceConfig {
+        let reader = Reader::subscribe(KafkaSourceConfig {
             brokers,
             topic: topic.clone(),
             group: topic.clone(),
-            batch_records: 1_000,
-            max_wait: Duration::from_secs(1),
+            batch_records,
+            max_wait,
             exit_on_idle: None,
             instance_id: None,
             lag: None,
         })
         .unwrap();
+        (reader, topic)
+    }
+
+    #[tokio::test]
+    async fn the_tail_of_a_backlog_is_handed_over_without_waiting() {
+        let max_wait = Duration::from_secs(60);
+        let (mut reader, topic) = reader_of("tail", 150, 100, max_wait).await;
+        let wait = Duration::from_secs(30);
+        let first = tokio::time::timeout(wait, reader.next_batch()).await;
+        let first = first.unwrap().unwrap().expect("a batch");
+        assert_eq!(first.needs_resume, vec![progress_key(&topic, 0)]);
+        reader.resume(&BTreeMap::new());
+        let full = tokio::time::timeout(wait, reader.next_batch()).await;
+        assert_eq!(full.unwrap().unwrap().expect("a batch").len(), 100);
+        // The other 50 are all there is: they come at the partition's end,
+        // not after the 60 s `max_wait`.
+        let tail = tokio::time::timeout(wait, reader.next_batch()).await;
+        let tail = tail.expect("the tail waited for max_wait");
+        assert_eq!(tail.unwrap().expect("a batch").len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_batch_emptied_by_a_revocation_does_not_end_the_stream() {
+        let (mut reader, topic) = reader_of("revoked", 10, 1_000, Duration::from_secs(1)).await;
         let wait = Duration::from_secs(30);
         let first = tokio::time::timeout(wait, reader.next_batch()).await;
         let first = first.unwrap().unwrap().expect("a batch");
