@@ -176,16 +176,7 @@ impl Aggregator {
         let mut wm = self.watermark_ms;
         let records: Vec<&[u8]> = raw.iter().collect();
         let decoded = decode_all(&records, &self.config.limits, self.config.decode_threads);
-        // Rejected records get a placeholder id, never looked at but warmed.
-        let ids: Vec<u128> = decoded
-            .iter()
-            .map(|d| d.as_ref().map_or(0, |ev| id_hash(&ev.event_id)))
-            .collect();
         for (index, (record, decoded)) in records.iter().zip(decoded).enumerate() {
-            if index % WARM_AHEAD == 0 {
-                let ahead = ids.get(index + WARM_AHEAD..).unwrap_or_default();
-                self.dedup.warm(&ahead[..ahead.len().min(WARM_AHEAD)]);
-            }
             stats.records += 1;
             let ev = match decoded {
                 Ok(ev) => ev,
@@ -202,7 +193,7 @@ impl Aggregator {
             // Ids are remembered from the watermark at arrival (see dedup).
             let arrival_wm = wm.map_or(ev.ts, |w| w.max(ev.ts));
             let bucket = bucket_of(arrival_wm);
-            let id = ids[index];
+            let id = id_hash(&ev.event_id);
             if self.dedup.observe(bucket, id) == Seen::Duplicate {
                 stats.duplicates += 1;
                 continue;
@@ -237,12 +228,6 @@ impl Aggregator {
         })
     }
 }
-
-/// Every this many events, the dedup index is asked (read-only) about the
-/// next this many ids: independent lookups overlap their cache misses into
-/// a table of millions of ids, so the `observe` that follows finds its slot
-/// in cache instead of waiting on memory once per id.
-const WARM_AHEAD: usize = 16;
 
 /// Batches smaller than this are decoded on the calling thread.
 const PARALLEL_DECODE_MIN: usize = 8192;

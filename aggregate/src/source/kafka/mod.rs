@@ -66,6 +66,18 @@ struct RebalanceLog {
 }
 
 impl ClientContext for RebalanceLog {
+    /// As rdkafka's default (log at error level), except that a partition
+    /// read to its end is no error: librdkafka reports it here as well as
+    /// through the consumer (where `next_batch` uses it), since
+    /// `enable.partition.eof` is on.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let KafkaError::Global(RDKafkaErrorCode::PartitionEOF) = error {
+            tracing::debug!("librdkafka: {reason}");
+        } else {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
         let Some(lag) = &self.lag else { return };
         for (topic, t) in &stats.topics {
