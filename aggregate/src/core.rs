@@ -176,14 +176,25 @@ impl Aggregator {
         let mut wm = self.watermark_ms;
         let records: Vec<&[u8]> = raw.iter().collect();
         let decoded = decode_all(&records, &self.config.limits, self.config.decode_threads);
-        for (index, (record, decoded)) in records.iter().zip(decoded).enumerate() {
+        let warm = self.dedup.len() >= WARM_MIN_IDS;
+        let mut decoded = decoded.into_iter();
+        for (this, record) in records.iter().enumerate() {
+            let decoded_ev = decoded.next().expect("one result per record");
+            if warm && this % WARM_AHEAD == 0 {
+                // `decoded` now starts at `this + 1`.
+                let rest = decoded.as_slice();
+                let ahead = rest.get(WARM_AHEAD - 1..).unwrap_or_default();
+                let ahead = ahead[..ahead.len().min(WARM_AHEAD)].iter();
+                self.dedup
+                    .warm(ahead.filter_map(|d| Some(id_hash(&d.as_ref().ok()?.event_id))));
+            }
             stats.records += 1;
-            let ev = match decoded {
+            let ev = match decoded_ev {
                 Ok(ev) => ev,
                 Err(rejection) => {
                     *stats.rejected.entry(rejection.reason).or_default() += 1;
                     dead_letters.push(DeadLetter {
-                        index,
+                        index: this,
                         raw: record.to_vec(),
                         rejection,
                     });
@@ -228,6 +239,18 @@ impl Aggregator {
         })
     }
 }
+
+/// Every this many events, the dedup index is asked (read-only) about the
+/// next this many ids: independent lookups overlap their cache misses into
+/// a table of millions of ids, so the `observe` that follows finds its slot
+/// in cache instead of waiting on memory once per id.
+const WARM_AHEAD: usize = 16;
+
+/// Warming pays only once the index outgrows the caches (half a million ids
+/// is a ~25 MB table); below that the extra lookups cost more than the
+/// misses they overlap (the core bench, whose index stays below 65,536
+/// ids, ran at 1.85 M events/s warming always and 2.3 M without).
+const WARM_MIN_IDS: usize = 1 << 19;
 
 /// Batches smaller than this are decoded on the calling thread.
 const PARALLEL_DECODE_MIN: usize = 8192;
