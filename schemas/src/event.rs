@@ -214,7 +214,7 @@ impl Field {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Field::EventId => "event_id",
             Field::Ts => "ts",

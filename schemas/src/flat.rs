@@ -378,22 +378,31 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 14] = [
-        "event_id",
-        "ts",
-        "model",
-        "provider",
-        "app",
-        "node",
-        "region",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
-        "reasoning_tokens",
-        "latency_ms",
-        "status",
-        "other",
-    ];
+    /// The name of field `k` (serialization order), or an unknown key for
+    /// `k == 13`.
+    fn key_name(k: usize) -> &'static str {
+        PREDICTED.get(k).map_or("other", |(field, _)| field.name())
+    }
+
+    #[test]
+    fn predicted_keys_are_the_fields_in_serialization_order() {
+        for (i, (field, key)) in PREDICTED.iter().enumerate() {
+            assert_eq!(*field as usize, i);
+            assert_eq!(*key, format!("\"{}\":", field.name()).as_bytes());
+        }
+        // What `TokenEvent` writes, with every optional field present.
+        let ev = decode_general(
+            r#"{"event_id":"e","ts":1,"model":"m","provider":"p","node":"n","region":"r","prompt_tokens":1,"completion_tokens":1,"latency_ms":3}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        let written = serde_json::to_string(&ev).unwrap();
+        let order: Vec<usize> = PREDICTED
+            .iter()
+            .map(|(_, k)| written.find(std::str::from_utf8(k).unwrap()).unwrap())
+            .collect();
+        assert!(order.is_sorted(), "{written}");
+    }
 
     /// A flat object: mostly the required fields, in any order, sometimes
     /// repeated or missing, with values mostly of the right kind.
@@ -401,7 +410,7 @@ mod tests {
         let required = Just(vec![0usize, 1, 2, 3, 7, 8]).prop_shuffle();
         let key = prop_oneof![
             9 => prop::sample::select(vec![4usize, 5, 6, 9, 10, 11, 12]),
-            1 => 0usize..KEYS.len(),
+            1 => 0usize..=PREDICTED.len(),
         ];
         let extra = proptest::collection::vec(key, 0..4);
         (required, extra, 0usize..12)
@@ -410,14 +419,14 @@ mod tests {
                 if drop < keys.len() && drop % 3 == 0 {
                     keys.remove(drop);
                 }
-                let values: Vec<_> = keys.iter().map(|&k| value(KEYS[k])).collect();
+                let values: Vec<_> = keys.iter().map(|&k| value(key_name(k))).collect();
                 (Just(keys), values)
             })
             .prop_map(|(keys, values)| {
                 let fields: Vec<String> = keys
                     .iter()
                     .zip(values)
-                    .map(|(&k, v)| format!("\"{}\":{v}", KEYS[k]))
+                    .map(|(&k, v)| format!("\"{}\":{v}", key_name(k)))
                     .collect();
                 format!("{{{}}}", fields.join(","))
             })
