@@ -536,8 +536,8 @@ impl Reader {
     /// The ends come from one ListOffsets request for all partitions, not a
     /// `fetch_watermarks` per partition: each request queues behind the
     /// consumer's fetch long-poll on the same broker connection (up to
-    /// `fetch.wait.max.ms`, 500 ms), which made the check take 6 s on 12
-    /// partitions.
+    /// `fetch.wait.max.ms`), which made the check take 6 s on 12 partitions
+    /// at librdkafka's default of 500 ms.
     fn caught_up(&self) -> bool {
         let timeout = Duration::from_secs(5);
         let topic = self.config.topic.as_str();
