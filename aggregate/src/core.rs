@@ -182,11 +182,9 @@ impl Aggregator {
             let decoded_ev = decoded.next().expect("one result per record");
             if warm && this % WARM_AHEAD == 0 {
                 // `decoded` now starts at `this + 1`.
-                let rest = decoded.as_slice();
-                let ahead = rest.get(WARM_AHEAD - 1..).unwrap_or_default();
-                let ahead = ahead[..ahead.len().min(WARM_AHEAD)].iter();
-                self.dedup
-                    .warm(ahead.filter_map(|d| Some(id_hash(&d.as_ref().ok()?.event_id))));
+                let ahead = decoded.as_slice().iter().skip(WARM_AHEAD - 1);
+                let ahead = ahead.take(WARM_AHEAD).flatten();
+                self.dedup.warm(ahead.map(|ev| id_hash(&ev.event_id)));
             }
             stats.records += 1;
             let ev = match decoded_ev {
