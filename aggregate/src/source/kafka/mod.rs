@@ -154,9 +154,6 @@ struct Reader {
     last_record: Instant,
     /// Partitions assigned when last checked.
     assigned: Vec<i32>,
-    /// Partitions read to their end (librdkafka reported EOF) and quiet
-    /// since.
-    at_end: ByPartition<()>,
     /// The last batch handed out was full: the source is working through a
     /// backlog.
     backlog: bool,
@@ -173,6 +170,9 @@ struct Cursor {
     resumed: ByPartition<()>,
     /// Partitions asked for in the last `needs_resume`.
     awaiting: Vec<i32>,
+    /// Partitions read to their end (librdkafka reported EOF) and quiet
+    /// since.
+    at_end: ByPartition<()>,
     skipped: Arc<AtomicU64>,
 }
 
@@ -193,6 +193,7 @@ impl Cursor {
         for p in &revoked {
             self.resumed.remove(*p);
             self.committed.remove(*p);
+            self.at_end.remove(*p);
         }
         filling.drop_partitions(&revoked);
     }
@@ -463,7 +464,6 @@ impl Reader {
             spare: None,
             last_record: Instant::now(),
             assigned: Vec::new(),
-            at_end: ByPartition::default(),
             backlog: false,
         })
     }
@@ -668,12 +668,12 @@ impl Reader {
                     // The end of a backlog: hand the tail over now rather
                     // than after `max_wait` (only after a full batch, so a
                     // steady trickle still fills batches for `max_wait`).
-                    self.at_end.insert(p, ());
+                    self.cursor.at_end.insert(p, ());
                     if self.backlog
                         && !filling.batch.is_empty()
                         && assignment(&self.consumer)?
                             .iter()
-                            .all(|&p| self.at_end.get(p).is_some())
+                            .all(|&p| self.cursor.at_end.get(p).is_some())
                     {
                         break;
                     }
@@ -689,7 +689,7 @@ impl Reader {
                 Ok(Ok(msg)) => msg,
             };
             received_any = true;
-            self.at_end.remove(msg.partition());
+            self.cursor.at_end.remove(msg.partition());
             if !self
                 .cursor
                 .accept(&self.consumer, &topic, &mut filling, &msg)?
