@@ -617,17 +617,21 @@ impl UsageSink for ClickHouseSink {
 
     async fn commit(&mut self, outcome: &BatchOutcome) -> Result<(), BoxError> {
         let batch_id = format!("{:032x}", rand::rng().random::<u128>());
-        self.check_fence(outcome).await?;
         let budget = self.config.retry_for;
         let timeout = self.config.request_timeout;
 
         let ids = rows::id_set_rows(&batch_id, &outcome.new_ids);
-        self.insert_side_rows::<IdSetRow>("dedup_id_sets", &ids)
-            .await?;
         let received_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
         let rejected = rows::rejected_rows(&batch_id, received_at, &outcome.dead_letters);
-        self.insert_side_rows::<RejectedRow>("rejected_events_log", &rejected)
-            .await?;
+        // The fence check and the side rows are independent round trips:
+        // run them together. Both must be done before the usage_deltas
+        // insert, which commits the batch; side rows of a batch that is
+        // fenced (or fails) are orphans that every reader filters out.
+        tokio::try_join!(
+            self.check_fence(outcome),
+            self.insert_side_rows::<IdSetRow>("dedup_id_sets", &ids),
+            self.insert_side_rows::<RejectedRow>("rejected_events_log", &rejected),
+        )?;
         let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
         let token = self.server.modern.then_some(batch_id.as_str());
         let this = &*self;
