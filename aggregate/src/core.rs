@@ -113,9 +113,15 @@ pub struct Aggregator {
     dedup: DedupIndex,
     engine: RollupEngine,
     builder: EventBatchBuilder,
+    /// Decode output kept from batch to batch, one vector per decode
+    /// thread (empty between batches; see [`recycle`]).
+    decoded: Vec<Vec<Decoded<'static>>>,
     watermark_ms: Option<i64>,
     metrics: Option<PipelineMetrics>,
 }
+
+/// What decoding one record gives.
+type Decoded<'a> = std::result::Result<TokenEvent<'a>, Rejection>;
 
 impl Aggregator {
     /// Start from what the sink recovered (an empty [`Recovered`] for a
@@ -132,6 +138,7 @@ impl Aggregator {
         Aggregator {
             engine: RollupEngine::new(config.partitions),
             builder: EventBatchBuilder::with_capacity(0),
+            decoded: Vec::new(),
             dedup,
             watermark_ms: recovered.watermark_ms,
             metrics: None,
@@ -175,49 +182,65 @@ impl Aggregator {
         let lateness = self.config.allowed_lateness.as_millis() as i64;
         let mut wm = self.watermark_ms;
         let records: Vec<&[u8]> = raw.iter().collect();
-        let decoded = decode_all(&records, &self.config.limits, self.config.decode_threads);
+        let buffers = std::mem::take(&mut self.decoded).into_iter().map(recycle);
+        let mut chunks = decode_all(
+            &records,
+            &self.config.limits,
+            self.config.decode_threads,
+            buffers,
+        );
         let warm = self.dedup.len() >= WARM_MIN_IDS;
-        let mut decoded = decoded.into_iter();
-        for (this, record) in records.iter().enumerate() {
-            let decoded_ev = decoded.next().expect("one result per record");
-            if warm && this % WARM_AHEAD == 0 {
-                // `decoded` now starts at `this + 1`.
-                let ahead = decoded.as_slice().iter().skip(WARM_AHEAD - 1);
-                let ahead = ahead.take(WARM_AHEAD).flatten();
-                self.dedup.warm(ahead.map(|ev| id_hash(&ev.event_id)));
-            }
-            stats.records += 1;
-            let ev = match decoded_ev {
-                Ok(ev) => ev,
-                Err(rejection) => {
-                    *stats.rejected.entry(rejection.reason).or_default() += 1;
-                    dead_letters.push(DeadLetter {
-                        index: this,
-                        raw: record.to_vec(),
-                        rejection,
-                    });
+        let mut this = 0;
+        for chunk in &mut chunks {
+            let mut decoded = chunk.drain(..);
+            let mut in_chunk = 0;
+            while let Some(decoded_ev) = decoded.next() {
+                let index = this;
+                let record = records[index];
+                if warm && in_chunk % WARM_AHEAD == 0 {
+                    // `decoded` now starts at the next event.
+                    let ahead = decoded.as_slice().iter().skip(WARM_AHEAD - 1);
+                    let ahead = ahead.take(WARM_AHEAD).flatten();
+                    self.dedup.warm(ahead.map(|ev| id_hash(&ev.event_id)));
+                }
+                this += 1;
+                in_chunk += 1;
+                stats.records += 1;
+                let ev = match decoded_ev {
+                    Ok(ev) => ev,
+                    Err(rejection) => {
+                        *stats.rejected.entry(rejection.reason).or_default() += 1;
+                        dead_letters.push(DeadLetter {
+                            index,
+                            raw: record.to_vec(),
+                            rejection,
+                        });
+                        continue;
+                    }
+                };
+                // Ids are remembered from the watermark at arrival (see dedup).
+                let arrival_wm = wm.map_or(ev.ts, |w| w.max(ev.ts));
+                let bucket = bucket_of(arrival_wm);
+                let id = id_hash(&ev.event_id);
+                if self.dedup.observe(bucket, id) == Seen::Duplicate {
+                    stats.duplicates += 1;
                     continue;
                 }
-            };
-            // Ids are remembered from the watermark at arrival (see dedup).
-            let arrival_wm = wm.map_or(ev.ts, |w| w.max(ev.ts));
-            let bucket = bucket_of(arrival_wm);
-            let id = id_hash(&ev.event_id);
-            if self.dedup.observe(bucket, id) == Seen::Duplicate {
-                stats.duplicates += 1;
-                continue;
+                new_ids.push((bucket, id));
+                if let Some(w) = wm
+                    && ev.ts < w.saturating_sub(lateness)
+                {
+                    stats.late += 1;
+                }
+                wm = Some(arrival_wm);
+                stats.accepted += 1;
+                stats.tokens += ev.total_tokens();
+                self.builder.append(&ev);
             }
-            new_ids.push((bucket, id));
-            if let Some(w) = wm
-                && ev.ts < w.saturating_sub(lateness)
-            {
-                stats.late += 1;
-            }
-            wm = Some(arrival_wm);
-            stats.accepted += 1;
-            stats.tokens += ev.total_tokens();
-            self.builder.append(&ev);
         }
+        debug_assert_eq!(this, records.len(), "one result per record");
+        // The events borrowed `raw`; the emptied vectors are kept.
+        self.decoded = chunks.into_iter().map(recycle).collect();
         let deltas = self.engine.deltas(self.builder.finish()?).await?;
         self.watermark_ms = wm;
         if let Some(w) = wm {
@@ -253,30 +276,47 @@ const WARM_MIN_IDS: usize = 1 << 19;
 /// Batches smaller than this are decoded on the calling thread.
 const PARALLEL_DECODE_MIN: usize = 8192;
 
-/// Decode every record, on up to `threads` threads, keeping their order.
+/// Decode every record, on up to `threads` threads, into consecutive
+/// chunks that keep the records' order. Each chunk fills one of `buffers`
+/// (empty vectors kept from an earlier batch) while there are any.
 fn decode_all<'a>(
     records: &[&'a [u8]],
     limits: &Limits,
     threads: usize,
-) -> Vec<std::result::Result<TokenEvent<'a>, Rejection>> {
-    let decode_chunk =
-        |chunk: &[&'a [u8]]| -> Vec<_> { chunk.iter().map(|r| decode(r, limits)).collect() };
+    buffers: impl Iterator<Item = Vec<Decoded<'a>>>,
+) -> Vec<Vec<Decoded<'a>>> {
     let threads = threads.clamp(1, records.len().div_ceil(PARALLEL_DECODE_MIN).max(1));
-    if threads == 1 {
-        return decode_chunk(records);
-    }
-    let mut chunks = records.chunks(records.len().div_ceil(threads));
-    let first = chunks.next().unwrap_or_default();
+    let chunk_len = records.len().div_ceil(threads).max(1);
+    let buffers = buffers.chain(std::iter::repeat_with(Vec::new));
+    let mut jobs = records.chunks(chunk_len).zip(buffers);
+    let decode_chunk = |(chunk, mut out): (&[&'a [u8]], Vec<Decoded<'a>>)| {
+        out.extend(chunk.iter().map(|r| decode(r, limits)));
+        out
+    };
+    let Some(first) = jobs.next() else {
+        return Vec::new();
+    };
     std::thread::scope(|scope| {
-        let others: Vec<_> = chunks
-            .map(|chunk| scope.spawn(move || decode_chunk(chunk)))
+        let others: Vec<_> = jobs
+            .map(|job| scope.spawn(move || decode_chunk(job)))
             .collect();
-        let mut all = decode_chunk(first);
-        for handle in others {
-            all.extend(handle.join().expect("a decode thread panicked"));
-        }
+        let mut all = vec![decode_chunk(first)];
+        all.extend(
+            others
+                .into_iter()
+                .map(|h| h.join().expect("a decode thread panicked")),
+        );
         all
     })
+}
+
+/// An emptied vector as one of another element type of the same layout
+/// (here: events borrowing another batch). Collecting a vector's own
+/// iterator reuses its allocation, so a batch does not map, fault in and
+/// unmap tens of megabytes of fresh memory for its decoded events.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
 }
 
 #[cfg(test)]
@@ -301,7 +341,10 @@ mod tests {
     #[tokio::test]
     async fn decoding_on_several_threads_changes_nothing() {
         // Big enough for 3 threads, with rejects and duplicates spread over
-        // every chunk (a duplicate's original in another chunk).
+        // every chunk (a duplicate's original in another chunk); then a
+        // smaller batch of new events and the first batch again (only
+        // duplicates and rejects), which decode into the vectors the
+        // first batch left behind.
         let t = 1_795_737_600_000;
         let lines: Vec<String> = (0..30_000)
             .map(|i| match i % 7 {
@@ -310,36 +353,52 @@ mod tests {
                 _ => ev(&format!("e{i}"), t + i * 1_000),
             })
             .collect();
+        let more: Vec<String> = (0..10_000)
+            .map(|i| ev(&format!("more{i}"), t + i))
+            .collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let batch = raw(&refs);
+        let more: Vec<&str> = more.iter().map(String::as_str).collect();
+        let batches = [raw(&refs), raw(&more), raw(&refs)];
         let run = |threads: usize| {
-            let batch = batch.clone();
+            let batches = batches.clone();
             async move {
                 let config = AggregatorConfig {
                     decode_threads: threads,
                     ..AggregatorConfig::default()
                 };
                 let mut agg = Aggregator::new(config, &Recovered::default());
-                agg.process(&batch).await.unwrap()
+                let mut outcomes = Vec::new();
+                for batch in &batches {
+                    outcomes.push(agg.process(batch).await.unwrap());
+                }
+                outcomes
             }
         };
         let (one, three) = (run(1).await, run(3).await);
-        assert_eq!(one.stats, three.stats);
-        assert!(one.stats.duplicates > 0 && one.stats.rejected_total() > 0);
-        assert_eq!(one.new_ids, three.new_ids);
         let letters = |o: &BatchOutcome| -> Vec<(usize, RejectReason)> {
             o.dead_letters
                 .iter()
                 .map(|d| (d.index, d.rejection.reason))
                 .collect()
         };
-        assert_eq!(letters(&one), letters(&three));
-        for rollup in crate::rollup::Rollup::ALL {
-            assert_eq!(
-                one.deltas.get(rollup),
-                three.deltas.get(rollup),
-                "{rollup:?}"
-            );
+        assert!(one[0].stats.duplicates > 0 && one[0].stats.rejected_total() > 0);
+        assert_eq!(one[1].stats.accepted, 10_000);
+        assert_eq!(one[2].stats.accepted, 0);
+        assert_eq!(
+            one[2].stats.duplicates,
+            one[0].stats.accepted + one[0].stats.duplicates
+        );
+        for (one, three) in one.iter().zip(&three) {
+            assert_eq!(one.stats, three.stats);
+            assert_eq!(one.new_ids, three.new_ids);
+            assert_eq!(letters(one), letters(three));
+            for rollup in crate::rollup::Rollup::ALL {
+                assert_eq!(
+                    one.deltas.get(rollup),
+                    three.deltas.get(rollup),
+                    "{rollup:?}"
+                );
+            }
         }
     }
 
