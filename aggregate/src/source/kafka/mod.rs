@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -614,11 +614,14 @@ impl Reader {
             first_at = Some(Instant::now());
         }
         let mut received_any = false;
+        // One stream for the whole batch (each `recv()` registers and
+        // unregisters a waker under a lock).
+        let mut stream = self.consumer.stream();
         loop {
             // Fast path: take a record librdkafka already has, without
             // arming a timer or reading the clock.
-            let received = match self.consumer.recv().now_or_never() {
-                Some(ready) => Ok(ready),
+            let received = match stream.next().now_or_never() {
+                Some(ready) => Ok(ready.expect("Kafka streams never end")),
                 None => {
                     let now = Instant::now();
                     if std::mem::take(&mut received_any) {
@@ -637,7 +640,9 @@ impl Reader {
                     // With no time left, `timeout` still takes a record that
                     // is ready, and otherwise falls through to the checks
                     // below.
-                    tokio::time::timeout(wait, self.consumer.recv()).await
+                    tokio::time::timeout(wait, stream.next())
+                        .await
+                        .map(|next| next.expect("Kafka streams never end"))
                 }
             };
             self.cursor.take_revocations(&self.consumer, &mut filling);
