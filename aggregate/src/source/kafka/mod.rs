@@ -18,7 +18,7 @@
 //! truth.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,8 @@ pub struct KafkaSourceConfig {
 #[derive(Default)]
 struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
+    /// Partitions were assigned since the reader last looked.
+    assigned: AtomicBool,
     gate: CommitGate,
     lag: Option<prometheus::IntGaugeVec>,
 }
@@ -113,6 +115,7 @@ impl ConsumerContext for RebalanceLog {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             tracing::info!(partitions = ?parts, "partitions assigned");
+            self.assigned.store(true, Ordering::Release);
         }
     }
 }
@@ -177,6 +180,33 @@ struct Cursor {
 }
 
 impl Cursor {
+    /// Ask (in `filling`, which is to be cut now) for the sink's progress of
+    /// every assigned partition not resumed yet, and of `partition`. False
+    /// if there is none.
+    fn ask_resume(
+        &mut self,
+        consumer: &Kafka,
+        topic: &str,
+        filling: &mut Filling,
+        partition: Option<i32>,
+    ) -> Result<bool, BoxError> {
+        let mut need: Vec<i32> = assignment(consumer)?
+            .into_iter()
+            .filter(|p| self.resumed.get(*p).is_none())
+            .collect();
+        if let Some(p) = partition
+            && !need.contains(&p)
+        {
+            need.push(p);
+        }
+        if need.is_empty() {
+            return Ok(false);
+        }
+        filling.batch.needs_resume = need.iter().map(|p| progress_key(topic, *p)).collect();
+        self.awaiting = need;
+        Ok(true)
+    }
+
     /// Apply revocations reported by the rebalance callback: forget the
     /// partitions' positions and drop their records from the batch.
     fn take_revocations(&mut self, consumer: &Kafka, filling: &mut Filling) {
@@ -209,15 +239,7 @@ impl Cursor {
     ) -> Result<bool, BoxError> {
         let (partition, offset) = (msg.partition(), msg.offset());
         if self.resumed.get(partition).is_none() {
-            let mut need: Vec<i32> = assignment(consumer)?
-                .into_iter()
-                .filter(|p| self.resumed.get(*p).is_none())
-                .collect();
-            if !need.contains(&partition) {
-                need.push(partition);
-            }
-            filling.batch.needs_resume = need.iter().map(|p| progress_key(topic, *p)).collect();
-            self.awaiting = need;
+            self.ask_resume(consumer, topic, filling, Some(partition))?;
             return Ok(false);
         }
         if self.committed.get(partition).is_some_and(|c| offset < c) {
@@ -229,6 +251,9 @@ impl Cursor {
         Ok(true)
     }
 }
+
+/// How long repositioning newly assigned partitions may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The sorted partitions currently assigned.
 fn assignment(consumer: &Kafka) -> Result<Vec<i32>, BoxError> {
@@ -452,6 +477,7 @@ impl Reader {
             .set("max.partition.fetch.bytes", "4194304")
             .create_with_context(RebalanceLog {
                 revoked: Mutex::default(),
+                assigned: AtomicBool::new(false),
                 gate: CommitGate::default(),
                 lag: config.lag.clone(),
             })?;
@@ -494,7 +520,10 @@ impl Reader {
                 match msg {
                     None => return,
                     Some(Control::Resume(committed)) => {
-                        self.resume(&committed);
+                        if let Err(e) = self.resume(&committed) {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
                         awaiting_resume = false;
                     }
                     Some(Control::Recycle(batch)) => self.spare = Some(batch),
@@ -518,8 +547,11 @@ impl Reader {
         }
     }
 
-    fn resume(&mut self, committed: &BTreeMap<String, i64>) {
-        for p in std::mem::take(&mut self.cursor.awaiting) {
+    /// Take the sink's progress (the ledger) for the partitions awaiting
+    /// it, and read each of them from there on.
+    fn resume(&mut self, committed: &BTreeMap<String, i64>) -> Result<(), BoxError> {
+        let resumed = std::mem::take(&mut self.cursor.awaiting);
+        for &p in &resumed {
             self.cursor.committed.remove(p);
             self.cursor.resumed.insert(p, ());
         }
@@ -528,6 +560,38 @@ impl Reader {
                 self.cursor.committed.insert(p, *offset);
             }
         }
+        // Fetching began where the group last committed, which can be past
+        // the ledger (a new database for an old group, a restored backup):
+        // records in between would never be read. Start at the ledger, or
+        // at the beginning of a partition it has nothing of.
+        let assigned = assignment(&self.consumer)?;
+        let mut tpl = TopicPartitionList::new();
+        for &p in resumed.iter().filter(|p| assigned.contains(p)) {
+            let from = self.cursor.committed.get(p);
+            let offset = from.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(&self.config.topic, p, offset)?;
+            if self.pending.as_ref().is_some_and(|m| m.partition() == p) {
+                self.pending = None; // read again from the new position
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let sought = self.consumer.seek_partitions(tpl, SEEK_TIMEOUT)?;
+        let assigned = assignment(&self.consumer)?;
+        for e in sought.elements() {
+            // A partition revoked meanwhile is someone else's now.
+            if let Err(err) = e.error()
+                && assigned.contains(&e.partition())
+            {
+                return Err(format!(
+                    "cannot start reading partition {} at the ledger's offset: {err}",
+                    e.partition()
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// True when every assigned partition has been read to its end (the
@@ -568,7 +632,11 @@ impl Reader {
         let next: Vec<(i32, Option<i64>)> = parts
             .iter()
             .map(|&p| {
-                let read = position.as_ref().and_then(|l| offset_in(l, p));
+                // Our own next offset first: after a resume it is the
+                // ledger's, where the consumer was repositioned (its
+                // position still tells where it was before).
+                let read = self.cursor.committed.get(p);
+                let read = read.or_else(|| offset_in(position.as_ref()?, p));
                 (p, read.or_else(|| offset_in(committed.as_ref()?, p)))
             })
             .collect();
@@ -618,6 +686,21 @@ impl Reader {
         // unregisters a waker under a lock).
         let mut stream = self.consumer.stream();
         loop {
+            // Newly assigned partitions are repositioned at the ledger (see
+            // `resume`) before anything is read: the group's offsets, where
+            // fetching starts, may already be at their end.
+            if self.consumer.context().assigned.load(Ordering::Relaxed)
+                && self
+                    .consumer
+                    .context()
+                    .assigned
+                    .swap(false, Ordering::Acquire)
+                && self
+                    .cursor
+                    .ask_resume(&self.consumer, &topic, &mut filling, None)?
+            {
+                return Ok(Some(filling.finish(&topic)));
+            }
             // Fast path: take a record librdkafka already has, without
             // arming a timer or reading the clock.
             let received = match stream.next().now_or_never() {
@@ -763,13 +846,14 @@ mod tests {
     use super::*;
 
     /// A new one-partition topic holding `records` records, and a reader of
-    /// it (a group of its own). Needs the broker of `scripts/services up`
-    /// (as `scripts/test` runs it).
+    /// it (a group of its own, which has committed `group_offset` if given).
+    /// Needs the broker of `scripts/services up` (as `scripts/test` runs it).
     async fn reader_of(
         name: &str,
         records: usize,
         batch_records: usize,
         max_wait: Duration,
+        group_offset: Option<i64>,
     ) -> (Reader, String) {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let brokers = std::env::var("TOKENTALLY_KAFKA_BROKERS")
@@ -797,6 +881,17 @@ mod tests {
                 .await
                 .unwrap();
         }
+        if let Some(offset) = group_offset {
+            let committer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &topic)
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(offset))
+                .unwrap();
+            committer.commit(&tpl, CommitMode::Sync).unwrap();
+        }
         let reader = Reader::subscribe(KafkaSourceConfig {
             brokers,
             topic: topic.clone(),
@@ -812,14 +907,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_tail_of_a_backlog_is_handed_over_without_waiting() {
-        let max_wait = Duration::from_secs(60);
-        let (mut reader, topic) = reader_of("tail", 150, 100, max_wait).await;
+    async fn a_partition_is_read_from_the_ledger_not_from_the_groups_offset() {
+        // The group committed offset 80 (say, while feeding another
+        // database); the ledger of this one ends at 40.
+        let max_wait = Duration::from_secs(1);
+        let (mut reader, topic) = reader_of("ledger", 100, 1_000, max_wait, Some(80)).await;
         let wait = Duration::from_secs(30);
         let first = tokio::time::timeout(wait, reader.next_batch()).await;
         let first = first.unwrap().unwrap().expect("a batch");
         assert_eq!(first.needs_resume, vec![progress_key(&topic, 0)]);
-        reader.resume(&BTreeMap::new());
+        let key = progress_key(&topic, 0);
+        reader.resume(&BTreeMap::from([(key.clone(), 40)])).unwrap();
+        let batch = tokio::time::timeout(wait, reader.next_batch()).await;
+        let batch = batch.unwrap().unwrap().expect("a batch");
+        assert_eq!(batch.len(), 60, "offsets 40..100");
+        assert_eq!(batch.progress, BTreeMap::from([(key, 100)]));
+    }
+
+    #[tokio::test]
+    async fn the_tail_of_a_backlog_is_handed_over_without_waiting() {
+        let max_wait = Duration::from_secs(60);
+        let (mut reader, topic) = reader_of("tail", 150, 100, max_wait, None).await;
+        let wait = Duration::from_secs(30);
+        let first = tokio::time::timeout(wait, reader.next_batch()).await;
+        let first = first.unwrap().unwrap().expect("a batch");
+        assert_eq!(first.needs_resume, vec![progress_key(&topic, 0)]);
+        reader.resume(&BTreeMap::new()).unwrap();
         let full = tokio::time::timeout(wait, reader.next_batch()).await;
         assert_eq!(full.unwrap().unwrap().expect("a batch").len(), 100);
         // The other 50 are all there is: they come at the partition's end,
@@ -831,13 +944,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_emptied_by_a_revocation_does_not_end_the_stream() {
-        let (mut reader, topic) = reader_of("revoked", 10, 1_000, Duration::from_secs(1)).await;
+        let (mut reader, topic) =
+            reader_of("revoked", 10, 1_000, Duration::from_secs(1), None).await;
         let wait = Duration::from_secs(30);
         let first = tokio::time::timeout(wait, reader.next_batch()).await;
         let first = first.unwrap().unwrap().expect("a batch");
         assert!(first.is_empty());
         assert_eq!(first.needs_resume, vec![progress_key(&topic, 0)]);
-        reader.resume(&BTreeMap::new());
+        reader.resume(&BTreeMap::new()).unwrap();
 
         // The ten records fill the next batch, which waits up to a second
         // for more; meanwhile the partition is revoked (as the rebalance
