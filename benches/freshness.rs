@@ -48,7 +48,7 @@ async fn main() {
         "--clickhouse-database",
         &db,
     ]));
-    let _aggregator = Kill(
+    let aggregator = Kill(
         tokentally()
             .args(["aggregate", "--kafka", &brokers, "--topic", &topic])
             .args(["--dlq-topic", &format!("{topic}-dlq"), "--group", &topic])
@@ -161,5 +161,8 @@ async fn main() {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::write(&out_path, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    // Stop the aggregator first: dropping its tables under it fails its
+    // next commit, loudly.
+    drop(aggregator);
     let _ = ch.query(&format!("DROP DATABASE {db}")).execute().await;
 }
