@@ -32,14 +32,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Records per micro-batch; each batch is one atomic commit. Default 131,072.
+    /// Records per micro-batch; each batch is one atomic commit. Default 262,144.
     pub batch_records: usize,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
-            batch_records: 131_072,
+            batch_records: 262_144,
         }
     }
 }
