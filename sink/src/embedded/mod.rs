@@ -325,11 +325,17 @@ impl EmbeddedStore {
             move |source| StoreError::Io { dir, source }
         };
         if next.dedup_segments.len() > 4 * limit {
-            let mut ids = Vec::new();
+            // Filtered segment by segment: memory for the ids kept, not for
+            // every id of 64 segments (64 batches' worth).
+            let (mut ids, mut segment) = (Vec::new(), Vec::new());
             for seg in &next.dedup_segments {
-                idfile::read(&self.dir.join(seg), &mut ids).map_err(io_err(&self.dir))?;
+                idfile::read(&self.dir.join(seg), &mut segment).map_err(io_err(&self.dir))?;
+                ids.extend(
+                    segment
+                        .drain(..)
+                        .filter(|(bucket, _)| *bucket >= dedup_floor),
+                );
             }
-            ids.retain(|(bucket, _)| *bucket >= dedup_floor);
             let rel = format!("dedup/c{generation:010}.ids");
             idfile::write(&self.dir.join(&rel), &ids).map_err(io_err(&self.dir))?;
             replaced.append(&mut next.dedup_segments);
@@ -415,5 +421,50 @@ impl UsageSink for EmbeddedStore {
         self.commit_outcome(outcome)?;
         self.maintain(outcome.dedup_floor).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokentally_aggregate::core::BatchStats;
+
+    fn ids_only(new_ids: Vec<(i64, u128)>, dedup_floor: i64) -> BatchOutcome {
+        BatchOutcome {
+            deltas: Default::default(),
+            dead_letters: Vec::new(),
+            new_ids,
+            dedup_floor,
+            stats: BatchStats::default(),
+            watermark_ms: None,
+            progress: std::collections::BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn compacting_dedup_segments_keeps_exactly_the_ids_at_or_above_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = EmbeddedStore::open(StoreConfig {
+            dir: dir.path().to_path_buf(),
+            compact_after_files: 2, // segments are merged past 4 * 2
+            garbage_grace_secs: 0,
+        })
+        .unwrap();
+        // Nine batches, each with ids in hours b and b + 1; the ninth
+        // commit compacts, with the floor at hour 5.
+        for b in 0..9i64 {
+            let ids = vec![(b, b as u128 * 10), (b + 1, b as u128 * 10 + 1)];
+            let floor = if b == 8 { 5 } else { 0 };
+            store.commit(&ids_only(ids, floor)).await.unwrap();
+        }
+        assert_eq!(store.manifest.dedup_segments.len(), 1, "compacted");
+        let mut kept = store.recover().await.unwrap().dedup_ids;
+        kept.sort_unstable();
+        let mut want: Vec<(i64, u128)> = (0..9i64)
+            .flat_map(|b| [(b, b as u128 * 10), (b + 1, b as u128 * 10 + 1)])
+            .filter(|(bucket, _)| *bucket >= 5)
+            .collect();
+        want.sort_unstable();
+        assert_eq!(kept, want);
     }
 }
