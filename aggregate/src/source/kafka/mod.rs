@@ -94,6 +94,14 @@ impl ClientContext for RebalanceLog {
     }
 }
 
+impl RebalanceLog {
+    /// Whether partitions were assigned since the last call (a relaxed load
+    /// first: this runs once per record).
+    fn take_assigned(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed) && self.assigned.swap(false, Ordering::Acquire)
+    }
+}
+
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
@@ -577,13 +585,10 @@ impl Reader {
         if tpl.count() == 0 {
             return Ok(());
         }
+        // Assignments change only in this thread's polls, not during the seek.
         let sought = self.consumer.seek_partitions(tpl, SEEK_TIMEOUT)?;
-        let assigned = assignment(&self.consumer)?;
         for e in sought.elements() {
-            // A partition revoked meanwhile is someone else's now.
-            if let Err(err) = e.error()
-                && assigned.contains(&e.partition())
-            {
+            if let Err(err) = e.error() {
                 return Err(format!(
                     "cannot start reading partition {} at the ledger's offset: {err}",
                     e.partition()
@@ -689,12 +694,7 @@ impl Reader {
             // Newly assigned partitions are repositioned at the ledger (see
             // `resume`) before anything is read: the group's offsets, where
             // fetching starts, may already be at their end.
-            if self.consumer.context().assigned.load(Ordering::Relaxed)
-                && self
-                    .consumer
-                    .context()
-                    .assigned
-                    .swap(false, Ordering::Acquire)
+            if self.consumer.context().take_assigned()
                 && self
                     .cursor
                     .ask_resume(&self.consumer, &topic, &mut filling, None)?
