@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokentally_schemas::arrow::EventBatchBuilder;
-use tokentally_schemas::{Limits, RejectReason, Rejection, TokenEvent, decode};
+use tokentally_schemas::arrow::{Chunk, EventBatchBuilder};
+use tokentally_schemas::{Limits, RejectReason, Rejection, decode};
 
 use crate::dedup::{DedupConfig, DedupIndex, Seen, bucket_of, id_hash};
 use crate::error::Result;
@@ -113,15 +113,22 @@ pub struct Aggregator {
     dedup: DedupIndex,
     engine: RollupEngine,
     builder: EventBatchBuilder,
-    /// Decode output kept from batch to batch, one vector per decode
-    /// thread (empty between batches; see [`recycle`]).
-    decoded: Vec<Vec<Decoded<'static>>>,
+    /// What each decode thread found besides rows, kept from batch to batch
+    /// (the vectors are reused).
+    decoded: Vec<Decoded>,
     watermark_ms: Option<i64>,
     metrics: Option<PipelineMetrics>,
 }
 
-/// What decoding one record gives.
-type Decoded<'a> = std::result::Result<TokenEvent<'a>, Rejection>;
+/// What decoding one chunk of a batch gives besides its rows: the id hash
+/// and event time of each row, and the records refused.
+#[derive(Default)]
+struct Decoded {
+    ids: Vec<u128>,
+    ts: Vec<i64>,
+    /// (index in the batch, why).
+    rejected: Vec<(usize, Rejection)>,
+}
 
 impl Aggregator {
     /// Start from what the sink recovered (an empty [`Recovered`] for a
@@ -137,7 +144,7 @@ impl Aggregator {
         }
         Aggregator {
             engine: RollupEngine::new(config.partitions),
-            builder: EventBatchBuilder::with_capacity(0),
+            builder: EventBatchBuilder::default(),
             decoded: Vec::new(),
             dedup,
             watermark_ms: recovered.watermark_ms,
@@ -176,72 +183,62 @@ impl Aggregator {
     /// caller must commit the outcome to a sink before processing more, or
     /// rebuild the aggregator from the sink if the commit fails.
     pub async fn process(&mut self, raw: &RawBatch) -> Result<BatchOutcome> {
-        let mut stats = BatchStats::default();
+        let mut stats = BatchStats {
+            records: raw.len() as u64,
+            ..BatchStats::default()
+        };
         let mut dead_letters = Vec::new();
         let mut new_ids = Vec::with_capacity(raw.len());
         let lateness = self.config.allowed_lateness.as_millis() as i64;
         let mut wm = self.watermark_ms;
         let records: Vec<&[u8]> = raw.iter().collect();
-        let buffers = std::mem::take(&mut self.decoded).into_iter().map(recycle);
-        let mut chunks = decode_all(
+        let chunks = decode_all(
             &records,
             &self.config.limits,
             self.config.decode_threads,
-            buffers,
+            &self.builder,
+            &mut self.decoded,
         );
         let warm = self.dedup.len() >= WARM_MIN_IDS;
-        let mut this = 0;
-        for chunk in &mut chunks {
-            let mut decoded = chunk.drain(..);
-            let mut in_chunk = 0;
-            while let Some(decoded_ev) = decoded.next() {
-                let index = this;
-                let record = records[index];
-                if warm && in_chunk % WARM_AHEAD == 0 {
-                    // `decoded` now starts at the next event.
-                    let ahead = decoded.as_slice().iter().skip(WARM_AHEAD - 1);
-                    let ahead = ahead.take(WARM_AHEAD).flatten();
-                    self.dedup.warm(ahead.map(|ev| id_hash(&ev.event_id)));
+        for (chunk, decoded) in chunks.into_iter().zip(&mut self.decoded) {
+            for (index, rejection) in decoded.rejected.drain(..) {
+                *stats.rejected.entry(rejection.reason).or_default() += 1;
+                dead_letters.push(DeadLetter {
+                    index,
+                    raw: records[index].to_vec(),
+                    rejection,
+                });
+            }
+            debug_assert_eq!(chunk.len(), decoded.ids.len(), "one id per row");
+            let totals = chunk.total_tokens();
+            // Rows to keep, once a duplicate has been found among them.
+            let mut keep: Option<Vec<bool>> = None;
+            for (row, (&id, &ts)) in decoded.ids.iter().zip(&decoded.ts).enumerate() {
+                if warm && row % WARM_AHEAD == 0 {
+                    let ahead = decoded.ids.iter().skip(row + WARM_AHEAD);
+                    self.dedup.warm(ahead.take(WARM_AHEAD).copied());
                 }
-                this += 1;
-                in_chunk += 1;
-                stats.records += 1;
-                let ev = match decoded_ev {
-                    Ok(ev) => ev,
-                    Err(rejection) => {
-                        *stats.rejected.entry(rejection.reason).or_default() += 1;
-                        dead_letters.push(DeadLetter {
-                            index,
-                            raw: record.to_vec(),
-                            rejection,
-                        });
-                        continue;
-                    }
-                };
                 // Ids are remembered from the watermark at arrival (see dedup).
-                let arrival_wm = wm.map_or(ev.ts, |w| w.max(ev.ts));
+                let arrival_wm = wm.map_or(ts, |w| w.max(ts));
                 let bucket = bucket_of(arrival_wm);
-                let id = id_hash(&ev.event_id);
                 if self.dedup.observe(bucket, id) == Seen::Duplicate {
                     stats.duplicates += 1;
+                    keep.get_or_insert_with(|| vec![true; totals.len()])[row] = false;
                     continue;
                 }
                 new_ids.push((bucket, id));
                 if let Some(w) = wm
-                    && ev.ts < w.saturating_sub(lateness)
+                    && ts < w.saturating_sub(lateness)
                 {
                     stats.late += 1;
                 }
                 wm = Some(arrival_wm);
                 stats.accepted += 1;
-                stats.tokens += ev.total_tokens();
-                self.builder.append(&ev);
+                stats.tokens += totals[row];
             }
+            self.builder.add(chunk, keep.as_deref())?;
         }
-        debug_assert_eq!(this, records.len(), "one result per record");
-        // The events borrowed `raw`; the emptied vectors are kept.
-        self.decoded = chunks.into_iter().map(recycle).collect();
-        let deltas = self.engine.deltas(self.builder.finish()?).await?;
+        let deltas = self.engine.deltas(self.builder.finish()).await?;
         self.watermark_ms = wm;
         if let Some(w) = wm {
             self.dedup.advance(w);
@@ -276,23 +273,42 @@ const WARM_MIN_IDS: usize = 1 << 19;
 /// Batches smaller than this are decoded on the calling thread.
 const PARALLEL_DECODE_MIN: usize = 8192;
 
-/// Decode every record, on up to `threads` threads, into consecutive
-/// chunks that keep the records' order. Each chunk fills one of `buffers`
-/// (empty vectors kept from an earlier batch) while there are any.
-fn decode_all<'a>(
-    records: &[&'a [u8]],
+/// Decode and validate every record, on up to `threads` threads, each
+/// taking a consecutive chunk of the records: valid events become rows of
+/// a chunk of `builder`'s batch, and their id hashes and times go into the
+/// matching entry of `decoded` (which is grown to one per chunk). The
+/// chunks come back in the records' order.
+fn decode_all(
+    records: &[&[u8]],
     limits: &Limits,
     threads: usize,
-    buffers: impl Iterator<Item = Vec<Decoded<'a>>>,
-) -> Vec<Vec<Decoded<'a>>> {
+    builder: &EventBatchBuilder,
+    decoded: &mut Vec<Decoded>,
+) -> Vec<Chunk> {
     let threads = threads.clamp(1, records.len().div_ceil(PARALLEL_DECODE_MIN).max(1));
     let chunk_len = records.len().div_ceil(threads).max(1);
-    let buffers = buffers.chain(std::iter::repeat_with(Vec::new));
-    let mut jobs = records.chunks(chunk_len).zip(buffers);
-    let decode_chunk = |(chunk, mut out): (&[&'a [u8]], Vec<Decoded<'a>>)| {
-        out.extend(chunk.iter().map(|r| decode(r, limits)));
-        out
+    let chunks = records.chunks(chunk_len);
+    if decoded.len() < chunks.len() {
+        decoded.resize_with(chunks.len(), Decoded::default);
+    }
+    let decode_chunk = |(n, (chunk, out)): (usize, (&[&[u8]], &mut Decoded))| {
+        out.ids.clear();
+        out.ts.clear();
+        out.rejected.clear();
+        let mut rows = builder.chunk(chunk.len());
+        for (i, record) in chunk.iter().enumerate() {
+            match decode(record, limits) {
+                Ok(ev) => {
+                    out.ids.push(id_hash(&ev.event_id));
+                    out.ts.push(ev.ts);
+                    rows.append(&ev);
+                }
+                Err(rejection) => out.rejected.push((n * chunk_len + i, rejection)),
+            }
+        }
+        rows.finish()
     };
+    let mut jobs = chunks.zip(decoded.iter_mut()).enumerate();
     let Some(first) = jobs.next() else {
         return Vec::new();
     };
@@ -308,15 +324,6 @@ fn decode_all<'a>(
         );
         all
     })
-}
-
-/// An emptied vector as one of another element type of the same layout
-/// (here: events borrowing another batch). Collecting a vector's own
-/// iterator reuses its allocation, so a batch does not map, fault in and
-/// unmap tens of megabytes of fresh memory for its decoded events.
-fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("emptied")).collect()
 }
 
 #[cfg(test)]

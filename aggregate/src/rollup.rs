@@ -176,10 +176,10 @@ impl RollupEngine {
     /// Compute the deltas of one batch of validated events.
     pub async fn deltas(&self, events: EventBatch) -> Result<RollupDeltas> {
         let mut out = RollupDeltas::default();
-        if events.rows.num_rows() == 0 {
+        if events.rows.iter().all(|rows| rows.num_rows() == 0) {
             return Ok(out);
         }
-        let table = MemTable::try_new(event_schema(), vec![vec![events.rows]])?;
+        let table = MemTable::try_new(event_schema(), vec![events.rows])?;
         self.ctx.deregister_table("events")?;
         self.ctx.register_table("events", Arc::new(table))?;
         for (rollup, sql) in &self.sql {
@@ -220,11 +220,14 @@ mod tests {
     use tokentally_schemas::{Limits, decode};
 
     fn batch(lines: &[&str]) -> EventBatch {
-        let mut b = EventBatchBuilder::with_capacity(lines.len());
+        let mut b = EventBatchBuilder::default();
+        let mut chunk = b.chunk(lines.len());
         for l in lines {
-            b.append(&decode(l.as_bytes(), &Limits::default()).unwrap());
+            chunk.append(&decode(l.as_bytes(), &Limits::default()).unwrap());
         }
-        b.finish().unwrap()
+        let chunk = chunk.finish();
+        b.add(chunk, None).unwrap();
+        b.finish()
     }
 
     fn col(b: &RecordBatch, name: &str) -> UInt64Array {

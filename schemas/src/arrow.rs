@@ -7,13 +7,15 @@
 //! row format, and each (model, provider, app) combination costs one hash
 //! lookup per event instead of three dictionary appends.
 
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
-    UInt64Array,
+    ArrayRef, BooleanArray, Date32Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt32Array, UInt64Array,
 };
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use hashbrown::DefaultHashBuilder;
@@ -57,15 +59,17 @@ pub fn event_schema() -> SchemaRef {
 /// [`EventBatch::names`].
 pub const NAME_COLUMNS: [&str; 3] = ["model", "provider", "app"];
 
-/// A batch of [`event_schema`] rows and the names its ids refer to.
+/// A batch of [`event_schema`] rows (in one or more record batches) and
+/// the names its ids refer to.
 #[derive(Debug, Clone)]
 pub struct EventBatch {
-    pub rows: RecordBatch,
+    pub rows: Vec<RecordBatch>,
     /// `names.value(id)` is the name an id in a name column stands for.
     pub names: Arc<StringArray>,
 }
 
 /// One distinct (model, provider, app), with the ids of its three names.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Combo {
     model: u32,
     provider: u32,
@@ -87,22 +91,28 @@ struct Names {
 }
 
 impl Names {
-    fn name(&mut self, name: &str) -> u32 {
+    fn find_name(&self, name: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(name);
         let names = &self.names;
-        if let Some(&id) = self.by_name.find(hash, |&id| &*names[id as usize] == name) {
+        let found = self.by_name.find(hash, |&id| &*names[id as usize] == name);
+        found.copied()
+    }
+
+    fn name(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.find_name(name) {
             return id;
         }
         let id = self.names.len() as u32;
         self.names.push(name.into());
         let (names, hasher) = (&self.names, &self.hasher);
+        let hash = hasher.hash_one(name);
         self.by_name
             .insert_unique(hash, id, |&id| hasher.hash_one(&*names[id as usize]));
         self.table = None;
         id
     }
 
-    fn combo(&mut self, model: &str, provider: &str, app: &str) -> &Combo {
+    fn find_combo(&self, model: &str, provider: &str, app: &str) -> Option<Combo> {
         let hash = self.hasher.hash_one((model, provider, app));
         let (names, combos) = (&self.names, &self.combos);
         let found = self.by_combo.find(hash, |&c| {
@@ -111,29 +121,28 @@ impl Names {
                 && &*names[c.provider as usize] == provider
                 && &*names[c.app as usize] == app
         });
-        let index = match found {
-            Some(&c) => c,
-            None => {
-                let combo = Combo {
-                    model: self.name(model),
-                    provider: self.name(provider),
-                    app: self.name(app),
-                };
-                let index = self.combos.len() as u32;
-                self.combos.push(combo);
-                let (names, combos, hasher) = (&self.names, &self.combos, &self.hasher);
-                self.by_combo.insert_unique(hash, index, |&c| {
-                    let c = &combos[c as usize];
-                    hasher.hash_one((
-                        &*names[c.model as usize],
-                        &*names[c.provider as usize],
-                        &*names[c.app as usize],
-                    ))
-                });
-                index
-            }
+        found.map(|&c| combos[c as usize])
+    }
+
+    /// Remember a combination of interned names, if it is new.
+    fn add_combo(&mut self, combo: Combo) {
+        let (names, combos, hasher) = (&self.names, &self.combos, &self.hasher);
+        let hash_of = |c: &Combo| {
+            let name = |id: u32| &*names[id as usize];
+            hasher.hash_one((name(c.model), name(c.provider), name(c.app)))
         };
-        &self.combos[index as usize]
+        let hash = hash_of(&combo);
+        if self
+            .by_combo
+            .find(hash, |&c| combos[c as usize] == combo)
+            .is_some()
+        {
+            return;
+        }
+        let index = combos.len() as u32;
+        self.by_combo
+            .insert_unique(hash, index, |&c| hash_of(&combos[c as usize]));
+        self.combos.push(combo);
     }
 
     fn table(&mut self) -> Arc<StringArray> {
@@ -144,13 +153,177 @@ impl Names {
     }
 }
 
-/// Accumulates validated events into an [`EventBatch`]. Keep one for the
-/// life of a pipeline: its name table carries over from batch to batch.
-/// Columns are plain vectors (no column is nullable), handed to Arrow
-/// without a copy.
+/// Builds an [`EventBatch`] from chunks of rows that may be filled on
+/// several threads at once ([`EventBatchBuilder::chunk`]). Keep one for
+/// the life of a pipeline: its name table carries over from batch to
+/// batch.
 pub struct EventBatchBuilder {
     schema: SchemaRef,
     names: Names,
+    rows: Vec<RecordBatch>,
+}
+
+impl Default for EventBatchBuilder {
+    fn default() -> Self {
+        EventBatchBuilder {
+            schema: event_schema(),
+            names: Names::default(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+impl EventBatchBuilder {
+    /// A writer for up to `capacity` rows of the batch being built. Any
+    /// number can be filled at once (each on its own thread): they only
+    /// read the name table, and hand names it lacks to [`Self::add`].
+    pub fn chunk(&self, capacity: usize) -> ChunkBuilder<'_> {
+        ChunkBuilder {
+            names: &self.names,
+            base: self.names.names.len() as u32,
+            new_names: Vec::new(),
+            new_ids: HashMap::new(),
+            new_combos: HashSet::new(),
+            columns: Columns::with_capacity(capacity),
+        }
+    }
+
+    /// Add a filled chunk's rows to the batch: those whose entry in `keep`
+    /// is true, or all of them without one. Chunks are added in order.
+    pub fn add(&mut self, chunk: Chunk, keep: Option<&[bool]>) -> Result<(), ArrowError> {
+        let Chunk {
+            mut columns,
+            base,
+            new_names,
+            new_combos,
+        } = chunk;
+        if !new_names.is_empty() {
+            let ids: Vec<u32> = new_names.iter().map(|n| self.names.name(n)).collect();
+            let global = |id: u32| {
+                if id < base {
+                    id
+                } else {
+                    ids[(id - base) as usize]
+                }
+            };
+            for column in [&mut columns.model, &mut columns.provider, &mut columns.app] {
+                column.iter_mut().for_each(|id| *id = global(*id));
+            }
+            for c in new_combos {
+                self.names.add_combo(Combo {
+                    model: global(c.model),
+                    provider: global(c.provider),
+                    app: global(c.app),
+                });
+            }
+        } else {
+            new_combos.into_iter().for_each(|c| self.names.add_combo(c));
+        }
+        let rows = columns.finish(self.schema.clone())?;
+        let rows = match keep {
+            Some(keep) => filter_record_batch(&rows, &BooleanArray::from(keep.to_vec()))?,
+            None => rows,
+        };
+        if rows.num_rows() > 0 {
+            self.rows.push(rows);
+        }
+        Ok(())
+    }
+
+    /// Take the rows added so far as a batch; the builder is empty after
+    /// (its name table is kept, unless it has grown past a bound).
+    pub fn finish(&mut self) -> EventBatch {
+        let names = self.names.table();
+        if self.names.names.len() > MAX_NAMES || self.names.combos.len() > MAX_NAMES {
+            self.names = Names::default();
+        }
+        EventBatch {
+            rows: std::mem::take(&mut self.rows),
+            names,
+        }
+    }
+}
+
+/// Fills the rows of one chunk of a batch (see [`EventBatchBuilder::chunk`]).
+pub struct ChunkBuilder<'a> {
+    names: &'a Names,
+    /// Ids from here up stand for `new_names`.
+    base: u32,
+    /// Names the table lacks, in order of first use, and their ids.
+    new_names: Vec<Box<str>>,
+    new_ids: HashMap<Box<str>, u32>,
+    /// Combinations the table lacks (ids from `base` up are `new_names`).
+    new_combos: HashSet<Combo>,
+    columns: Columns,
+}
+
+impl ChunkBuilder<'_> {
+    pub fn append(&mut self, ev: &TokenEvent<'_>) {
+        let combo = match self.names.find_combo(&ev.model, &ev.provider, &ev.app) {
+            Some(combo) => combo,
+            None => {
+                let combo = Combo {
+                    model: self.name(&ev.model),
+                    provider: self.name(&ev.provider),
+                    app: self.name(&ev.app),
+                };
+                self.new_combos.insert(combo);
+                combo
+            }
+        };
+        self.columns.push(ev, combo);
+    }
+
+    /// A name's id, provisional (from `base` up) if the table lacks it.
+    fn name(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.names.find_name(name) {
+            return id;
+        }
+        if let Some(&id) = self.new_ids.get(name) {
+            return id;
+        }
+        let id = self.base + self.new_names.len() as u32;
+        self.new_names.push(name.into());
+        self.new_ids.insert(name.into(), id);
+        id
+    }
+
+    pub fn finish(self) -> Chunk {
+        Chunk {
+            columns: self.columns,
+            base: self.base,
+            new_names: self.new_names,
+            new_combos: self.new_combos,
+        }
+    }
+}
+
+/// The rows of a filled [`ChunkBuilder`], for [`EventBatchBuilder::add`].
+pub struct Chunk {
+    columns: Columns,
+    base: u32,
+    new_names: Vec<Box<str>>,
+    new_combos: HashSet<Combo>,
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        self.columns.day.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `total_tokens` of each row.
+    pub fn total_tokens(&self) -> &[u64] {
+        &self.columns.total
+    }
+}
+
+/// The columns of [`event_schema`] as plain vectors (no column is
+/// nullable), handed to Arrow without a copy.
+struct Columns {
     day: Vec<i32>,
     minute: Vec<i64>,
     model: Vec<u32>,
@@ -163,11 +336,9 @@ pub struct EventBatchBuilder {
     is_error: Vec<u64>,
 }
 
-impl EventBatchBuilder {
-    pub fn with_capacity(rows: usize) -> Self {
-        EventBatchBuilder {
-            schema: event_schema(),
-            names: Names::default(),
+impl Columns {
+    fn with_capacity(rows: usize) -> Self {
+        Columns {
             day: Vec::with_capacity(rows),
             minute: Vec::with_capacity(rows),
             model: Vec::with_capacity(rows),
@@ -181,16 +352,7 @@ impl EventBatchBuilder {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.day.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.day.is_empty()
-    }
-
-    pub fn append(&mut self, ev: &TokenEvent<'_>) {
-        let combo = self.names.combo(&ev.model, &ev.provider, &ev.app);
+    fn push(&mut self, ev: &TokenEvent<'_>, combo: Combo) {
         self.model.push(combo.model);
         self.provider.push(combo.provider);
         self.app.push(combo.app);
@@ -203,33 +365,20 @@ impl EventBatchBuilder {
         self.is_error.push(u64::from(ev.status == Status::Error));
     }
 
-    /// Take the rows appended so far as a batch; the builder is empty after
-    /// (its name table is kept, unless it has grown past a bound).
-    pub fn finish(&mut self) -> Result<EventBatch, ArrowError> {
-        /// The column's values, leaving an empty vector of the same capacity.
-        fn take<T>(v: &mut Vec<T>) -> Vec<T> {
-            std::mem::replace(v, Vec::with_capacity(v.len()))
-        }
+    fn finish(self, schema: SchemaRef) -> Result<RecordBatch, ArrowError> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(Date32Array::from(take(&mut self.day))),
-            Arc::new(TimestampMillisecondArray::from(take(&mut self.minute)).with_timezone("UTC")),
-            Arc::new(UInt32Array::from(take(&mut self.model))),
-            Arc::new(UInt32Array::from(take(&mut self.provider))),
-            Arc::new(UInt32Array::from(take(&mut self.app))),
-            Arc::new(UInt64Array::from(take(&mut self.prompt))),
-            Arc::new(UInt64Array::from(take(&mut self.completion))),
-            Arc::new(UInt64Array::from(take(&mut self.total))),
-            Arc::new(UInt64Array::from(take(&mut self.cached))),
-            Arc::new(UInt64Array::from(take(&mut self.is_error))),
+            Arc::new(Date32Array::from(self.day)),
+            Arc::new(TimestampMillisecondArray::from(self.minute).with_timezone("UTC")),
+            Arc::new(UInt32Array::from(self.model)),
+            Arc::new(UInt32Array::from(self.provider)),
+            Arc::new(UInt32Array::from(self.app)),
+            Arc::new(UInt64Array::from(self.prompt)),
+            Arc::new(UInt64Array::from(self.completion)),
+            Arc::new(UInt64Array::from(self.total)),
+            Arc::new(UInt64Array::from(self.cached)),
+            Arc::new(UInt64Array::from(self.is_error)),
         ];
-        let names = self.names.table();
-        if self.names.names.len() > MAX_NAMES || self.names.combos.len() > MAX_NAMES {
-            self.names = Names::default();
-        }
-        Ok(EventBatch {
-            rows: RecordBatch::try_new(self.schema.clone(), columns)?,
-            names,
-        })
+        RecordBatch::try_new(schema, columns)
     }
 }
 
@@ -247,31 +396,47 @@ mod tests {
     }
 
     fn names_of(batch: &EventBatch, column: &str) -> Vec<String> {
-        batch
-            .rows
-            .column_by_name(column)
-            .unwrap()
-            .as_primitive::<UInt32Type>()
-            .values()
-            .iter()
-            .map(|&id| batch.names.value(id as usize).to_string())
-            .collect()
+        let mut out = Vec::new();
+        for rows in &batch.rows {
+            let ids = rows
+                .column_by_name(column)
+                .unwrap()
+                .as_primitive::<UInt32Type>();
+            out.extend(
+                ids.values()
+                    .iter()
+                    .map(|&id| batch.names.value(id as usize).to_string()),
+            );
+        }
+        out
+    }
+
+    /// One chunk of `lines`, added whole.
+    fn add_all(b: &mut EventBatchBuilder, lines: &[String]) {
+        let mut chunk = b.chunk(lines.len());
+        for l in lines {
+            chunk.append(&decode(l.as_bytes(), &Limits::default()).unwrap());
+        }
+        let chunk = chunk.finish();
+        assert_eq!(chunk.len(), lines.len());
+        b.add(chunk, None).unwrap();
     }
 
     #[test]
     fn builds_a_batch_matching_the_schema() {
-        let mut b = EventBatchBuilder::with_capacity(4);
+        let mut b = EventBatchBuilder::default();
         let line = event("m", "p", "");
-        let ev = decode(line.as_bytes(), &Limits::default()).unwrap();
-        b.append(&ev);
-        b.append(&ev);
-        assert_eq!(b.len(), 2);
-        let batch = b.finish().unwrap();
-        assert_eq!(batch.rows.num_rows(), 2);
-        assert_eq!(batch.rows.schema(), event_schema());
-        assert!(b.is_empty());
-        let total = batch
-            .rows
+        add_all(&mut b, &[line.clone(), line]);
+        let batch = b.finish();
+        assert_eq!(batch.rows.len(), 1);
+        let rows = &batch.rows[0];
+        assert_eq!(rows.num_rows(), 2);
+        assert_eq!(rows.schema(), event_schema());
+        assert!(
+            b.finish().rows.is_empty(),
+            "finish leaves the builder empty"
+        );
+        let total = rows
             .column_by_name("total_tokens")
             .unwrap()
             .as_any()
@@ -284,7 +449,7 @@ mod tests {
 
     #[test]
     fn ids_name_the_right_strings_across_batches() {
-        let mut b = EventBatchBuilder::with_capacity(4);
+        let mut b = EventBatchBuilder::default();
         // The same string in different roles, and combinations that share
         // all but one name.
         let lines = [
@@ -294,20 +459,58 @@ mod tests {
             event("x", "y", "z"),
             event("ü/模型", "y", "x"),
         ];
-        for l in &lines[..3] {
-            b.append(&decode(l.as_bytes(), &Limits::default()).unwrap());
-        }
-        let first = b.finish().unwrap();
+        add_all(&mut b, &lines[..3]);
+        let first = b.finish();
         assert_eq!(names_of(&first, "model"), ["x", "y", "x"]);
         assert_eq!(names_of(&first, "provider"), ["y", "x", "y"]);
         assert_eq!(names_of(&first, "app"), ["z", "z", "y"]);
-        for l in &lines[3..] {
-            b.append(&decode(l.as_bytes(), &Limits::default()).unwrap());
-        }
-        let second = b.finish().unwrap();
+        add_all(&mut b, &lines[3..]);
+        let second = b.finish();
         assert_eq!(names_of(&second, "model"), ["x", "ü/模型"]);
         assert_eq!(names_of(&second, "provider"), ["y", "y"]);
         assert_eq!(names_of(&second, "app"), ["z", "x"]);
         assert_eq!(second.names.len(), 4, "x, y, z and ü/模型, once each");
+    }
+
+    #[test]
+    fn chunks_filled_side_by_side_agree_on_new_names() {
+        let mut b = EventBatchBuilder::default();
+        add_all(&mut b, &[event("known", "p", "a")]);
+        b.finish();
+        // Both chunks see the same table and give their new names the same
+        // provisional ids; adding them must still keep every name apart.
+        fn ev(line: &str) -> TokenEvent<'_> {
+            decode(line.as_bytes(), &Limits::default()).unwrap()
+        }
+        let one = [
+            event("new1", "p", "a"),
+            event("known", "p", "a"),
+            event("shared", "p", "b"),
+        ];
+        let two = [
+            event("shared", "q", "a"),
+            event("new2", "p", "a"),
+            event("new1", "p", "a"),
+        ];
+        let (mut c1, mut c2) = (b.chunk(3), b.chunk(3));
+        one.iter().for_each(|l| c1.append(&ev(l)));
+        two.iter().for_each(|l| c2.append(&ev(l)));
+        let (c1, c2) = (c1.finish(), c2.finish());
+        b.add(c1, None).unwrap();
+        b.add(c2, Some(&[true, false, true])).unwrap();
+        let batch = b.finish();
+        assert_eq!(batch.rows.len(), 2);
+        assert_eq!(
+            names_of(&batch, "model"),
+            ["new1", "known", "shared", "shared", "new1"]
+        );
+        assert_eq!(names_of(&batch, "provider"), ["p", "p", "p", "q", "p"]);
+        assert_eq!(names_of(&batch, "app"), ["a", "a", "b", "a", "a"]);
+        // new2 was named although its row was dropped; nothing twice.
+        assert_eq!(batch.names.len(), 8);
+        // The next batch finds every combination in the table.
+        let again = b.chunk(1);
+        assert!(again.names.find_combo("new2", "p", "a").is_some());
+        assert!(again.names.find_combo("shared", "q", "a").is_some());
     }
 }
