@@ -7,7 +7,7 @@
 //! row format, and each (model, provider, app) combination costs one hash
 //! lookup per event instead of three dictionary appends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -112,8 +112,11 @@ impl Names {
         id
     }
 
-    fn find_combo(&self, model: &str, provider: &str, app: &str) -> Option<Combo> {
-        let hash = self.hasher.hash_one((model, provider, app));
+    fn combo_hash(&self, model: &str, provider: &str, app: &str) -> u64 {
+        self.hasher.hash_one((model, provider, app))
+    }
+
+    fn find_combo(&self, hash: u64, model: &str, provider: &str, app: &str) -> Option<Combo> {
         let (names, combos) = (&self.names, &self.combos);
         let found = self.by_combo.find(hash, |&c| {
             let c = &combos[c as usize];
@@ -131,6 +134,7 @@ impl Names {
             let name = |id: u32| &*names[id as usize];
             hasher.hash_one((name(c.model), name(c.provider), name(c.app)))
         };
+
         let hash = hash_of(&combo);
         if self
             .by_combo
@@ -183,7 +187,7 @@ impl EventBatchBuilder {
             base: self.names.names.len() as u32,
             new_names: Vec::new(),
             new_ids: HashMap::new(),
-            new_combos: HashSet::new(),
+            new_combos: HashTable::new(),
             columns: Columns::with_capacity(capacity),
         }
     }
@@ -252,26 +256,53 @@ pub struct ChunkBuilder<'a> {
     /// Names the table lacks, in order of first use, and their ids.
     new_names: Vec<Box<str>>,
     new_ids: HashMap<Box<str>, u32>,
-    /// Combinations the table lacks (ids from `base` up are `new_names`).
-    new_combos: HashSet<Combo>,
+    /// Combinations the table lacks, hashed as the table hashes them.
+    new_combos: HashTable<Combo>,
     columns: Columns,
 }
 
 impl ChunkBuilder<'_> {
     pub fn append(&mut self, ev: &TokenEvent<'_>) {
-        let combo = match self.names.find_combo(&ev.model, &ev.provider, &ev.app) {
+        let (model, provider, app) = (&*ev.model, &*ev.provider, &*ev.app);
+        let hash = self.names.combo_hash(model, provider, app);
+        let combo = match self.names.find_combo(hash, model, provider, app) {
             Some(combo) => combo,
-            None => {
-                let combo = Combo {
-                    model: self.name(&ev.model),
-                    provider: self.name(&ev.provider),
-                    app: self.name(&ev.app),
-                };
-                self.new_combos.insert(combo);
-                combo
-            }
+            None => self.new_combo(hash, model, provider, app),
         };
         self.columns.push(ev, combo);
+    }
+
+    /// The (partly provisional) ids of a combination the table lacks.
+    fn new_combo(&mut self, hash: u64, model: &str, provider: &str, app: &str) -> Combo {
+        let found = self.new_combos.find(hash, |c| {
+            self.name_of(c.model) == model
+                && self.name_of(c.provider) == provider
+                && self.name_of(c.app) == app
+        });
+        if let Some(&combo) = found {
+            return combo;
+        }
+        let combo = Combo {
+            model: self.name(model),
+            provider: self.name(provider),
+            app: self.name(app),
+        };
+        let ChunkBuilder {
+            names,
+            base,
+            new_names,
+            new_combos,
+            ..
+        } = self;
+        let name_of = |id: u32| name_of(names, *base, new_names, id);
+        new_combos.insert_unique(hash, combo, |c| {
+            names.combo_hash(name_of(c.model), name_of(c.provider), name_of(c.app))
+        });
+        combo
+    }
+
+    fn name_of(&self, id: u32) -> &str {
+        name_of(self.names, self.base, &self.new_names, id)
     }
 
     /// A name's id, provisional (from `base` up) if the table lacks it.
@@ -293,8 +324,17 @@ impl ChunkBuilder<'_> {
             columns: self.columns,
             base: self.base,
             new_names: self.new_names,
-            new_combos: self.new_combos,
+            new_combos: self.new_combos.into_iter().collect(),
         }
+    }
+}
+
+/// The name an id stands for in a chunk: the table's below `base`, the
+/// chunk's own new names from there up.
+fn name_of<'a>(names: &'a Names, base: u32, new_names: &'a [Box<str>], id: u32) -> &'a str {
+    match id.checked_sub(base) {
+        None => &names.names[id as usize],
+        Some(new) => &new_names[new as usize],
     }
 }
 
@@ -303,7 +343,7 @@ pub struct Chunk {
     columns: Columns,
     base: u32,
     new_names: Vec<Box<str>>,
-    new_combos: HashSet<Combo>,
+    new_combos: Vec<Combo>,
 }
 
 impl Chunk {
@@ -486,13 +526,14 @@ mod tests {
             event("new1", "p", "a"),
             event("known", "p", "a"),
             event("shared", "p", "b"),
+            event("new1", "p", "a"),
         ];
         let two = [
             event("shared", "q", "a"),
             event("new2", "p", "a"),
             event("new1", "p", "a"),
         ];
-        let (mut c1, mut c2) = (b.chunk(3), b.chunk(3));
+        let (mut c1, mut c2) = (b.chunk(4), b.chunk(3));
         one.iter().for_each(|l| c1.append(&ev(l)));
         two.iter().for_each(|l| c2.append(&ev(l)));
         let (c1, c2) = (c1.finish(), c2.finish());
@@ -502,15 +543,18 @@ mod tests {
         assert_eq!(batch.rows.len(), 2);
         assert_eq!(
             names_of(&batch, "model"),
-            ["new1", "known", "shared", "shared", "new1"]
+            ["new1", "known", "shared", "new1", "shared", "new1"]
         );
-        assert_eq!(names_of(&batch, "provider"), ["p", "p", "p", "q", "p"]);
-        assert_eq!(names_of(&batch, "app"), ["a", "a", "b", "a", "a"]);
+        assert_eq!(names_of(&batch, "provider"), ["p", "p", "p", "p", "q", "p"]);
+        assert_eq!(names_of(&batch, "app"), ["a", "a", "b", "a", "a", "a"]);
         // new2 was named although its row was dropped; nothing twice.
         assert_eq!(batch.names.len(), 8);
         // The next batch finds every combination in the table.
         let again = b.chunk(1);
-        assert!(again.names.find_combo("new2", "p", "a").is_some());
-        assert!(again.names.find_combo("shared", "q", "a").is_some());
+        let known = |m, p, a| {
+            let hash = again.names.combo_hash(m, p, a);
+            again.names.find_combo(hash, m, p, a).is_some()
+        };
+        assert!(known("new2", "p", "a") && known("shared", "q", "a"));
     }
 }
