@@ -29,9 +29,9 @@ pub struct AggregatorConfig {
     pub allowed_lateness: Duration,
     /// DataFusion partitions per roll-up query. Default 1.
     pub partitions: usize,
-    /// Threads that decode and validate a micro-batch (records are
-    /// independent; dedup and roll-up stay in order on one thread). Batches
-    /// under 8,192 records use one. Default: the number of cores, at most 4.
+    /// Threads that decode and validate a micro-batch and write the Arrow
+    /// columns of its events (records are independent; dedup and roll-up
+    /// stay in order on one thread). Batches under 8,192 records use one. Default: the number of cores, at most 4.
     pub decode_threads: usize,
 }
 
