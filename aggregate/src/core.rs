@@ -180,8 +180,8 @@ impl Aggregator {
     }
 
     /// Process one micro-batch. The dedup state is updated in memory; the
-    /// caller must commit the outcome to a sink before processing more, or
-    /// rebuild the aggregator from the sink if the commit fails.
+    /// caller must commit the outcome to a sink before processing more, and
+    /// rebuild the aggregator from the sink if the commit (or this) fails.
     pub async fn process(&mut self, raw: &RawBatch) -> Result<BatchOutcome> {
         let mut stats = BatchStats {
             records: raw.len() as u64,
