@@ -31,7 +31,8 @@ pub struct AggregatorConfig {
     pub partitions: usize,
     /// Threads that decode and validate a micro-batch and write the Arrow
     /// columns of its events (records are independent; dedup and roll-up
-    /// stay in order on one thread). Batches under 8,192 records use one. Default: the number of cores, at most 4.
+    /// stay in order on one thread). Batches under 8,192 records use one.
+    /// Default: the number of cores, at most 4.
     pub decode_threads: usize,
 }
 

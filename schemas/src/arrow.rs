@@ -91,21 +91,24 @@ struct Names {
 }
 
 impl Names {
-    fn find_name(&self, name: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(name);
+    fn name_hash(&self, name: &str) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn find_name(&self, hash: u64, name: &str) -> Option<u32> {
         let names = &self.names;
         let found = self.by_name.find(hash, |&id| &*names[id as usize] == name);
         found.copied()
     }
 
     fn name(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.find_name(name) {
+        let hash = self.name_hash(name);
+        if let Some(id) = self.find_name(hash, name) {
             return id;
         }
         let id = self.names.len() as u32;
         self.names.push(name.into());
         let (names, hasher) = (&self.names, &self.hasher);
-        let hash = hasher.hash_one(name);
         self.by_name
             .insert_unique(hash, id, |&id| hasher.hash_one(&*names[id as usize]));
         self.table = None;
@@ -134,7 +137,6 @@ impl Names {
             let name = |id: u32| &*names[id as usize];
             hasher.hash_one((name(c.model), name(c.provider), name(c.app)))
         };
-
         let hash = hash_of(&combo);
         if self
             .by_combo
@@ -201,27 +203,24 @@ impl EventBatchBuilder {
             new_names,
             new_combos,
         } = chunk;
-        if !new_names.is_empty() {
-            let ids: Vec<u32> = new_names.iter().map(|n| self.names.name(n)).collect();
-            let global = |id: u32| {
-                if id < base {
-                    id
-                } else {
-                    ids[(id - base) as usize]
-                }
-            };
+        // The table's ids of the chunk's new names (provisional ids from
+        // `base` up).
+        let ids: Vec<u32> = new_names.iter().map(|n| self.names.name(n)).collect();
+        let global = |id: u32| match id.checked_sub(base) {
+            None => id,
+            Some(new) => ids[new as usize],
+        };
+        if !ids.is_empty() {
             for column in [&mut columns.model, &mut columns.provider, &mut columns.app] {
                 column.iter_mut().for_each(|id| *id = global(*id));
             }
-            for c in new_combos {
-                self.names.add_combo(Combo {
-                    model: global(c.model),
-                    provider: global(c.provider),
-                    app: global(c.app),
-                });
-            }
-        } else {
-            new_combos.into_iter().for_each(|c| self.names.add_combo(c));
+        }
+        for c in new_combos {
+            self.names.add_combo(Combo {
+                model: global(c.model),
+                provider: global(c.provider),
+                app: global(c.app),
+            });
         }
         let rows = columns.finish(self.schema.clone())?;
         let rows = match keep {
@@ -307,7 +306,7 @@ impl ChunkBuilder<'_> {
 
     /// A name's id, provisional (from `base` up) if the table lacks it.
     fn name(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.names.find_name(name) {
+        if let Some(id) = self.names.find_name(self.names.name_hash(name), name) {
             return id;
         }
         if let Some(&id) = self.new_ids.get(name) {
