@@ -102,6 +102,9 @@ pub struct FleetArgs {
     /// Share of lines that re-send an earlier event (0..1).
     #[arg(long, value_name = "RATE")]
     pub duplicate_rate: Option<f64>,
+    /// A re-sent event is one of the last N events [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub retry_window: Option<usize>,
     /// Share of events 1–6 hours late (0..1).
     #[arg(long, value_name = "RATE")]
     pub late_rate: Option<f64>,
@@ -149,6 +152,10 @@ impl Config {
         }
         if let Some(v) = a.start_ms {
             s.start_ms = Some(v);
+        }
+        if let Some(v) = a.retry_window {
+            anyhow::ensure!(v >= 1, "--retry-window must be at least 1");
+            s.retry_window = v;
         }
         for (name, flag, slot) in [
             ("--duplicate-rate", a.duplicate_rate, &mut s.duplicate_rate),

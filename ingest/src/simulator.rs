@@ -43,6 +43,11 @@ pub struct FleetConfig {
     pub zipf_exponent: f64,
     /// Share of lines that re-send an earlier event (same `event_id`).
     pub duplicate_rate: f64,
+    /// A re-sent event is one of the last this many events: how far behind
+    /// its original a retry can arrive, in lines. Default 1024; fault tests
+    /// use tens of thousands, so that retries straddle crashes and
+    /// rebalances.
+    pub retry_window: usize,
     /// Share of events whose time is 1–6 hours behind the stream.
     pub late_rate: f64,
     /// Share of lines that are malformed.
@@ -61,6 +66,7 @@ impl Default for FleetConfig {
             span: Duration::from_secs(24 * 3600),
             zipf_exponent: 1.1,
             duplicate_rate: 0.0,
+            retry_window: 1024,
             late_rate: 0.0,
             malformed_rate: 0.0,
             error_rate: 0.01,
@@ -72,8 +78,6 @@ impl Default for FleetConfig {
 const PROMPT_SHARE: f64 = 0.8;
 /// Spread of the log-normal token counts.
 const TOKEN_SIGMA: f64 = 0.9;
-/// Events remembered for re-sending as duplicates.
-const RECENT: usize = 1024;
 
 /// A simulated fleet: an iterator of NDJSON lines (without newlines).
 pub struct Fleet {
@@ -118,7 +122,7 @@ impl Fleet {
             apps: zipf(APPS.len(), 0.9),
             prompt: lognormal_with_mean(mean_tokens * PROMPT_SHARE),
             completion: lognormal_with_mean(mean_tokens * (1.0 - PROMPT_SHARE)),
-            recent: Vec::with_capacity(RECENT),
+            recent: Vec::with_capacity(config.retry_window.clamp(1, 1 << 16)),
             emitted: 0,
             config,
         }
@@ -168,10 +172,11 @@ impl Fleet {
         let start = out.len();
         self.write_event(i, out);
         let line = out[start..].to_vec();
-        if self.recent.len() < RECENT {
+        let window = self.config.retry_window.max(1);
+        if self.recent.len() < window {
             self.recent.push(line);
         } else {
-            let k = (i as usize) % RECENT;
+            let k = (i as usize) % window;
             self.recent[k] = line;
         }
         Some(())
