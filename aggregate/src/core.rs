@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokentally_schemas::arrow::{Chunk, EventBatchBuilder};
-use tokentally_schemas::{Limits, RejectReason, Rejection, decode};
+use tokentally_schemas::{DEAD_LETTER_RAW_BYTES, Limits, RejectReason, Rejection, decode};
 
 use crate::dedup::{DedupConfig, DedupIndex, Seen, bucket_of, id_hash};
 use crate::error::Result;
@@ -106,6 +106,9 @@ pub struct BatchOutcome {
     pub watermark_ms: Option<i64>,
     /// Source progress this batch completes.
     pub progress: BTreeMap<String, i64>,
+    /// Where the batch's range of each source partition starts (see
+    /// [`RawBatch::starts`]).
+    pub starts: BTreeMap<String, i64>,
 }
 
 /// Decodes, validates, dedups and rolls up micro-batches.
@@ -204,9 +207,15 @@ impl Aggregator {
         for (chunk, decoded) in chunks.into_iter().zip(&mut self.decoded) {
             for (index, rejection) in decoded.rejected.drain(..) {
                 *stats.rejected.entry(rejection.reason).or_default() += 1;
+                // A record refused for its size keeps only its head.
+                let raw = records[index];
+                let raw = match rejection.reason {
+                    RejectReason::TooLarge => &raw[..raw.len().min(DEAD_LETTER_RAW_BYTES)],
+                    _ => raw,
+                };
                 dead_letters.push(DeadLetter {
                     index,
-                    raw: records[index].to_vec(),
+                    raw: raw.to_vec(),
                     rejection,
                 });
             }
@@ -255,6 +264,7 @@ impl Aggregator {
             stats,
             watermark_ms: wm,
             progress: raw.progress.clone(),
+            starts: raw.starts.clone(),
         })
     }
 }

@@ -34,14 +34,63 @@ pub struct Limits {
     /// Upper bound (inclusive) for `prompt_tokens`, `completion_tokens`,
     /// `cached_tokens` and `reasoning_tokens`. Default 100,000,000.
     pub max_tokens: u64,
+    /// Deepest nesting of arrays and objects in a record (the event object
+    /// itself is depth 1); deeper records are refused as `too_deep` before
+    /// any parsing. Default 32: the parser recurses once per level, and a
+    /// debug build's frames are large (at 64 levels, a 2 MiB thread stack
+    /// overflowed). Values above 128 count as 128.
+    pub max_depth: usize,
+    /// Largest record in bytes; larger ones are refused as `too_large`
+    /// (their dead letter keeps only the first [`DEAD_LETTER_RAW_BYTES`]).
+    /// Default 1 MiB (Kafka's default largest message).
+    pub max_record_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_tokens: 100_000_000,
+            max_depth: 32,
+            max_record_bytes: 1 << 20,
         }
     }
+}
+
+/// How much of a record refused as `too_large` its dead letter keeps.
+pub const DEAD_LETTER_RAW_BYTES: usize = 4096;
+
+/// The deepest nesting of arrays and objects in `text`, counted outside
+/// strings, stopping as soon as it exceeds `max`: `Err(depth)` then. It
+/// never recurses and reads each byte once, so any input is safe to scan.
+/// Malformed JSON is not its concern (the parser refuses it afterwards).
+pub fn check_depth(text: &[u8], max: usize) -> Result<(), usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Outcome of a request, a dimension of the roll-ups.
@@ -106,6 +155,17 @@ pub fn day_of(ts_ms: i64) -> i32 {
 /// a hand-written visitor, which accepts any valid JSON layout and names the
 /// reason for a rejection. See `cargo bench --bench core`.
 pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Rejection> {
+    if input.len() > limits.max_record_bytes {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            None,
+            format!(
+                "the record is {} bytes, above the limit of {} (aggregate.limits.max_record_bytes)",
+                input.len(),
+                limits.max_record_bytes
+            ),
+        ));
+    }
     let text = std::str::from_utf8(input).map_err(|e| {
         Rejection::new(
             RejectReason::InvalidJson,
@@ -115,7 +175,20 @@ pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Re
     })?;
     match crate::flat::decode(text, limits) {
         Some(ev) => Ok(ev),
-        None => decode_general(text, limits),
+        None => {
+            // The parser recurses per level: bound the depth before it runs.
+            let max_depth = limits.max_depth.min(128);
+            check_depth(input, max_depth).map_err(|_| {
+                Rejection::new(
+                    RejectReason::TooDeep,
+                    None,
+                    format!(
+                        "arrays or objects nested deeper than {max_depth} levels (aggregate.limits.max_depth)"
+                    ),
+                )
+            })?;
+            decode_general(text, limits)
+        }
     }
 }
 
@@ -773,7 +846,10 @@ mod tests {
     #[test]
     fn token_bound_is_configurable() {
         let json = with("");
-        let tight = Limits { max_tokens: 9 };
+        let tight = Limits {
+            max_tokens: 9,
+            ..Limits::default()
+        };
         let r = decode(json.as_bytes(), &tight).expect_err("10 > 9");
         assert_eq!(r.reason, RejectReason::OutOfRange);
         assert_eq!(r.field, Some("prompt_tokens"));
@@ -840,5 +916,53 @@ mod tests {
         let ev = ok(&json);
         let again = serde_json::to_string(&ev).unwrap();
         assert_eq!(ok(&again), ev);
+    }
+
+    #[test]
+    fn hostile_nesting_is_refused_without_recursing() {
+        let limits = Limits::default();
+        let base = r#"{"event_id":"x","ts":1764201600000,"model":"m","provider":"p","prompt_tokens":1,"completion_tokens":1"#;
+        let deep_array = format!(
+            "{base},\"extra\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let deep_object = format!(
+            "{base},\"extra\":{}1{}}}",
+            "{\"a\":".repeat(50_000),
+            "}".repeat(50_000)
+        );
+        for doc in [&deep_array, &deep_object] {
+            let r = decode(doc.as_bytes(), &limits).unwrap_err();
+            assert_eq!(r.reason, RejectReason::TooDeep, "{r}");
+        }
+        // A whole body of brackets, and brackets inside strings (not nesting).
+        let brackets = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert_eq!(
+            decode(brackets.as_bytes(), &limits).unwrap_err().reason,
+            RejectReason::TooDeep
+        );
+        let in_string = format!("{base},\"note\":\"{}\\\"[\"}}", "[{".repeat(1000));
+        assert!(decode(in_string.as_bytes(), &limits).is_ok());
+        // Nesting within the limit is an ordinary unknown field.
+        let nested = format!("{base},\"extra\":{}{}}}", "[".repeat(31), "]".repeat(31));
+        assert!(decode(nested.as_bytes(), &limits).is_ok());
+        let too = format!("{base},\"extra\":{}{}}}", "[".repeat(32), "]".repeat(32));
+        assert_eq!(
+            decode(too.as_bytes(), &limits).unwrap_err().reason,
+            RejectReason::TooDeep
+        );
+    }
+
+    #[test]
+    fn a_record_above_max_record_bytes_is_too_large() {
+        let limits = Limits {
+            max_record_bytes: 200,
+            ..Limits::default()
+        };
+        let doc = with(&format!(r#","note":"{}""#, "z".repeat(300)));
+        let r = decode(doc.as_bytes(), &limits).unwrap_err();
+        assert_eq!(r.reason, RejectReason::TooLarge, "{r}");
+        assert!(decode(with("").as_bytes(), &limits).is_ok());
     }
 }

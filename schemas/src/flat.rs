@@ -437,7 +437,7 @@ mod tests {
 
         #[test]
         fn the_fast_path_never_disagrees(doc in document(), max in prop_oneof![Just(100_000_000u64), 0u64..1000]) {
-            agrees(&doc, &Limits { max_tokens: max })?;
+            agrees(&doc, &Limits { max_tokens: max, ..Limits::default() })?;
         }
 
         /// Single-byte edits of an accepted event: whatever the fast path

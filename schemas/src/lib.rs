@@ -12,5 +12,5 @@ pub mod event;
 mod flat;
 pub mod reject;
 
-pub use event::{Limits, Status, TokenEvent, decode};
+pub use event::{DEAD_LETTER_RAW_BYTES, Limits, Status, TokenEvent, check_depth, decode};
 pub use reject::{RejectReason, Rejection};

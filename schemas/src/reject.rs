@@ -33,10 +33,14 @@ pub enum RejectReason {
     InvalidValue,
     /// The same known field appears twice in one object.
     DuplicateField,
+    /// Arrays or objects nested deeper than the limit (`max_depth`).
+    TooDeep,
+    /// The record is larger than the limit (`max_record_bytes`).
+    TooLarge,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::InvalidJson,
         RejectReason::NotAnObject,
         RejectReason::MissingField,
@@ -48,6 +52,8 @@ impl RejectReason {
         RejectReason::InvalidTs,
         RejectReason::InvalidValue,
         RejectReason::DuplicateField,
+        RejectReason::TooDeep,
+        RejectReason::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +69,8 @@ impl RejectReason {
             RejectReason::InvalidTs => "invalid_ts",
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::DuplicateField => "duplicate_field",
+            RejectReason::TooDeep => "too_deep",
+            RejectReason::TooLarge => "too_large",
         }
     }
 }

@@ -32,6 +32,11 @@ impl BodyFormat {
     }
 }
 
+/// Deepest nesting a JSON array body may have: the array, then each event
+/// at most `Limits::max_depth` (32) below it. serde_json would stop at 128
+/// by itself; this bound keeps that true whatever the parser.
+pub const MAX_BODY_DEPTH: usize = 33;
+
 /// One record of a body: its index, as reported back to the client, and
 /// its bytes.
 pub type Record<'a> = (usize, &'a [u8]);
@@ -56,6 +61,14 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<Record<'_>>, String>
         BodyFormat::Json => {
             let trimmed = body.trim_ascii();
             if trimmed.first() == Some(&b'[') {
+                // Elements are cut out by a parser that recurses per level:
+                // bound the depth first (the array itself is one level).
+                tokentally_schemas::check_depth(trimmed, MAX_BODY_DEPTH).map_err(|_| {
+                    format!(
+                        "the body nests arrays or objects deeper than {MAX_BODY_DEPTH} levels \
+                         (send such events as NDJSON to have them rejected one by one)"
+                    )
+                })?;
                 let elements: Vec<&RawValue> = serde_json::from_slice(trimmed).map_err(|e| {
                     format!(
                         "the body is not a well-formed JSON array: {e} \
@@ -127,6 +140,12 @@ mod tests {
         );
         assert!(split(b"[{\"a\":1}, {broken}]", BodyFormat::Json).is_err());
         assert!(split(b"[]", BodyFormat::Json).is_err());
+        // Deep nesting is refused before any parser recurses into it.
+        let deep = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+        let err = split(deep.as_bytes(), BodyFormat::Json).unwrap_err();
+        assert!(err.contains("deeper than 33 levels"), "{err}");
+        let nested = format!("[{}{}]", "[".repeat(30), "]".repeat(30));
+        assert_eq!(split(nested.as_bytes(), BodyFormat::Json).unwrap().len(), 1);
         assert!(split(b"  ", BodyFormat::Json).is_err());
     }
 }

@@ -24,6 +24,12 @@ use super::{BoxError, EventSource, RawBatch};
 
 const HEAD_BYTES: usize = 4096;
 
+/// Longest line kept whole: a longer one is cut to its first
+/// `MAX_LINE_BYTES + 1` bytes (the rest is read past, never held), so that
+/// a file without newlines cannot exhaust memory; the decoder then refuses
+/// it as `too_large` (`max_record_bytes`, 1 MiB by default, is far below).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Where to read from.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -152,7 +158,7 @@ fn read_batches(
         let mut eof = false;
         while batch.len() < batch_records {
             line.clear();
-            match reader.read_until(b'\n', &mut line) {
+            match read_line_bounded(&mut reader, &mut line, MAX_LINE_BYTES) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -182,6 +188,37 @@ fn read_batches(
         }
         if tx.blocking_send(Ok(batch)).is_err() || eof {
             return;
+        }
+    }
+}
+
+/// Like `read_until(b'\n')`, but keeps at most `max + 1` bytes of the line
+/// in `line`; returns the bytes consumed (the whole line, newline included).
+fn read_line_bounded(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let mut consumed = 0;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(consumed);
+        }
+        let (n, done) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = (max + 1).saturating_sub(line.len());
+        line.extend_from_slice(&buf[..n.min(room)]);
+        reader.consume(n);
+        consumed += n;
+        if done {
+            return Ok(consumed);
         }
     }
 }
@@ -223,6 +260,23 @@ impl EventSource for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_cut_and_read_past() {
+        let text = format!("short\n{}\nlast", "x".repeat(100));
+        let mut reader = io::BufReader::with_capacity(8, text.as_bytes());
+        let mut line = Vec::new();
+        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), 6);
+        assert_eq!(line, b"short\n");
+        line.clear();
+        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), 101);
+        assert_eq!(line, b"xxxxxxxxxxx", "the first max + 1 bytes");
+        line.clear();
+        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), 4);
+        assert_eq!(line, b"last");
+        line.clear();
+        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), 0);
+    }
 
     async fn read_all(src: &mut FileSource) -> (Vec<String>, Vec<usize>, BTreeMap<String, i64>) {
         let mut all = Vec::new();
