@@ -12,47 +12,27 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::history::{check_history, partition_bounds};
 use common::services::{
-    Private, Topic, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce, reference,
-    services, topic, topic_on, unique,
+    Private, Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
+    reference, services, topic, topic_on, unique,
 };
 use common::{assert_same_totals, bin, run_ok, totals};
-use serde_json::{Map, Value};
+
+/// The ledger's history is one story: gapless chains, each id once.
+fn assert_history(url: &str, db: &str, t: &Topic) {
+    let bounds = partition_bounds(&t.brokers, &t.name);
+    if let Err(e) = check_history(url, db, &t.name, &bounds) {
+        panic!("the ledger's history is inconsistent: {e}");
+    }
+}
+use serde_json::Value;
 
 /// One test at a time: they share the broker, the server and two cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The same totals as `common::totals` reads from a store, from ClickHouse.
-fn ch_totals(url: &str, db: &str) -> Vec<Map<String, Value>> {
-    let mut rows = clickhouse_rows(
-        url,
-        &format!(
-            "SELECT toString(day) AS day, model, provider, requests, prompt_tokens, completion_tokens, \
-             total_tokens, cached_tokens, error_requests FROM {db}.usage_daily ORDER BY day, model, provider"
-        ),
-    );
-    rows.extend(clickhouse_rows(
-        url,
-        &format!(
-            "SELECT app, model, sum(total_tokens) AS t, sum(requests) AS r FROM {db}.usage_app_daily \
-             GROUP BY app, model ORDER BY app, model"
-        ),
-    ));
-    rows.extend(clickhouse_rows(
-        url,
-        &format!(
-            "SELECT sum(total_tokens) AS t, sum(requests) AS r, count() AS n FROM {db}.usage_minute"
-        ),
-    ));
-    rows.extend(clickhouse_rows(
-        url,
-        &format!("SELECT reason, count FROM {db}.rejected ORDER BY reason"),
-    ));
-    rows
 }
 
 fn aggregate(t: &Topic, url: &str, db: &str, group: &str, idle_secs: &str) -> Command {
@@ -300,6 +280,7 @@ fn ten_sigkills_while_a_million_events_stream_lose_and_double_nothing() {
         "the kills left work for the last run"
     );
     assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+    assert_history(&s.clickhouse, &db, &t);
 }
 
 #[test]
@@ -331,6 +312,7 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(summary["records"].as_u64().unwrap() > 0);
     assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+    assert_history(&s.clickhouse, &db, &t);
 }
 
 #[test]
@@ -373,6 +355,7 @@ fn aggregators_joining_and_leaving_on_sigterm_midstream_stay_exact() {
         .count();
     eprintln!("the stayer held {waits} revocations until its commit landed");
     assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+    assert_history(&s.clickhouse, &db, &t);
 }
 
 /// The shared service a test replaces with a private instance of its own,
@@ -441,6 +424,7 @@ fn an_outage_midstream_loses_nothing(service: Outage, down: Duration, seed: u32,
     let peak = wait_ok(child, &log, Duration::from_secs(240));
     assert!(peak < 1024, "aggregator RSS peaked at {peak} MiB");
     assert_same_totals(&ch_totals(&url, &db), &totals(&reference));
+    assert_history(&url, &db, &t);
     let _ = clickhouse_sql(&url, &format!("DROP DATABASE {db}"));
 }
 
@@ -487,21 +471,34 @@ async fn an_aggregator_that_lost_its_partition_is_fenced() {
     };
     let horizon = Duration::from_secs(86_400);
     let key = "kafka:t:0".to_string();
+    let other = "kafka:t:1".to_string();
     let mut zombie = ClickHouseSink::connect(config.clone(), horizon)
         .await
         .unwrap();
     zombie.recover().await.unwrap();
     zombie
-        .recover_partitions(std::slice::from_ref(&key))
+        .recover_partitions(&[key.clone(), other.clone()])
         .await
         .unwrap();
     zombie
         .commit(&outcome("a", &[("kafka:t:0", 10)]).await)
         .await
         .unwrap();
+    // A clean handoff: the zombie gives kafka:t:1 up, whose next owner
+    // then fences nobody.
+    zombie.release(std::slice::from_ref(&other)).await.unwrap();
+    let mut polite = ClickHouseSink::connect(config.clone(), horizon)
+        .await
+        .unwrap();
+    polite.recover().await.unwrap();
+    polite
+        .recover_partitions(std::slice::from_ref(&other))
+        .await
+        .unwrap();
 
-    // The partition moves to another aggregator, which resumes from the
-    // ledger and commits on.
+    // kafka:t:0 moves to another aggregator without the zombie releasing
+    // it (its session expired while it was paused). The new owner fences
+    // it before it reads the ledger.
     let mut owner = ClickHouseSink::connect(config, horizon).await.unwrap();
     owner.recover().await.unwrap();
     let resumed = owner
@@ -514,32 +511,54 @@ async fn an_aggregator_that_lost_its_partition_is_fenced() {
         1,
         "the ids of the batches that advanced it"
     );
-    owner
-        .commit(&outcome("b", &[("kafka:t:0", 20)]).await)
-        .await
-        .unwrap();
 
-    // The old owner wakes up with a batch it read before losing the
-    // partition: refused, and nothing of it is written.
+    // The zombie wakes up with a batch it read before losing the partition.
+    // The ledger still ends where it left it, so the check before the
+    // insert passes (the race that "check, then insert" cannot close): the
+    // insert itself is refused, and nothing of the batch counts.
     let err = zombie
         .commit(&outcome("c", &[("kafka:t:0", 15)]).await)
         .await
         .unwrap_err();
     let err = err.downcast::<ClickHouseError>().unwrap();
-    assert!(
-        matches!(
-            *err,
-            ClickHouseError::Fenced {
-                found: Some(20),
-                expected: Some(10),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(*err, ClickHouseError::FencedOut), "{err}");
+    // Fenced, it cannot fence the owner back by claiming partitions anew.
+    let err = zombie
+        .recover_partitions(std::slice::from_ref(&key))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fenced"), "{err}");
+
+    owner
+        .commit(&outcome("b", &[("kafka:t:0", 20)]).await)
+        .await
+        .unwrap();
+    polite
+        .commit(&outcome("d", &[("kafka:t:1", 5)]).await)
+        .await
+        .unwrap();
     let rows = clickhouse_rows(
         &url,
         &format!("SELECT sum(requests) AS r FROM {db}.usage_daily"),
     );
-    assert_eq!(rows[0]["r"], 2);
+    assert_eq!(rows[0]["r"], 3, "a, b and d; never c");
+    let ledger = clickhouse_rows(
+        &url,
+        &format!("SELECT source, next_offset FROM {db}.ingest_progress ORDER BY source"),
+    );
+    assert_eq!(ledger[0]["next_offset"], 20);
+    assert_eq!(ledger[1]["next_offset"], 5);
+
+    // An aggregator that ends cleanly drops its way in.
+    owner.close().await.unwrap();
+    let writers = clickhouse_rows(
+        &url,
+        &format!(
+            "SELECT count() AS n FROM system.tables WHERE database = '{db}' AND startsWith(name, 'writer_')"
+        ),
+    );
+    assert_eq!(
+        writers[0]["n"], 2,
+        "the polite writer's table and view remain"
+    );
 }

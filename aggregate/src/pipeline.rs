@@ -30,10 +30,15 @@ use crate::core::{Aggregator, AggregatorConfig, BatchOutcome, BatchStats};
 use crate::error::{Error, Result};
 use crate::metrics::PipelineMetrics;
 use crate::sink::{Recovered, UsageSink};
-use crate::source::{BoxError, EventSource, InFlight};
+use crate::source::{BoxError, EventSource, InFlight, ReleaseHook};
 
 /// How long a stopping pipeline waits for the commit in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a source's rebalance waits for the sink to record a release.
+/// Past it the partitions go anyway, unrecorded: the next owner then fences
+/// this aggregator (safe; it stops).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Run until the source is exhausted or `stop` completes (a shutdown
 /// signal). `on_commit` sees every committed outcome, in order, once the
@@ -60,6 +65,7 @@ where
 {
     let mut stop = pin!(stop.fuse());
     let committer = Committer::start(sink, metrics.clone())?;
+    source.on_release(committer.release_hook());
     let Some(recovered) = unless_stopped(stop.as_mut(), committer.recover(None)).await else {
         return Ok(BatchStats::default());
     };
@@ -177,6 +183,7 @@ where
         Ok(last) => {
             result?;
             landed(last, source)?;
+            committer.close().await.map_err(Error::Sink)?;
             Ok(totals)
         }
     }
@@ -207,6 +214,11 @@ enum Request {
         Option<InFlight>,
         oneshot::Sender<Committed>,
     ),
+    /// `release`, answered on a std channel: the caller is a blocked
+    /// thread (a rebalance callback), not a task.
+    Release(Vec<String>, std::sync::mpsc::Sender<Result<(), String>>),
+    /// `close`, after the last commit.
+    Close(oneshot::Sender<std::result::Result<(), BoxError>>),
 }
 
 type Committed = (Box<BatchOutcome>, std::result::Result<(), BoxError>);
@@ -258,6 +270,29 @@ impl Committer {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(Request::Recover(keys, tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// How a source tells the sink that it gave partitions up: a request
+    /// served between commits, in order with them, waited for at most
+    /// [`RELEASE_TIMEOUT`].
+    fn release_hook(&self) -> ReleaseHook {
+        let requests = self.requests.clone();
+        ReleaseHook::new(move |keys| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            requests
+                .send(Request::Release(keys, tx))
+                .map_err(|_| "the commit thread stopped".to_string())?;
+            rx.recv_timeout(RELEASE_TIMEOUT)
+                .map_err(|_| format!("not recorded within {RELEASE_TIMEOUT:?}"))?
+        })
+    }
+
+    async fn close(&self) -> std::result::Result<(), BoxError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Close(tx))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -318,6 +353,13 @@ async fn serve<K: UsageSink>(sink: &mut K, request: Request, metrics: Option<&Pi
                 "batch commit"
             );
             let _ = reply.send((outcome, result));
+        }
+        Request::Release(keys, reply) => {
+            let result = sink.release(&keys).await.map_err(|e| e.to_string());
+            let _ = reply.send(result);
+        }
+        Request::Close(reply) => {
+            let _ = reply.send(sink.close().await);
         }
     }
 }

@@ -38,4 +38,16 @@ pub trait UsageSink {
         &mut self,
         outcome: &BatchOutcome,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// The source gave these partitions up cleanly: every batch of them it
+    /// handed out is committed, and this aggregator will not write them
+    /// again unless they are assigned to it anew (and recovered). A sink
+    /// shared by several aggregators records it, so that the next owner
+    /// does not fence this one (see `tokentally_sink::clickhouse::fence`).
+    fn release(&mut self, _keys: &[String]) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
+    }
+    /// The pipeline ended without error and will commit nothing more.
+    fn close(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
+    }
 }

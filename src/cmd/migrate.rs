@@ -1,6 +1,6 @@
 use clap::{Args, ValueEnum};
 use tokentally_sink::clickhouse::schema::{MIGRATIONS, bootstrap};
-use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, migrate};
+use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, fence, migrate};
 
 use super::clickhouse_args::ClickHouseArgs;
 use crate::config::Config;
@@ -17,7 +17,9 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     /// Print the DDL for this kind of server instead of applying it (no
-    /// connection is made): every statement, `;`-terminated.
+    /// connection is made): every statement, `;`-terminated, then what each
+    /// aggregator runs for its own writer table (created at start, dropped
+    /// when it ends or is fenced out), for an example writer id.
     #[arg(long, value_enum, value_name = "KIND")]
     pub print_ddl: Option<DdlKind>,
     /// Print the result (or the DDL) as JSON.
@@ -33,6 +35,9 @@ pub enum DdlKind {
     Compatible,
 }
 
+/// The writer id `--print-ddl` shows an aggregator's statements for.
+const EXAMPLE_WRITER: &str = "0123456789abcdef";
+
 fn print_ddl(db: &str, kind: DdlKind, json: bool) -> anyhow::Result<()> {
     let server = ServerInfo::from_version(match kind {
         DdlKind::Modern => "26.1",
@@ -41,6 +46,8 @@ fn print_ddl(db: &str, kind: DdlKind, json: bool) -> anyhow::Result<()> {
     let statements: Vec<String> = bootstrap(db)
         .into_iter()
         .chain(MIGRATIONS.iter().flat_map(|m| (m.statements)(db, &server)))
+        .chain(fence::create_writer(db, EXAMPLE_WRITER))
+        .chain(fence::drop_writer(db, EXAMPLE_WRITER, &server))
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&statements)?);

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod history;
+pub mod proxy;
 pub mod services;
 pub mod webhook;
 

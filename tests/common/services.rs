@@ -146,11 +146,18 @@ impl Topic {
 
 /// A fresh events topic (4 partitions) and its dead-letter topic.
 pub fn topic_on(brokers: &str, tag: &str) -> Topic {
+    topic_with(brokers, tag, 4)
+}
+
+/// A fresh events topic with `partitions` partitions, and its dead-letter
+/// topic.
+pub fn topic_with(brokers: &str, tag: &str, partitions: u32) -> Topic {
     let name = unique(tag).replace('_', "-");
     run_ok(
         bin()
             .args(["topics", "create", "--kafka", brokers, "--topic", &name])
-            .args(["--dlq-topic", &format!("{name}-dlq"), "--partitions", "4"]),
+            .args(["--dlq-topic", &format!("{name}-dlq"), "--partitions"])
+            .arg(partitions.to_string()),
     );
     Topic {
         brokers: brokers.to_string(),
@@ -162,7 +169,13 @@ pub fn topic(tag: &str) -> Topic {
     topic_on(&brokers(), tag)
 }
 
-/// A simulated corpus with retries, late events and malformed lines.
+/// Lines between an event and its retries in test corpora: far more than a
+/// micro-batch or the records in flight at a crash, a pause or a
+/// rebalance, so that retries straddle every fault a test injects.
+pub const RETRY_WINDOW: u32 = 20_000;
+
+/// A simulated corpus with retries (straddling faults, see
+/// [`RETRY_WINDOW`]), late events and malformed lines.
 pub fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
     let path = dir.join(format!("events-{seed}.ndjson"));
     run_ok(
@@ -175,6 +188,7 @@ pub fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
                 &seed.to_string(),
             ])
             .args(["--start-ms", "1795737600000", "--duplicate-rate", "0.02"])
+            .args(["--retry-window", &RETRY_WINDOW.to_string()])
             .args(["--late-rate", "0.02", "--malformed-rate", "0.005", "--out"])
             .arg(&path),
     );
@@ -242,7 +256,7 @@ pub fn migrated_database(url: &str, tag: &str) -> String {
     let db = unique(tag);
     let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("applied migrations [1, 2, 3]"), "{text}");
+    assert!(text.contains("applied migrations [1, 2, 3, 4]"), "{text}");
     db
 }
 
@@ -280,4 +294,35 @@ pub fn analyst_database(dir: &Path, tag: &str) -> String {
     )
     .unwrap();
     db
+}
+
+/// Every total ClickHouse exposes, in the order and shape of
+/// `common::totals` over a store: `usage_daily` rows, per-(app, model)
+/// totals, the `usage_minute` sums and reject counts.
+pub fn ch_totals(url: &str, db: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let mut rows = clickhouse_rows(
+        url,
+        &format!(
+            "SELECT toString(day) AS day, model, provider, requests, prompt_tokens, completion_tokens, \
+             total_tokens, cached_tokens, error_requests FROM {db}.usage_daily ORDER BY day, model, provider"
+        ),
+    );
+    rows.extend(clickhouse_rows(
+        url,
+        &format!(
+            "SELECT app, model, sum(total_tokens) AS t, sum(requests) AS r FROM {db}.usage_app_daily \
+             GROUP BY app, model ORDER BY app, model"
+        ),
+    ));
+    rows.extend(clickhouse_rows(
+        url,
+        &format!(
+            "SELECT sum(total_tokens) AS t, sum(requests) AS r, count() AS n FROM {db}.usage_minute"
+        ),
+    ));
+    rows.extend(clickhouse_rows(
+        url,
+        &format!("SELECT reason, count FROM {db}.rejected ORDER BY reason"),
+    ));
+    rows
 }

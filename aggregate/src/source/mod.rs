@@ -21,6 +21,11 @@ pub struct RawBatch {
     /// What consuming this batch advances: source partition key → the next
     /// position to read. Sinks persist it atomically with the deltas.
     pub progress: BTreeMap<String, i64>,
+    /// Where this batch's range of each partition in `progress` starts (the
+    /// position of its first record), for sources with positions in a
+    /// shared log (Kafka): with `progress`, the range `[start, next)` this
+    /// batch commits, which history checks chain together.
+    pub starts: BTreeMap<String, i64>,
     /// Partitions the source was newly assigned and cannot read on from
     /// until it learns their committed progress: after committing this
     /// batch, the pipeline asks the sink (`recover_partitions`) and hands
@@ -38,6 +43,7 @@ impl Clone for RawBatch {
             data: self.data.clone(),
             ends: self.ends.clone(),
             progress: self.progress.clone(),
+            starts: self.starts.clone(),
             needs_resume: self.needs_resume.clone(),
             hold: None,
         }
@@ -50,6 +56,7 @@ impl RawBatch {
             data: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(records),
             progress: BTreeMap::new(),
+            starts: BTreeMap::new(),
             needs_resume: Vec::new(),
             hold: None,
         }
@@ -105,6 +112,7 @@ impl RawBatch {
         self.data.clear();
         self.ends.clear();
         self.progress.clear();
+        self.starts.clear();
         self.needs_resume.clear();
         self.hold = None;
     }
@@ -134,6 +142,35 @@ pub trait EventSource {
     /// reuse its buffers (a fresh multi-megabyte buffer per batch costs page
     /// faults). The default drops it.
     fn recycle(&mut self, _batch: RawBatch) {}
+
+    /// Given once, before the first batch: how to tell the sink that
+    /// partitions were given up cleanly. Sources whose partitions can be
+    /// taken away (Kafka) call it in a revocation, once every batch of
+    /// those partitions is committed; the default ignores it.
+    fn on_release(&mut self, _hook: ReleaseHook) {}
+}
+
+/// Tells the sink, and waits until it has recorded, that the source gave
+/// these partitions (progress keys) up cleanly (see
+/// [`UsageSink::release`](crate::sink::UsageSink::release)). Callable from
+/// any thread; it blocks the caller.
+#[derive(Clone)]
+pub struct ReleaseHook(Arc<dyn Fn(Vec<String>) -> Result<(), String> + Send + Sync>);
+
+impl ReleaseHook {
+    pub fn new(f: impl Fn(Vec<String>) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        ReleaseHook(Arc::new(f))
+    }
+
+    pub fn release(&self, keys: Vec<String>) -> Result<(), String> {
+        (self.0)(keys)
+    }
+}
+
+impl std::fmt::Debug for ReleaseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseHook")
+    }
 }
 
 /// Counts batches handed out and not yet committed, so that a source can

@@ -14,11 +14,15 @@
 //!
 //! A retried insert never doubles a batch: before retrying, the sink looks
 //! its batch id up in the ledger (and modern servers also drop the repeat
-//! by `insert_deduplication_token`). Before each commit it checks that the
-//! ledger still ends where this aggregator left each partition, so an
-//! aggregator that lost a partition in a rebalance stops instead of
-//! counting it a second time.
+//! by `insert_deduplication_token`). An aggregator writes through a table
+//! of its own, which the next owner of a partition it never released drops
+//! before reading the ledger ([`fence`]): a zombie (paused, cut off, or
+//! replaced under its instance id) cannot add a batch after a takeover.
+//! Before each commit the sink also checks that the ledger still ends where
+//! this aggregator left each partition, which stops a zombie early and
+//! with a clear message.
 
+pub mod fence;
 pub mod rows;
 pub mod schema;
 
@@ -34,6 +38,7 @@ use tokentally_aggregate::dedup::bucket_of;
 use tokentally_aggregate::sink::{Recovered, UsageSink};
 use tokentally_aggregate::source::BoxError;
 
+use self::fence::{CLAIM, RELEASE, Writer, WriterRow};
 use self::rows::{DeltaRow, IdSetRow, RejectedRow};
 pub use self::schema::{MigrationReport, ServerInfo, migrate};
 
@@ -137,6 +142,13 @@ pub enum ClickHouseError {
         expected: Option<i64>,
         found: Option<i64>,
     },
+    #[error(
+        "fenced: another aggregator took over partitions this one had not released \
+         (it was paused past its session timeout, cut off from Kafka, or replaced under the same \
+         --instance-id), and closed its way into ClickHouse; it stops without writing more \
+         (a restart resumes from ClickHouse)"
+    )]
+    FencedOut,
     #[error("gave up after retrying for {0:?}: {1}")]
     GaveUp(Duration, Box<ClickHouseError>),
 }
@@ -158,14 +170,20 @@ impl ClickHouseError {
             ClickHouseError::Timeout(..) => true,
             ClickHouseError::Request { error, .. } => match error {
                 E::Network(_) | E::TimedOut => true,
-                E::BadResponse(msg) => RETRIABLE_CODES
-                    .iter()
-                    .any(|c| msg.contains(&format!("Code: {c}."))),
+                E::BadResponse(msg) => RETRIABLE_CODES.iter().any(|c| has_code(msg, *c)),
                 _ => false,
             },
             _ => false,
         }
     }
+}
+
+/// Whether a server error message carries error code `code`: "Code: 60."
+/// on modern servers, "Code: 60, e.displayText() = ..." on old ones.
+pub(crate) fn has_code(message: &str, code: u32) -> bool {
+    [format!("Code: {code}."), format!("Code: {code},")]
+        .iter()
+        .any(|p| message.contains(p.as_str()))
 }
 
 /// Server error codes that say "try again": timeouts, too many queries or
@@ -259,7 +277,7 @@ async fn timed<T>(
         .unwrap_or_else(|_| Err(ClickHouseError::Timeout(timeout, what.to_string())))
 }
 
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
@@ -294,6 +312,10 @@ pub struct ClickHouseSink {
     /// Oldest dedup-id partition (day) still kept.
     kept_id_day: Option<i64>,
     metrics: Option<SinkMetrics>,
+    /// This aggregator as a writer of partitions (see [`fence`]).
+    writer: Writer,
+    /// Its table exists.
+    writer_ready: bool,
 }
 
 impl ClickHouseSink {
@@ -339,6 +361,8 @@ impl ClickHouseSink {
             loaded_at: None,
             kept_id_day: None,
             metrics: None,
+            writer: Writer::new(),
+            writer_ready: false,
         })
     }
 
@@ -502,7 +526,11 @@ impl ClickHouseSink {
             .map_err(ClickHouseError::query(&full))?
             .with_setting("max_insert_block_size", "100000000");
         if let Some(token) = dedup_token {
-            insert = insert.with_setting("insert_deduplication_token", token);
+            // Inserts go through a writer's view (see `fence`): the repeat
+            // is dropped in `usage_deltas`, the view's target.
+            insert = insert
+                .with_setting("insert_deduplication_token", token)
+                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
         for row in rows {
             insert
@@ -539,6 +567,67 @@ impl ClickHouseSink {
             )
         })
         .await
+    }
+
+    /// Create this writer's table, once.
+    async fn ensure_writer(&mut self) -> Result<(), ClickHouseError> {
+        if self.writer_ready {
+            return Ok(());
+        }
+        for sql in self.writer.create(self.db()) {
+            self.execute(sql).await?;
+        }
+        self.writer_ready = true;
+        tracing::info!(writer = %self.writer.id, "writing through table {}", self.writer.table());
+        Ok(())
+    }
+
+    /// Record that this writer claims or releases `keys`.
+    async fn record(&self, keys: &[String], action: i8) -> Result<(), ClickHouseError> {
+        self.insert_side_rows::<WriterRow>("writers", &self.writer.rows(keys, action))
+            .await
+    }
+
+    /// Claim `keys`, then fence every other writer that claimed one of them
+    /// and never released it: after this, nobody else can add a batch of
+    /// them (see [`fence`]).
+    async fn claim(&mut self, keys: &[String]) -> Result<(), ClickHouseError> {
+        self.ensure_writer().await?;
+        let db = self.db().to_string();
+        // A writer that was fenced itself must not fence the owner that
+        // fenced it: it stops instead.
+        let exists = self
+            .fetch::<u8>(format!("EXISTS TABLE {db}.{}", self.writer.table()))
+            .await?;
+        if exists.first() != Some(&1) {
+            return Err(ClickHouseError::FencedOut);
+        }
+        self.record(keys, CLAIM).await?;
+        let holders = self
+            .fetch::<String>(fence::holders_sql(&db, keys, &self.writer.id))
+            .await?;
+        for holder in holders {
+            tracing::warn!(
+                writer = %holder,
+                partitions = ?keys,
+                "fencing out an aggregator that claimed these partitions and never released them"
+            );
+            for sql in fence::drop_writer(&db, &holder, &self.server) {
+                self.execute(sql).await?;
+            }
+            // On its behalf, so that later owners do not fence it again.
+            let rows: Vec<WriterRow> = keys
+                .iter()
+                .map(|k| WriterRow {
+                    source: k,
+                    writer: &holder,
+                    action: RELEASE,
+                    seq: u64::MAX,
+                })
+                .collect();
+            self.insert_side_rows::<WriterRow>("writers", &rows).await?;
+        }
+        Ok(())
     }
 
     /// Drop dedup-id partitions (days) entirely below the floor.
@@ -595,6 +684,8 @@ impl UsageSink for ClickHouseSink {
     }
 
     async fn recover_partitions(&mut self, keys: &[String]) -> Result<Recovered, BoxError> {
+        // Fence first: the ledger read after it is final for these keys.
+        self.claim(keys).await?;
         let progress = self.ledger(Some(keys)).await?;
         // Ids of batches committed since `recover` loaded them, minus a
         // margin for inserts that were in flight then.
@@ -616,6 +707,7 @@ impl UsageSink for ClickHouseSink {
     }
 
     async fn commit(&mut self, outcome: &BatchOutcome) -> Result<(), BoxError> {
+        self.ensure_writer().await?;
         let batch_id = format!("{:032x}", rand::rng().random::<u128>());
         let budget = self.config.retry_for;
         let timeout = self.config.request_timeout;
@@ -634,6 +726,8 @@ impl UsageSink for ClickHouseSink {
         )?;
         let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
         let token = self.server.modern.then_some(batch_id.as_str());
+        let table = self.writer.table();
+        let table = table.as_str();
         let this = &*self;
         with_retries(
             "insert usage_deltas",
@@ -655,13 +749,20 @@ impl UsageSink for ClickHouseSink {
                     timed(
                         timeout,
                         "insert usage_deltas",
-                        this.insert_rows::<DeltaRow>("usage_deltas", deltas, token),
+                        this.insert_rows::<DeltaRow>(table, deltas, token),
                     )
                     .await
                 }
             },
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            if fence::is_fenced_out(&e.to_string()) {
+                ClickHouseError::FencedOut
+            } else {
+                e
+            }
+        })?;
         for (k, v) in &outcome.progress {
             self.known.insert(k.clone(), Some(*v));
         }
@@ -674,6 +775,23 @@ impl UsageSink for ClickHouseSink {
             "batch committed to ClickHouse"
         );
         self.forget_ids(outcome.dedup_floor).await?;
+        Ok(())
+    }
+
+    async fn release(&mut self, keys: &[String]) -> Result<(), BoxError> {
+        self.record(keys, RELEASE).await?;
+        tracing::info!(partitions = ?keys, "released partitions");
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), BoxError> {
+        if self.writer_ready {
+            let db = self.db().to_string();
+            for sql in fence::drop_writer(&db, &self.writer.id, &self.server) {
+                self.execute(sql).await?;
+            }
+            self.writer_ready = false;
+        }
         Ok(())
     }
 }

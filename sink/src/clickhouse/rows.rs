@@ -23,6 +23,9 @@ pub struct DeltaRow<'a> {
     pub reason: &'a str,
     pub source: &'a str,
     pub next_offset: i64,
+    /// Progress rows: where the batch's range of `source` starts (-1 when
+    /// the source has no such position).
+    pub start_offset: i64,
     pub batch_id: &'a str,
     pub requests: u64,
     pub prompt_tokens: u64,
@@ -52,6 +55,7 @@ impl<'a> DeltaRow<'a> {
             reason: "",
             source: "",
             next_offset: 0,
+            start_offset: -1,
             batch_id,
             requests: 0,
             prompt_tokens: 0,
@@ -213,6 +217,7 @@ pub fn delta_rows<'a>(
             let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
             r.source = source;
             r.next_offset = *next;
+            r.start_offset = outcome.starts.get(source).copied().unwrap_or(-1);
             r.batches = 1;
             r.watermark_ms = watermark_ms;
             r
@@ -330,6 +335,7 @@ mod tests {
             stats: Default::default(),
             watermark_ms: Some(5),
             progress: Default::default(),
+            starts: Default::default(),
         };
         let rows = delta_rows("b2", &outcome, 0).unwrap();
         assert_eq!(rows.len(), 1);

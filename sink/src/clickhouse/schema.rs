@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dedup ids as one row of arrays per batch and hour",
         statements: v3,
     },
+    Migration {
+        version: 4,
+        name: "batch ranges in the ledger, and the writers table that fences zombies",
+        statements: v4,
+    },
 ];
 
 /// Create the database and the migrations table.
@@ -228,6 +233,34 @@ fn v3(db: &str, _: &ServerInfo) -> Vec<String> {
     ]
 }
 
+/// Progress rows record where each batch's range starts, so that the
+/// ledger's history can be checked (one gapless chain per partition); and
+/// `writers` records which aggregator claimed and released which partition,
+/// so that a new owner can fence an old one that never released it (see
+/// `fence.rs`). Rerunnable: old servers lack `ADD COLUMN IF NOT EXISTS`,
+/// and `migrate` takes "already exists" for done.
+fn v4(db: &str, server: &ServerInfo) -> Vec<String> {
+    let if_absent = if server.modern { "IF NOT EXISTS " } else { "" };
+    vec![
+        format!(
+            "ALTER TABLE {db}.usage_deltas ADD COLUMN {if_absent}start_offset Int64 DEFAULT -1 \
+             AFTER next_offset"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.writers (\
+             source String, writer String, action Enum8('claim' = 1, 'release' = 2), \
+             seq UInt64, at DateTime('UTC') DEFAULT now()) \
+             ENGINE = MergeTree ORDER BY (source, writer, seq)"
+        ),
+    ]
+}
+
+/// Whether `error` says that a column being added exists already (a
+/// rerun of a migration on a server without `ADD COLUMN IF NOT EXISTS`).
+fn column_exists(sql: &str, error: &clickhouse::error::Error) -> bool {
+    sql.contains(" ADD COLUMN ") && error.to_string().contains("already exists")
+}
+
 /// What `migrate` did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MigrationReport {
@@ -263,11 +296,10 @@ pub async fn migrate(client: &Client, db: &str) -> Result<MigrationReport, Click
             continue;
         }
         for sql in (m.statements)(db, &server) {
-            client
-                .query(&sql)
-                .execute()
-                .await
-                .map_err(ClickHouseError::query(&sql))?;
+            match client.query(&sql).execute().await {
+                Err(e) if column_exists(&sql, &e) => {}
+                r => r.map_err(ClickHouseError::query(&sql))?,
+            }
         }
         let record = format!(
             "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",

@@ -438,6 +438,7 @@ mod tests {
             stats: BatchStats::default(),
             watermark_ms: None,
             progress: std::collections::BTreeMap::new(),
+            starts: std::collections::BTreeMap::new(),
         }
     }
 

@@ -31,7 +31,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::{BoxError, CommitGate, EventSource, RawBatch};
+use super::{BoxError, CommitGate, EventSource, RawBatch, ReleaseHook};
 
 /// How a [`KafkaSource`] reads.
 #[derive(Debug, Clone)]
@@ -65,6 +65,9 @@ struct RebalanceLog {
     assigned: AtomicBool,
     gate: CommitGate,
     lag: Option<prometheus::IntGaugeVec>,
+    /// Tells the sink that partitions were given up cleanly.
+    release: Mutex<Option<ReleaseHook>>,
+    topic: String,
 }
 
 impl ClientContext for RebalanceLog {
@@ -103,7 +106,7 @@ impl RebalanceLog {
 }
 
 impl ConsumerContext for RebalanceLog {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             // The group moves on (and a new owner reads the ledger) once
             // this returns: every batch handed out must be committed first.
@@ -113,9 +116,30 @@ impl ConsumerContext for RebalanceLog {
                     "waited for the batches handed out to commit before giving partitions up"
                 );
             }
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            // Given up cleanly (not lost to a session timeout or to another
+            // member with this instance id): say so, so that the next
+            // owner does not fence this aggregator. Lost partitions are not
+            // released: their next owner fences this one, which stops.
+            if !consumer.assignment_lost() && !parts.is_empty() {
+                let hook = self
+                    .release
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(hook) = hook {
+                    let keys = parts
+                        .iter()
+                        .map(|p| progress_key(&self.topic, *p))
+                        .collect();
+                    if let Err(e) = hook.release(keys) {
+                        tracing::warn!(error = %e, partitions = ?parts, "could not record that partitions were released; their next owner will fence this aggregator");
+                    }
+                }
+            }
             let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(tpl.elements().iter().map(|e| e.partition()));
-            tracing::info!(partitions = ?revoked, "partitions revoked");
+            revoked.extend(parts);
+            tracing::info!(partitions = ?revoked, lost = consumer.assignment_lost(), "partitions revoked");
         }
     }
 
@@ -359,12 +383,17 @@ struct Filling {
     /// Partition → the offset after its last record in the batch; turned
     /// into the batch's progress by [`Filling::finish`].
     next: ByPartition<i64>,
+    /// Partition → the offset of its first record in the batch.
+    first: ByPartition<i64>,
 }
 
 impl Filling {
     fn push(&mut self, partition: i32, offset: i64, payload: &[u8]) {
         self.batch.push(payload);
         self.partitions.push(partition);
+        if self.first.get(partition).is_none() {
+            self.first.insert(partition, offset);
+        }
         self.next.insert(partition, offset + 1);
     }
 
@@ -372,6 +401,9 @@ impl Filling {
     fn finish(mut self, topic: &str) -> RawBatch {
         for (p, next) in self.next.iter() {
             self.batch.progress.insert(progress_key(topic, p), next);
+        }
+        for (p, first) in self.first.iter() {
+            self.batch.starts.insert(progress_key(topic, p), first);
         }
         self.batch
     }
@@ -392,6 +424,7 @@ impl Filling {
         kept.needs_resume = std::mem::take(&mut self.batch.needs_resume);
         for p in revoked {
             self.next.remove(*p);
+            self.first.remove(*p);
         }
         self.batch = kept;
         self.partitions = parts;
@@ -488,6 +521,8 @@ impl Reader {
                 assigned: AtomicBool::new(false),
                 gate: CommitGate::default(),
                 lag: config.lag.clone(),
+                release: Mutex::new(None),
+                topic: config.topic.clone(),
             })?;
         consumer.subscribe(&[&config.topic])?;
         Ok(Reader {
@@ -669,6 +704,7 @@ impl Reader {
             batch,
             partitions: Vec::with_capacity(cap),
             next: ByPartition::default(),
+            first: ByPartition::default(),
         };
         let mut first_at: Option<Instant> = None;
         let topic = self.config.topic.clone();
@@ -823,6 +859,15 @@ impl EventSource for KafkaSource {
         let _ = self.control.send(Control::Recycle(batch));
     }
 
+    fn on_release(&mut self, hook: ReleaseHook) {
+        *self
+            .consumer
+            .context()
+            .release
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
     fn acknowledge(&mut self, progress: &BTreeMap<String, i64>) -> Result<(), BoxError> {
         let mut tpl = TopicPartitionList::new();
         for (key, next) in progress {
@@ -975,6 +1020,7 @@ mod tests {
             batch: RawBatch::default(),
             partitions: Vec::new(),
             next: ByPartition::default(),
+            first: ByPartition::default(),
         };
         f.push(0, 10, b"a");
         f.push(1, 20, b"b");
@@ -991,6 +1037,14 @@ mod tests {
             vec![
                 (&"kafka:t:1".to_string(), &21),
                 (&"kafka:t:2".to_string(), &6)
+            ]
+        );
+        let starts: Vec<(&String, &i64)> = batch.starts.iter().collect();
+        assert_eq!(
+            starts,
+            vec![
+                (&"kafka:t:1".to_string(), &20),
+                (&"kafka:t:2".to_string(), &5)
             ]
         );
     }

@@ -1,0 +1,185 @@
+//! Fencing: at most one aggregator writes a partition, enforced by
+//! ClickHouse itself, on every server version.
+//!
+//! Checking the ledger and then inserting is two requests: two aggregators
+//! can pass the check together (one of them paused, cut off from Kafka, or
+//! replaced under its `--instance-id` without knowing it yet). So each
+//! aggregator commits through a table of its own, a `Null` table named
+//! after it whose materialized view forwards every insert into
+//! `usage_deltas` (one part per insert, as before). An aggregator that is
+//! assigned partitions first records its claim in `writers`, then drops the
+//! table of every other aggregator whose last word on one of them is a
+//! claim (one that never released it), and only then reads the ledger.
+//!
+//! `DROP TABLE` waits for the inserts into that table already running (they
+//! hold its structure lock; `SYNC` on servers with the Atomic database
+//! engine, whose drops are otherwise deferred), and every insert after it
+//! fails ("doesn't exist" or "is dropped"). So once the drop returns, the
+//! old owner's last batch is either in the ledger the new owner is about to
+//! read, or never will be: the drop is the linearization point that the
+//! check alone lacks. The fenced aggregator's next commit fails and it
+//! stops; a restart is a new writer and resumes from the ledger.
+//!
+//! An aggregator that gives partitions up cleanly (a rebalance revokes
+//! them, after its batches of them are committed) records a release first,
+//! so a cooperative rebalance fences nobody.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
+
+use super::schema::ServerInfo;
+use super::{has_code, quote};
+
+/// This aggregator, as a writer of partitions.
+#[derive(Debug)]
+pub struct Writer {
+    /// Random, unique per process: a restart is a new writer.
+    pub id: String,
+    /// Orders this writer's own claims and releases.
+    seq: AtomicU64,
+}
+
+/// A claim or a release, as `writers` stores it.
+pub const CLAIM: i8 = 1;
+pub const RELEASE: i8 = 2;
+
+/// One row of `writers`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
+pub struct WriterRow<'a> {
+    pub source: &'a str,
+    pub writer: &'a str,
+    /// Enum8: 1 claim, 2 release.
+    pub action: i8,
+    pub seq: u64,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Writer {
+            id: format!("{:016x}", rand::rng().random::<u64>()),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The table this writer inserts its batches into.
+    pub fn table(&self) -> String {
+        table_of(&self.id)
+    }
+
+    /// Statements creating this writer's table and its view.
+    pub fn create(&self, db: &str) -> Vec<String> {
+        create_writer(db, &self.id)
+    }
+
+    /// Rows recording `action` on `keys` by this writer.
+    pub fn rows<'a>(&'a self, keys: &'a [String], action: i8) -> Vec<WriterRow<'a>> {
+        keys.iter()
+            .map(|k| WriterRow {
+                source: k,
+                writer: &self.id,
+                action,
+                seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            })
+            .collect()
+    }
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Statements creating writer `id`'s table and its view.
+pub fn create_writer(db: &str, id: &str) -> Vec<String> {
+    let table = table_of(id);
+    vec![
+        format!("CREATE TABLE IF NOT EXISTS {db}.{table} AS {db}.usage_deltas ENGINE = Null"),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.usage_deltas \
+             AS SELECT * FROM {db}.{table}"
+        ),
+    ]
+}
+
+/// The table of writer `id`.
+pub fn table_of(id: &str) -> String {
+    format!("writer_{id}")
+}
+
+/// Statements fencing writer `id` out: its table first (waiting for the
+/// inserts in it), then its view.
+pub fn drop_writer(db: &str, id: &str, server: &ServerInfo) -> Vec<String> {
+    let table = table_of(id);
+    let sync = if server.modern { " SYNC" } else { "" };
+    vec![
+        format!("DROP TABLE IF EXISTS {db}.{table}{sync}"),
+        format!("DROP TABLE IF EXISTS {db}.{table}_mv{sync}"),
+    ]
+}
+
+/// The writers other than `me` whose last word on one of `keys` is a
+/// claim: they may still write those partitions.
+pub fn holders_sql(db: &str, keys: &[String], me: &str) -> String {
+    let keys = keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT DISTINCT writer FROM (SELECT writer, argMax(action, seq) AS last \
+         FROM {db}.writers WHERE source IN ({keys}) GROUP BY source, writer) \
+         WHERE last = 'claim' AND writer != {}",
+        quote(me)
+    )
+}
+
+/// Whether a failed insert failed because its table was dropped: the
+/// writer was fenced.
+pub fn is_fenced_out(message: &str) -> bool {
+    // UNKNOWN_TABLE (60), TABLE_IS_DROPPED (218).
+    (has_code(message, 60) || has_code(message, 218)) && message.contains(&table_of(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_orders_its_own_claims_and_releases() {
+        let w = Writer::new();
+        assert_eq!(w.id.len(), 16);
+        let keys = vec!["kafka:t:0".to_string(), "kafka:t:1".to_string()];
+        let claims: Vec<u64> = w.rows(&keys, CLAIM).iter().map(|r| r.seq).collect();
+        let releases: Vec<u64> = w.rows(&keys, RELEASE).iter().map(|r| r.seq).collect();
+        assert_eq!(claims, vec![1, 2]);
+        assert_eq!(releases, vec![3, 4]);
+        assert_ne!(Writer::new().id, w.id);
+    }
+
+    #[test]
+    fn fencing_sql() {
+        let old = ServerInfo::from_version("18.16.1");
+        let new = ServerInfo::from_version("26.1");
+        assert_eq!(
+            drop_writer("db", "ab", &old),
+            vec![
+                "DROP TABLE IF EXISTS db.writer_ab",
+                "DROP TABLE IF EXISTS db.writer_ab_mv"
+            ]
+        );
+        assert!(drop_writer("db", "ab", &new)[0].ends_with(" SYNC"));
+        let sql = holders_sql("db", &["kafka:t:0".into(), "kafka:it's:1".into()], "me");
+        assert!(sql.contains("IN ('kafka:t:0', 'kafka:it\\'s:1')"), "{sql}");
+        assert!(sql.contains("writer != 'me'"), "{sql}");
+        assert!(is_fenced_out(
+            "Code: 60. DB::Exception: Table tokentally.writer_0123 doesn't exist."
+        ));
+        assert!(is_fenced_out(
+            "bad response: Code: 60, e.displayText() = DB::Exception: Table t.writer_01 doesn't exist."
+        ));
+        assert!(is_fenced_out(
+            "Code: 218, e.displayText() = DB::Exception: Table writer_01 is dropped"
+        ));
+        assert!(!is_fenced_out(
+            "Code: 60. DB::Exception: Table db.usage_deltas doesn't exist."
+        ));
+    }
+}
