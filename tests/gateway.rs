@@ -732,3 +732,50 @@ fn the_gateway_refuses_a_missing_topic() {
         "{err}"
     );
 }
+
+#[test]
+fn hostile_bodies_are_refused_and_the_gateway_stays_up() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("gw-hostile");
+    let gw = Gateway::start(&[
+        "--kafka",
+        &t.brokers,
+        "--topic",
+        &t.name,
+        "--tokens-file",
+        tokens_file(dir.path()).to_str().unwrap(),
+    ]);
+    // 100,000 '[' then 100,000 ']': it aborted the gateway (stack overflow).
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = gw.post(Some(TOKEN_A), "application/json", deep.as_bytes());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("deeper than"), "{}", r.text());
+    // The same, and nested objects, as records of an NDJSON body: each is
+    // refused with its reason; the valid event between them is accepted.
+    let field = format!(
+        r#"{{"event_id":"gw-deep","ts":1795737600000,"model":"m","provider":"p","prompt_tokens":1,"completion_tokens":1,"extra":{deep}}}"#
+    );
+    let object = format!("{}1{}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
+    let body = format!("{deep}\n{field}\n{}\n{object}\n", event("gw-hostile-ok"));
+    let r = gw.post(Some(TOKEN_A), "application/x-ndjson", body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["accepted"], 1);
+    let reasons: Vec<&str> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["too_deep", "too_deep", "too_deep"]);
+    // Still up for healthy clients.
+    assert_eq!(gw.get("/healthz").status, 200);
+    let r = gw.post(
+        Some(TOKEN_B),
+        "application/json",
+        event("gw-after").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(gw.stop().success());
+}

@@ -233,6 +233,9 @@ struct Ticket(oneshot::Receiver<Committed>);
 struct Committer {
     requests: mpsc::UnboundedSender<Request>,
     _stop: oneshot::Sender<()>,
+    /// The sink was closed after the last commit: a source giving
+    /// partitions up afterwards (leaving the group) has nothing to release.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Committer {
@@ -263,6 +266,7 @@ impl Committer {
         Ok(Committer {
             requests,
             _stop: stop,
+            closed: Default::default(),
         })
     }
 
@@ -279,7 +283,11 @@ impl Committer {
     /// [`RELEASE_TIMEOUT`].
     fn release_hook(&self) -> ReleaseHook {
         let requests = self.requests.clone();
+        let closed = self.closed.clone();
         ReleaseHook::new(move |keys| {
+            if closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(());
+            }
             let (tx, rx) = std::sync::mpsc::channel();
             requests
                 .send(Request::Release(keys, tx))
@@ -294,7 +302,10 @@ impl Committer {
         self.requests
             .send(Request::Close(tx))
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| stopped())??;
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     fn commit(&self, outcome: BatchOutcome, hold: Option<InFlight>) -> Result<Ticket> {

@@ -138,6 +138,9 @@ pub fn ensure_topics_exist(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
 /// that counted it, and load spreads evenly whatever the model. Lines
 /// without a readable `event_id` get no key (spread by the partitioner).
 pub fn event_key(line: &[u8]) -> Option<String> {
+    // sonic-rs skips the values before `event_id` recursively: a record
+    // nested too deep has no key (the aggregator refuses it as too_deep).
+    tokentally_schemas::check_depth(line, tokentally_schemas::Limits::default().max_depth).ok()?;
     let value = sonic_rs::get_from_slice(line, &["event_id"]).ok()?;
     sonic_rs::JsonValueTrait::as_str(&value).map(str::to_owned)
 }
@@ -154,5 +157,9 @@ mod tests {
         );
         assert_eq!(event_key(br#"{"event_id":7}"#), None);
         assert_eq!(event_key(b"not json"), None);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(event_key(deep.as_bytes()), None);
+        let deep_field = format!(r#"{{"a":{deep},"event_id":"e-2"}}"#);
+        assert_eq!(event_key(deep_field.as_bytes()), None);
     }
 }
