@@ -189,6 +189,17 @@ fn corpora(
     (mixed, valid, expected)
 }
 
+/// `tokentally ingest --file FILE --store STORE`.
+fn ingest(file: &Path, store: &Path) {
+    run_ok(
+        bin()
+            .args(["ingest", "--file"])
+            .arg(file)
+            .arg("--store")
+            .arg(store),
+    );
+}
+
 fn store_rejects(store: &Path) -> BTreeMap<String, u64> {
     query(store, "SELECT reason, count FROM rejected ORDER BY reason")
         .iter()
@@ -206,24 +217,12 @@ fn hostile_records_become_dead_letters_and_everything_else_counts_on_every_path(
     let dir = tempfile::tempdir().unwrap();
     let (mixed, valid, expected) = corpora(dir.path(), "file", usize::MAX);
     let reference = dir.path().join("reference");
-    run_ok(
-        bin()
-            .args(["ingest", "--file"])
-            .arg(&valid)
-            .arg("--store")
-            .arg(&reference),
-    );
+    ingest(&valid, &reference);
     let truth = usage_totals(&reference);
 
     // The file path, with every record (a 5 MB event_id, 200,000 fields).
     let from_file = dir.path().join("from-file");
-    run_ok(
-        bin()
-            .args(["ingest", "--file"])
-            .arg(&mixed)
-            .arg("--store")
-            .arg(&from_file),
-    );
+    ingest(&mixed, &from_file);
     assert_same_totals(&usage_totals(&from_file), &truth);
     assert_eq!(store_rejects(&from_file), as_owned(&expected));
 
@@ -231,13 +230,7 @@ fn hostile_records_become_dead_letters_and_everything_else_counts_on_every_path(
     // broker takes with its default limit (1 MB).
     let (mixed, valid, expected) = corpora(dir.path(), "kafka", 512 << 10);
     let reference = dir.path().join("reference-kafka");
-    run_ok(
-        bin()
-            .args(["ingest", "--file"])
-            .arg(&valid)
-            .arg("--store")
-            .arg(&reference),
-    );
+    ingest(&valid, &reference);
     let truth = usage_totals(&reference);
     let t = topic("hostile");
     produce(&t, &mixed);
