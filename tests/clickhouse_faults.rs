@@ -164,6 +164,31 @@ impl World {
         rows[0]["n"].as_u64().unwrap()
     }
 
+    /// Claims of partitions recorded so far (each assignment claims).
+    fn claims(&self) -> u64 {
+        let rows = clickhouse_rows(
+            &self.url,
+            &format!(
+                "SELECT count() AS n FROM {}.writers WHERE action = 'claim'",
+                self.db
+            ),
+        );
+        rows[0]["n"].as_u64().unwrap()
+    }
+
+    /// Wait (at most `limit`) until more than `n` partitions were claimed:
+    /// a takeover happened.
+    fn wait_claims_above(&self, n: u64, limit: Duration) {
+        let started = Instant::now();
+        while self.claims() <= n {
+            assert!(
+                started.elapsed() < limit,
+                "no partition changed hands within {limit:?}"
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Wait (at most `limit`) until more than `n` batches are committed.
     fn wait_commits_above(&self, n: u64, limit: Duration) {
         let started = Instant::now();
@@ -273,9 +298,11 @@ fn a_paused_zombie_that_wakes_after_a_takeover_counts_nothing_twice() {
         sleep(rng.millis(0, 1_500));
         x.signal("-STOP");
         let paused_at = w.commits();
+        let claims = w.claims();
         // Y takes the partitions over once X's session has expired, and
         // commits; only then does X wake up, with its batches in flight.
         let y = w.aggregator(&s.brokers, "y.log", &[]);
+        w.wait_claims_above(claims, LIMIT);
         w.wait_commits_above(paused_at + 2, LIMIT);
         sleep(rng.millis(0, 1_000));
         x.signal("-CONT");
@@ -353,9 +380,11 @@ fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
         let y = w.aggregator(&brokers, "y.log", &[]);
         w.wait_commits_above(0, LIMIT);
         sleep(rng.millis(0, 2_000));
+        let claims = w.claims();
         proxy.cut();
         let cut_at = w.commits();
         // Y takes X's partitions once X's session expires, and commits on.
+        w.wait_claims_above(claims, LIMIT);
         w.wait_commits_above(cut_at + 3, LIMIT);
         sleep(rng.millis(0, 1_000));
         proxy.heal();
