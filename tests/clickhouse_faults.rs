@@ -83,6 +83,18 @@ fn seed_for(round: u32) -> u64 {
     (base ^ (u64::from(round) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
 }
 
+/// Run `case` for every round, each with a fresh seed and timing generator;
+/// a round returns what it saw, reported once it has passed (a failing
+/// round panics).
+fn each_round(case: &str, mut round: impl FnMut(u64, &mut Rng) -> String) {
+    for r in 0..rounds() {
+        let seed = seed_for(r);
+        let started = Instant::now();
+        let detail = round(seed, &mut Rng(seed));
+        report(case, seed, started, "exact", &detail);
+    }
+}
+
 /// What one round of one case did, for the chaos report.
 fn report(case: &str, seed: u64, started: Instant, outcome: &str, detail: &str) {
     let line = serde_json::json!({
@@ -288,10 +300,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 fn a_paused_zombie_that_wakes_after_a_takeover_counts_nothing_twice() {
     let _serial = serial();
     let s = services();
-    for round in 0..rounds() {
-        let seed = seed_for(round);
-        let started = Instant::now();
-        let mut rng = Rng(seed);
+    each_round("zombie", |seed, rng| {
         let w = World::new(&s.brokers, &s.clickhouse, "zombie", seed);
         let x = w.aggregator(&s.brokers, "x.log", &[]);
         w.wait_commits_above(0, LIMIT);
@@ -309,24 +318,15 @@ fn a_paused_zombie_that_wakes_after_a_takeover_counts_nothing_twice() {
         let x = ok_or_fenced("the zombie", &x.wait(LIMIT));
         let y = ok_or_fenced("the new owner", &y.wait(LIMIT));
         let detail = w.settle_and_check();
-        report(
-            "zombie",
-            seed,
-            started,
-            "exact",
-            &format!("x {x}, y {y}; {detail}"),
-        );
-    }
+        format!("x {x}, y {y}; {detail}")
+    });
 }
 
 #[test]
 fn a_second_aggregator_under_the_same_instance_id_counts_nothing_twice() {
     let _serial = serial();
     let s = services();
-    for round in 0..rounds() {
-        let seed = seed_for(round);
-        let started = Instant::now();
-        let mut rng = Rng(seed);
+    each_round("same_instance_id", |seed, rng| {
         let w = World::new(&s.brokers, &s.clickhouse, "same_id", seed);
         let id = format!("{}-pod", w.topic.name);
         let x = w.aggregator(&s.brokers, "x.log", &["--instance-id", &id]);
@@ -343,14 +343,8 @@ fn a_second_aggregator_under_the_same_instance_id_counts_nothing_twice() {
             panic!("the second failed ({status}):\n{log}")
         };
         let detail = w.settle_and_check();
-        report(
-            "same_instance_id",
-            seed,
-            started,
-            "exact",
-            &format!("x {x}, y {y}; {detail}"),
-        );
-    }
+        format!("x {x}, y {y}; {detail}")
+    });
 }
 
 #[test]
@@ -370,10 +364,7 @@ fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
     ];
     let (_private, exports) = Private::up(&env);
     let brokers = exports("TOKENTALLY_KAFKA_BROKERS");
-    for round in 0..rounds() {
-        let seed = seed_for(round);
-        let started = Instant::now();
-        let mut rng = Rng(seed);
+    each_round("network_cut", |seed, rng| {
         let w = World::new(&brokers, &shared.clickhouse, "cut", seed);
         let proxy = Proxy::start("127.0.0.1:39395", "127.0.0.1:39394");
         let x = w.aggregator("127.0.0.1:39395", "x.log", &[]);
@@ -392,14 +383,8 @@ fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
         let y = ok_or_fenced("the other", &y.wait(LIMIT));
         drop(proxy);
         let detail = w.settle_and_check();
-        report(
-            "network_cut",
-            seed,
-            started,
-            "exact",
-            &format!("x {x}, y {y}; {detail}"),
-        );
-    }
+        format!("x {x}, y {y}; {detail}")
+    });
 }
 
 #[test]
@@ -418,10 +403,7 @@ fn clickhouse_killed_mid_insert_twice_counts_nothing_twice() {
     let (private, exports) = Private::up(&env);
     let url = exports("TOKENTALLY_CLICKHOUSE_URL");
     let pid_file = state.join("clickhouse/pid");
-    for round in 0..rounds() {
-        let seed = seed_for(round);
-        let started = Instant::now();
-        let mut rng = Rng(seed);
+    each_round("clickhouse_sigkill", |seed, rng| {
         let w = World::new(&shared.brokers, &url, "ch_kill", seed);
         let x = w.aggregator(&shared.brokers, "x.log", &[]);
         let mut seen = 0;
@@ -438,12 +420,6 @@ fn clickhouse_killed_mid_insert_twice_counts_nothing_twice() {
         assert!(status.success(), "the aggregator failed ({status}):\n{log}");
         let retries = log.matches("retrying").count();
         let detail = w.settle_and_check();
-        report(
-            "clickhouse_sigkill",
-            seed,
-            started,
-            "exact",
-            &format!("{retries} requests retried; {detail}"),
-        );
-    }
+        format!("{retries} requests retried; {detail}")
+    });
 }

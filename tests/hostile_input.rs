@@ -17,97 +17,61 @@ const VALID: &str = r#"{"event_id":"VALID","ts":1795737600000,"model":"m","provi
 
 /// Every hostile record, with the reason it must be refused for.
 fn hostile() -> Vec<(Vec<u8>, &'static str)> {
-    let with = |extra: &str, id: &str| format!("{},{extra}}}", VALID.replace("VALID", id));
     let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!("{}1{}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
+    let prompt = "\"prompt_tokens\":1";
+    let ts = "1795737600000";
+    let mut bad_utf8 = event("h-utf8", &[]);
+    bad_utf8.insert(20, 0xff);
     vec![
         // The crashes: nesting 100,000 and 50,000 deep.
         (deep_array.clone().into_bytes(), "too_deep"),
         (
-            with(&format!("\"extra\":{deep_array}"), "h-deep-field").into_bytes(),
+            with_fields("h-deep-field", &format!("\"extra\":{deep_array}")),
             "too_deep",
         ),
         (
-            with(
-                &format!(
-                    "\"extra\":{}1{}",
-                    "{\"a\":".repeat(50_000),
-                    "}".repeat(50_000)
-                ),
-                "h-deep-object",
-            )
-            .into_bytes(),
+            with_fields("h-deep-object", &format!("\"extra\":{deep_object}")),
             "too_deep",
         ),
         // Above max_record_bytes (1 MiB): a 5 MB event_id, 200,000 fields.
-        (
-            VALID
-                .replace("VALID", &"x".repeat(5_000_000))
-                .add_close()
-                .into_bytes(),
-            "too_large",
-        ),
+        (event(&"x".repeat(5_000_000), &[]), "too_large"),
         (wide(200_000, "h-wider"), "too_large"),
         // Below it: refused for what they hold, or counted.
-        (
-            VALID
-                .replace("VALID", &"x".repeat(300_000))
-                .add_close()
-                .into_bytes(),
-            "too_long",
-        ),
+        (event(&"x".repeat(300_000), &[]), "too_long"),
         (wide(20_000, "h-wide"), "accepted"),
         (
-            with("\"model\":\"again\"", "h-dup-key").into_bytes(),
+            with_fields("h-dup-key", "\"model\":\"again\""),
             "duplicate_field",
         ),
         (
-            VALID
-                .replace("VALID", "h-float")
-                .replace("\"prompt_tokens\":1", "\"prompt_tokens\":5.0")
-                .add_close()
-                .into_bytes(),
+            event("h-float", &[(prompt, "\"prompt_tokens\":5.0")]),
             "not_an_integer",
         ),
         (
-            VALID
-                .replace("VALID", "h-exp")
-                .replace("\"prompt_tokens\":1", "\"prompt_tokens\":1e3")
-                .add_close()
-                .into_bytes(),
+            event("h-exp", &[(prompt, "\"prompt_tokens\":1e3")]),
             "not_an_integer",
         ),
-        (
-            VALID
-                .replace("VALID", "h-future")
-                .replace("1795737600000", "99999999999999")
-                .add_close()
-                .into_bytes(),
-            "invalid_ts",
-        ),
-        (
-            VALID
-                .replace("VALID", "h-negative")
-                .replace("1795737600000", "-5")
-                .add_close()
-                .into_bytes(),
-            "invalid_ts",
-        ),
-        (
-            {
-                let mut v = VALID.replace("VALID", "h-utf8").add_close().into_bytes();
-                v.insert(20, 0xff);
-                v
-            },
-            "invalid_json",
-        ),
-        (
-            VALID
-                .replace("VALID", "h-surrogate\\ud800")
-                .add_close()
-                .into_bytes(),
-            "invalid_json",
-        ),
+        (event("h-future", &[(ts, "99999999999999")]), "invalid_ts"),
+        (event("h-negative", &[(ts, "-5")]), "invalid_ts"),
+        (bad_utf8, "invalid_json"),
+        (event("h-surrogate\\ud800", &[]), "invalid_json"),
     ]
+}
+
+/// The valid event with id `id`, with each `(from, to)` of `swaps` applied.
+fn event(id: &str, swaps: &[(&str, &str)]) -> Vec<u8> {
+    let mut text = VALID.replace("VALID", id);
+    for (from, to) in swaps {
+        text = text.replace(from, to);
+    }
+    text.push('}');
+    text.into_bytes()
+}
+
+/// The valid event with id `id` and the fields `extra` after its own.
+fn with_fields(id: &str, extra: &str) -> Vec<u8> {
+    format!("{},{extra}}}", VALID.replace("VALID", id)).into_bytes()
 }
 
 /// A valid event with `fields` unknown fields.
@@ -116,18 +80,7 @@ fn wide(fields: usize, id: &str) -> Vec<u8> {
         .map(|i| format!("\"u{i}\":1"))
         .collect::<Vec<_>>()
         .join(",");
-    format!("{},{extra}}}", VALID.replace("VALID", id)).into_bytes()
-}
-
-trait Close {
-    fn add_close(self) -> String;
-}
-
-impl Close for String {
-    fn add_close(mut self) -> String {
-        self.push('}');
-        self
-    }
+    with_fields(id, &extra)
 }
 
 /// The corpus: valid simulated events with every hostile record of at

@@ -145,7 +145,7 @@ pub enum ClickHouseError {
     #[error(
         "fenced: another aggregator took over partitions this one had not released \
          (it was paused past its session timeout, cut off from Kafka, or replaced under the same \
-         --instance-id), and closed its way into ClickHouse; it stops without writing more \
+         --instance-id) and dropped this one's writer table; it stops without writing more \
          (a restart resumes from ClickHouse)"
     )]
     FencedOut,

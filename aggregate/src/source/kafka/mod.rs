@@ -121,7 +121,8 @@ impl ConsumerContext for RebalanceLog {
             // member with this instance id): say so, so that the next
             // owner does not fence this aggregator. Lost partitions are not
             // released: their next owner fences this one, which stops.
-            if !consumer.assignment_lost() && !parts.is_empty() {
+            let lost = consumer.assignment_lost();
+            if !lost && !parts.is_empty() {
                 let hook = self
                     .release
                     .lock()
@@ -139,7 +140,7 @@ impl ConsumerContext for RebalanceLog {
             }
             let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
             revoked.extend(parts);
-            tracing::info!(partitions = ?revoked, lost = consumer.assignment_lost(), "partitions revoked");
+            tracing::info!(partitions = ?revoked, lost, "partitions revoked");
         }
     }
 
