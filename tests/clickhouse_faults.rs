@@ -188,6 +188,32 @@ impl World {
         rows[0]["n"].as_u64().unwrap()
     }
 
+    /// Writers that hold at least one partition now (their last word on it
+    /// was a claim).
+    fn holders(&self) -> u64 {
+        let rows = clickhouse_rows(
+            &self.url,
+            &format!(
+                "SELECT uniqExact(writer) AS n FROM (SELECT writer, argMax(action, seq) AS last \
+                 FROM {}.writers GROUP BY source, writer) WHERE last = 'claim'",
+                self.db
+            ),
+        );
+        rows[0]["n"].as_u64().unwrap()
+    }
+
+    /// Wait (at most `limit`) until `n` writers hold partitions at once.
+    fn wait_holders(&self, n: u64, limit: Duration) {
+        let started = Instant::now();
+        while self.holders() < n {
+            assert!(
+                started.elapsed() < limit,
+                "{n} aggregators never held partitions at once within {limit:?}"
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Wait (at most `limit`) until more than `n` partitions were claimed:
     /// a takeover happened.
     fn wait_claims_above(&self, n: u64, limit: Duration) {
@@ -211,6 +237,43 @@ impl World {
             );
             sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Wait (at most `limit`) until more than `n` batches are committed, or
+    /// every record of the topic is.
+    fn wait_commits_above_or_all(&self, n: u64, limit: Duration) {
+        let bounds = partition_bounds(&self.topic.brokers, &self.topic.name);
+        let started = Instant::now();
+        while self.commits() <= n && !self.committed_all(&bounds) {
+            assert!(
+                started.elapsed() < limit,
+                "no commit past {n} within {limit:?}"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the ledger has every partition committed to its end.
+    fn committed_all(&self, bounds: &std::collections::BTreeMap<i32, (i64, i64)>) -> bool {
+        let rows = clickhouse_rows(
+            &self.url,
+            &format!(
+                "SELECT source, max(next_offset) AS next FROM {}.usage_deltas \
+                 WHERE kind = 'progress' GROUP BY source",
+                self.db
+            ),
+        );
+        let next: std::collections::BTreeMap<String, i64> = rows
+            .iter()
+            .map(|r| {
+                let source = r["source"].as_str().unwrap().to_string();
+                (source, r["next"].as_i64().unwrap())
+            })
+            .collect();
+        bounds.iter().all(|(p, &(_, end))| {
+            let key = format!("kafka:{}:{p}", self.topic.name);
+            next.get(&key).copied().unwrap_or(0) >= end
+        })
     }
 
     /// Catch up with a fresh group (the ledger, not Kafka's offsets, says
@@ -369,14 +432,18 @@ fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
         let proxy = Proxy::start("127.0.0.1:39395", "127.0.0.1:39394");
         let x = w.aggregator("127.0.0.1:39395", "x.log", &[]);
         let y = w.aggregator(&brokers, "y.log", &[]);
+        // The cut must take partitions from X: both hold some first (the
+        // first commit may come from Y alone, before X joined).
         w.wait_commits_above(0, LIMIT);
+        w.wait_holders(2, LIMIT);
         sleep(rng.millis(0, 2_000));
         let claims = w.claims();
         proxy.cut();
         let cut_at = w.commits();
-        // Y takes X's partitions once X's session expires, and commits on.
+        // Y takes X's partitions once X's session expires, and commits on
+        // (unless the backlog is already all committed).
         w.wait_claims_above(claims, LIMIT);
-        w.wait_commits_above(cut_at + 3, LIMIT);
+        w.wait_commits_above_or_all(cut_at + 3, LIMIT);
         sleep(rng.millis(0, 1_000));
         proxy.heal();
         let x = ok_or_fenced("the cut-off aggregator", &x.wait(LIMIT));
