@@ -14,6 +14,7 @@ use tokentally_ingest::kafka::KafkaConfig;
 use tokentally_sink::alerts::AlertsConfig;
 use tokentally_sink::clickhouse::ClickHouseConfig;
 use tokentally_sink::embedded::StoreConfig;
+use tokentally_sink::files::read_bounded;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,15 +45,43 @@ impl Default for SourceConfig {
     }
 }
 
+/// A config file is a few kilobytes; this bound is for a wrong path (a
+/// log, a device) or a hostile file.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl Config {
     /// Load `path` if given; defaults otherwise.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path)
+        let bytes = read_bounded(path, MAX_CONFIG_BYTES)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("config file {} is not UTF-8", path.display()))?;
+        Config::parse(text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// Parse a config file's text. The error says where and what, in at
+    /// most a few hundred bytes: toml's own message quotes the whole
+    /// offending line, which in a hostile file is a megabyte.
+    fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let mut message: String = e.message().chars().take(300).collect();
+            if message.len() < e.message().len() {
+                message.push('…');
+            }
+            match e.span() {
+                Some(span) => {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message,
+            }
+        })
     }
 }
 
@@ -187,7 +216,41 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = toml::from_str::<Config>("[store]\ndirr = \"x\"\n").unwrap_err();
-        assert!(err.to_string().contains("dirr"), "{err}");
+        let err = Config::parse("[store]\ndirr = \"x\"\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("dirr"), "{err}");
+    }
+
+    #[test]
+    fn hostile_config_files_are_short_errors() {
+        let deep = 100_000;
+        let cases = [
+            format!("x = {}{}", "[".repeat(deep), "]".repeat(deep)),
+            format!("x = {}1{}", "{a=".repeat(deep), "}".repeat(deep)),
+            format!("a{} = 1", ".a".repeat(deep)),
+            format!("[store]\n{} = 1", "k".repeat(1 << 20)),
+            format!("[store]\ndir = \"{}", "x".repeat(1 << 20)),
+            "\u{0}[[[\u{feff}".to_string(),
+        ];
+        for text in cases {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(
+                err.len() < 400,
+                "{} bytes: {}",
+                err.len(),
+                err.chars().take(400).collect::<String>()
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_file_past_the_bound_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        std::fs::write(&path, "#".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(
+            err.contains("huge.toml") && err.contains("larger than"),
+            "{err}"
+        );
     }
 }

@@ -47,6 +47,8 @@ enum Command {
     Ingest(cmd::ingest::IngestArgs),
     /// Run SQL over the store (tables usage_daily, usage_minute, usage_app_daily, rejected).
     Query(cmd::query::QueryArgs),
+    /// Check the local store: `store verify` names every damaged file.
+    Store(cmd::store::StoreCmdArgs),
     /// Write simulated fleet traffic as NDJSON.
     Simulate(cmd::simulate::SimulateArgs),
     /// Create tokentally's Kafka topics.
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
                 Command::Ingest(a) => cmd::ingest::run(config, a).await,
                 Command::Query(a) => cmd::query::run(config, a).await,
                 Command::Simulate(a) => cmd::simulate::run(config, a).await,
+                Command::Store(a) => cmd::store::run(config, a).await,
                 Command::Topics(a) => cmd::topics::run(config, a).await,
                 Command::Produce(a) => cmd::produce::run(config, a).await,
                 Command::Aggregate(a) => cmd::aggregate::run(config, a).await,
@@ -100,8 +103,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: many errors already include
+/// their cause's text in their own message.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -25,10 +25,17 @@ all of them:
        index = position in the array, or 0-based line number in NDJSON)
   400  no event can be read from the body (empty, or a malformed JSON array)
   401  missing or unknown bearer token
+  408  the body did not arrive within --body-read-timeout (connection closed)
   413  body larger than --max-body-bytes
-  429  too busy (bytes in flight, producer queue full): retry after Retry-After
-  503  Kafka did not acknowledge within the delivery timeout: retry after
+  429  too busy (bytes in flight for the token or in all, producer queue
+       full): retry after Retry-After
+  431  request head larger than --max-header-bytes (connection closed)
+  503  Kafka did not acknowledge within the delivery timeout, or (before any
+       request, then closed) --max-connections are open: retry after
        Retry-After. Resending after 429/503 is safe: each event_id counts once.
+A connection that sends no complete request head within --header-read-timeout
+of opening or of its previous response is closed: slow senders and idle
+keep-alive connections alike. Pipelined requests are answered in order.
 GET /healthz: 200 while the process runs. GET /readyz: 200 when the broker
 returns the topic's metadata within 2s, else 503. Neither needs a token.
 
@@ -56,6 +63,30 @@ pub struct GatewayArgs {
     /// a request that finds no room within 1s is answered 429.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_in_flight_bytes: usize,
+    /// Request bytes the requests of one token may hold at once, so that a
+    /// token flooding the gateway leaves room for the others [default: half
+    /// of --max-in-flight-bytes with two tokens or more; no bound of its own
+    /// with one token or --no-auth].
+    #[arg(long, value_name = "BYTES")]
+    pub max_in_flight_bytes_per_token: Option<usize>,
+    /// Connections served at once; further connections are answered 503 and
+    /// closed at once. Each takes a file descriptor: keep `ulimit -n` above
+    /// it.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: u32,
+    /// How long a connection may take to send a complete request head after
+    /// it opened or after its previous response; it is closed then. Also the
+    /// keep-alive idle timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long the body of a request may take to arrive in full once the
+    /// request is admitted; 408 and the connection closed after it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; larger
+    /// heads are answered 431 and the connection closed.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
     /// How long Kafka may take to acknowledge an event before the request is
     /// answered 503 [default: [kafka] delivery_timeout, 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -103,6 +134,15 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
         config.kafka.delivery_timeout = t;
     }
     anyhow::ensure!(args.max_body_bytes > 0, "--max-body-bytes must be positive");
+    anyhow::ensure!(args.max_connections > 0, "--max-connections must be positive");
+    anyhow::ensure!(
+        !args.header_read_timeout.is_zero() && !args.body_read_timeout.is_zero(),
+        "--header-read-timeout and --body-read-timeout must be positive"
+    );
+    anyhow::ensure!(
+        args.max_header_bytes >= 1024,
+        "--max-header-bytes must be at least 1024"
+    );
     let auth = auth(&args)?;
     let emitter = Emitter::new(&config.kafka)
         .context("creating the Kafka producer")?
@@ -130,6 +170,11 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
     let gateway_config = GatewayConfig {
         max_body_bytes: args.max_body_bytes,
         max_in_flight_bytes: args.max_in_flight_bytes,
+        max_in_flight_bytes_per_token: args.max_in_flight_bytes_per_token,
+        header_read_timeout: args.header_read_timeout,
+        body_read_timeout: args.body_read_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_connections: args.max_connections,
         limits: config.aggregate.limits,
         ..GatewayConfig::default()
     };

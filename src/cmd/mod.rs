@@ -10,4 +10,5 @@ pub mod migrate;
 pub mod produce;
 pub mod query;
 pub mod simulate;
+pub mod store;
 pub mod topics;

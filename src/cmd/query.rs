@@ -3,7 +3,7 @@ use std::io::Write;
 use anyhow::Context;
 use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
-use tokentally_sink::embedded::open_query_context;
+use tokentally_sink::embedded::{open_query_context, verify};
 
 use crate::config::{Config, StoreArgs};
 
@@ -34,7 +34,10 @@ pub async fn run(mut config: Config, args: QueryArgs) -> anyhow::Result<()> {
     config.apply_store(&args.store);
     let ctx = open_query_context(&config.store.dir).await?;
     let df = ctx.sql(&args.sql).await.context("invalid query")?;
-    let batches = df.collect().await.context("query failed")?;
+    let batches = match df.collect().await {
+        Ok(b) => b,
+        Err(e) => return Err(damage_or(&config.store.dir, e)),
+    };
     let mut out = std::io::stdout().lock();
     write(&mut out, &batches, args.format)?;
     out.flush()?;
@@ -65,4 +68,22 @@ fn write(out: &mut impl Write, batches: &[RecordBatch], format: Format) -> anyho
         }
     }
     Ok(())
+}
+
+/// A query that failed on the store's files: name the damaged ones (a
+/// DataFusion error names none), or else give the error as it is.
+fn damage_or(dir: &std::path::Path, e: datafusion::error::DataFusionError) -> anyhow::Error {
+    let damaged = verify(dir).map(|r| r.damaged).unwrap_or_default();
+    if damaged.is_empty() {
+        return anyhow::Error::new(e).context("query failed");
+    }
+    let files: Vec<String> = damaged
+        .iter()
+        .map(|f| format!("{}: {}", f.file, f.problem))
+        .collect();
+    anyhow::anyhow!(
+        "query failed: {e}; the store at {} is damaged ({}); see README \"A damaged store\"",
+        dir.display(),
+        files.join("; ")
+    )
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
 use self::webhook::{Attempt, Secret, Sender};
-use crate::embedded::manifest::write_atomic;
+use crate::files::{read_bounded, write_atomic};
 
 /// `[[alerts.webhooks]]`: one endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,18 +190,30 @@ pub struct AlertState {
     pub disabled: BTreeSet<String>,
 }
 
-const STATE: &str = "alerts.json";
+pub const STATE: &str = "alerts.json";
+
+/// A state file holds every milestone ever recorded, a few hundred bytes
+/// each; past this it is garbled or not ours.
+const MAX_STATE_BYTES: u64 = 256 << 20;
 
 impl AlertState {
     pub fn load(dir: &Path) -> Result<Option<AlertState>, AlertError> {
+        let path = dir.join(STATE);
         let err = |source| AlertError::State {
             dir: dir.display().to_string(),
             source,
         };
-        match fs::read(dir.join(STATE)) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).map_err(|e| err(std::io::Error::other(e)))?,
-            )),
+        match read_bounded(&path, MAX_STATE_BYTES) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is not valid alert state ({e}); move it aside to start afresh: \
+                         milestones already reached are then recorded, not sent again",
+                        path.display()
+                    ),
+                ))
+            })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(err(e)),
         }

@@ -23,16 +23,28 @@ pub fn read(path: &Path, out: &mut Vec<(i64, u128)>) -> io::Result<()> {
     let bad = |what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("dedup segment {} {what}", path.display()),
+            format!("dedup id segment {} {what}", path.display()),
         )
     };
-    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let file = File::open(path).map_err(|e| bad(&format!("cannot be opened: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| bad(&format!("cannot be read: {e}")))?
+        .len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
     let mut head = [0u8; 16];
     r.read_exact(&mut head).map_err(|_| bad("is truncated"))?;
     if &head[..8] != MAGIC {
         return Err(bad("has a bad header"));
     }
+    // The count must agree with the length before anything is reserved: a
+    // garbled count must not become a huge allocation.
     let n = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
+    if n.checked_mul(24).and_then(|b| b.checked_add(16)) != Some(len) {
+        return Err(bad(&format!(
+            "is truncated or garbled: its header counts {n} ids, its length is {len} bytes"
+        )));
+    }
     out.reserve(n as usize);
     let mut rec = [0u8; 24];
     for _ in 0..n {
@@ -61,5 +73,15 @@ mod tests {
         std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
         let err = read(&p, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+        assert!(err.to_string().contains("a.ids"), "{err}");
+        // A garbled count, far past the file: refused before allocating.
+        let mut garbled = bytes.clone();
+        garbled[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&p, &garbled).unwrap();
+        let err = read(&p, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("garbled"), "{err}");
+        std::fs::remove_file(&p).unwrap();
+        let err = read(&p, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("a.ids cannot be opened"), "{err}");
     }
 }

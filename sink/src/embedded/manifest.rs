@@ -3,14 +3,21 @@
 //! the directory), so a crash leaves either the old or the new commit.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tokentally_aggregate::rollup::Rollup;
+
+use super::REJECTED;
+use crate::files::{FileSum, read_bounded, write_atomic};
 
 pub const MANIFEST: &str = "MANIFEST.json";
 const FORMAT: u32 = 1;
+
+/// A manifest lists a few dozen files once compacted; this bound is for a
+/// garbled or foreign file, not for any store tokentally writes.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 /// A file that left the manifest, kept until readers of older manifests
 /// are surely done with it.
@@ -35,6 +42,10 @@ pub struct Manifest {
     /// Dead-letter NDJSON files (relative paths).
     pub dead_letters: Vec<String>,
     pub garbage: Vec<Garbage>,
+    /// Live file → its length and hash when committed (`store verify`).
+    /// Absent in manifests written before checksums were recorded.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, FileSum>,
 }
 
 impl Manifest {
@@ -48,32 +59,45 @@ impl Manifest {
             dedup_segments: Vec::new(),
             dead_letters: Vec::new(),
             garbage: Vec::new(),
+            checksums: BTreeMap::new(),
         }
     }
 
     /// Load the manifest of `dir`; `None` if the store is new.
     pub fn load(dir: &Path) -> io::Result<Option<Manifest>> {
         let path = dir.join(MANIFEST);
-        let bytes = match fs::read(&path) {
+        let bytes = match read_bounded(&path, MAX_MANIFEST_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        let invalid = |what: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{} is not a valid manifest: {e}", path.display()),
-            )
-        })?;
-        if m.format != FORMAT {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
                 format!(
-                    "{} has format {}, this tokentally reads format {FORMAT}",
-                    path.display(),
-                    m.format
+                    "{} {what} (see `tokentally store verify` and README's \"A damaged store\")",
+                    path.display()
                 ),
-            ));
+            )
+        };
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(format!("is not a valid manifest: {e}")))?;
+        if m.format != FORMAT {
+            return Err(invalid(format!(
+                "has format {}, this tokentally reads format {FORMAT}",
+                m.format
+            )));
+        }
+        if let Some(bad) = m
+            .referenced()
+            .chain(m.checksums.keys().map(String::as_str))
+            .find(|f| !is_store_file(f))
+        {
+            // A garbled entry must never name a file outside the store:
+            // garbage collection deletes what the manifest lists.
+            return Err(invalid(format!(
+                "lists {bad:?}, which is not a file of a tokentally store"
+            )));
         }
         Ok(Some(m))
     }
@@ -96,19 +120,81 @@ impl Manifest {
     }
 }
 
-/// Replace `dir/name` with `bytes` atomically: write a temporary file,
-/// fsync it, rename it over the old one, fsync the directory.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
+/// Whether `rel` has the shape of a file the store writes:
+/// `tables/<table>/<name>.parquet`, `dedup/<name>.ids` or
+/// `dead-letter/<name>.ndjson`, with a plain name (no separators, no
+/// leading dot, so nothing can point outside the store).
+fn is_store_file(rel: &str) -> bool {
+    let plain = |name: &str, ext: &str| {
+        name.strip_suffix(ext).is_some_and(|stem| {
+            !stem.is_empty()
+                && !stem.starts_with('.')
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+    };
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        ["tables", table, name] => {
+            (Rollup::ALL.iter().any(|r| r.table() == *table) || *table == REJECTED)
+                && plain(name, ".parquet")
+        }
+        ["dedup", name] => plain(name, ".ids"),
+        ["dead-letter", name] => plain(name, ".ndjson"),
+        _ => false,
+    }
 }
 
-/// fsync a directory so a rename or a new file in it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stores_own_files_may_be_listed() {
+        for good in [
+            "tables/usage_daily/0000000001.parquet",
+            "tables/rejected/c0000000009.parquet",
+            "dedup/0000000003.ids",
+            "dead-letter/c0000000004.ndjson",
+        ] {
+            assert!(is_store_file(good), "{good}");
+        }
+        for bad in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "tables/usage_daily/../../../x.parquet",
+            "tables/nope/0000000001.parquet",
+            "dedup/.ids",
+            "dedup/a/b.ids",
+            "dedup/0000000003.parquet",
+            "MANIFEST.json",
+            "",
+        ] {
+            assert!(!is_store_file(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_garbled_manifest_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifest::empty();
+        m.store(dir.path()).unwrap();
+        assert_eq!(Manifest::load(dir.path()).unwrap(), Some(m.clone()));
+        let path = dir.path().join(MANIFEST);
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("MANIFEST.json is not a valid manifest"),
+            "{err}"
+        );
+        m.garbage.push(Garbage {
+            file: "../outside".into(),
+            since_ms: 0,
+        });
+        m.store(dir.path()).unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a file of a tokentally store"), "{err}");
+    }
 }

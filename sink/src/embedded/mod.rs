@@ -14,6 +14,7 @@
 mod idfile;
 pub(crate) mod manifest;
 mod query;
+mod verify;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -35,8 +36,10 @@ use tokentally_aggregate::source::BoxError;
 
 pub use manifest::Manifest;
 pub use query::{QueryError, open_query_context};
+pub use verify::{Finding, Report, verify};
 
-use manifest::{Garbage, sync_dir};
+use crate::files::{FileSum, checksum, sync_dir};
+use manifest::Garbage;
 
 /// The table of reject counts.
 pub const REJECTED: &str = "rejected";
@@ -182,6 +185,14 @@ impl EmbeddedStore {
             .into_owned()
     }
 
+    /// The checksum of a file just written, for the manifest.
+    fn checksum(&self, rel: &str) -> Result<FileSum, StoreError> {
+        checksum(&self.dir.join(rel)).map_err(|source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+
     fn write_parquet(
         &self,
         rel: &str,
@@ -259,6 +270,7 @@ impl EmbeddedStore {
             }
             let rel = format!("tables/{}/{generation:010}.parquet", r.table());
             self.write_parquet(&rel, r.schema(), batches)?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             next.tables
                 .entry(r.table().to_string())
                 .or_default()
@@ -277,6 +289,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::DataFusion(e.into()))?;
             let rel = format!("tables/{REJECTED}/{generation:010}.parquet");
             self.write_parquet(&rel, rejected_schema(), &[batch])?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             next.tables
                 .entry(REJECTED.to_string())
                 .or_default()
@@ -285,12 +298,14 @@ impl EmbeddedStore {
         if !outcome.new_ids.is_empty() {
             let rel = format!("dedup/{generation:010}.ids");
             idfile::write(&self.dir.join(&rel), &outcome.new_ids).map_err(io_err(&self.dir))?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             next.dedup_segments.push(rel);
         }
         if !outcome.dead_letters.is_empty() {
             let rel = format!("dead-letter/{generation:010}.ndjson");
             self.write_dead_letters(&rel, outcome, generation)
                 .map_err(io_err(&self.dir))?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             next.dead_letters.push(rel);
         }
         sync_dir(&self.dir.join("tables")).map_err(io_err(&self.dir))?;
@@ -317,6 +332,7 @@ impl EmbeddedStore {
             let rel = format!("tables/{table}/c{generation:010}.parquet");
             let schema = query::table_schema(&table);
             self.write_parquet(&rel, schema, &batches)?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             next.tables.insert(table, vec![rel]);
             replaced.extend(files);
         }
@@ -338,6 +354,7 @@ impl EmbeddedStore {
             }
             let rel = format!("dedup/c{generation:010}.ids");
             idfile::write(&self.dir.join(&rel), &ids).map_err(io_err(&self.dir))?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             replaced.append(&mut next.dedup_segments);
             next.dedup_segments.push(rel);
         }
@@ -353,6 +370,7 @@ impl EmbeddedStore {
                 .map_err(|e| e.into_error())
                 .and_then(|f| f.sync_all())
                 .map_err(io_err(&self.dir))?;
+            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
             replaced.append(&mut next.dead_letters);
             next.dead_letters.push(rel);
         }
@@ -363,6 +381,9 @@ impl EmbeddedStore {
             .drain(..)
             .partition(|g| now - g.since_ms >= grace);
         next.garbage = kept;
+        for file in &replaced {
+            next.checksums.remove(file);
+        }
         next.garbage
             .extend(replaced.into_iter().map(|file| Garbage {
                 file,
