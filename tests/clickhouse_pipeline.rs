@@ -121,6 +121,16 @@ fn kafka_to_clickhouse_is_exact_and_replays_change_nothing() {
     produce(&t, &file);
     let reference = reference(dir.path(), &file);
     let db = migrated_database(&s.clickhouse, "exact");
+    // A raw dead letter past its retention (90 days): the aggregator drops
+    // its month.
+    clickhouse_sql(
+        &s.clickhouse,
+        &format!(
+            "INSERT INTO {db}.rejected_events_log (received_at, batch_id, reason, field, detail, raw) \
+             VALUES ('2020-01-15 00:00:00', 'old', 'invalid_json', '', '', 'x')"
+        ),
+    )
+    .unwrap();
 
     let out = run_ok(&mut aggregate(&t, &s.clickhouse, &db, "g1", "3"));
     let first: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
@@ -140,6 +150,13 @@ fn kafka_to_clickhouse_is_exact_and_replays_change_nothing() {
         &format!("SELECT count() AS n FROM {db}.rejected_events"),
     );
     assert_eq!(raw[0]["n"], first["rejected_total"]);
+    let old = clickhouse_rows(
+        &s.clickhouse,
+        &format!(
+            "SELECT count() AS n FROM {db}.rejected_events_log WHERE received_at < '2021-01-01 00:00:00'"
+        ),
+    );
+    assert_eq!(old[0]["n"], 0, "a dead letter past its retention was kept");
 
     // Another group starts from offset 0 of every partition: the ledger in
     // ClickHouse, not Kafka's offsets, decides what is new.

@@ -8,6 +8,7 @@ use tokentally_sink::alerts::webhook::{Secret, verify};
 use tokentally_sink::alerts::{
     AlertMetrics, AlertState, Alerter, Status, Totals, WebhookConfig, totals,
 };
+use tokentally_sink::files::{SECRET_FILE_BYTES, read_bounded};
 
 use super::clickhouse_args::ClickHouseArgs;
 use super::gateway::shutdown_signal;
@@ -218,7 +219,9 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
 fn verify_cmd(args: VerifyArgs) -> anyhow::Result<()> {
     let text = match &args.secret_file {
         Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            let bytes = read_bounded(p, SECRET_FILE_BYTES)
+                .with_context(|| format!("reading {}", p.display()))?;
+            String::from_utf8_lossy(&bytes).into_owned()
         }
         None => std::env::var("TOKENTALLY_WEBHOOK_SECRET")
             .context("set TOKENTALLY_WEBHOOK_SECRET or pass --secret-file")?,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
 use self::webhook::{Attempt, Secret, Sender};
-use crate::files::{read_bounded, write_atomic};
+use crate::files::{SECRET_FILE_BYTES, read_bounded, write_atomic};
 
 /// `[[alerts.webhooks]]`: one endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,12 +64,12 @@ impl WebhookConfig {
     /// The secrets, from the file or the environment; never from flags.
     pub fn secrets(&self) -> Result<Vec<Secret>, AlertError> {
         let text = match &self.secret_file {
-            Some(path) => fs::read_to_string(path)
-                .map_err(|e| AlertError::Secret(format!("reading {}: {e}", path.display())))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            Some(path) => {
+                let bytes = read_bounded(path, SECRET_FILE_BYTES)
+                    .map_err(|e| AlertError::Secret(format!("reading {}: {e}", path.display())))?;
+                let text = String::from_utf8_lossy(&bytes);
+                text.lines().next().unwrap_or_default().to_string()
+            }
             None => std::env::var(&self.secret_env).map_err(|_| {
                 AlertError::Secret(format!(
                     "webhook {}: set {} to a whsec_ secret (or secret_file)",

@@ -67,6 +67,12 @@ pub struct ClickHouseConfig {
     /// commit. Default 1 day.
     #[serde(with = "humantime_serde")]
     pub retry_for: Duration,
+    /// Raw dead letters (`rejected_events_log`) are kept this long, then
+    /// dropped a month at a time by the aggregator (servers of any version;
+    /// modern ones also have a 90-day TTL). The counts in `rejected` are
+    /// kept for ever. Default 90 days.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
 }
 
 impl Default for ClickHouseConfig {
@@ -78,6 +84,7 @@ impl Default for ClickHouseConfig {
             password_file: None,
             request_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(86_400),
+            dead_letter_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -104,9 +111,15 @@ impl ClickHouseConfig {
         let Some(path) = &self.password_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ClickHouseError::Config(format!("reading the password file {}: {e}", path.display()))
-        })?;
+        // The error names the file, never its content.
+        let bytes =
+            crate::files::read_bounded(path, crate::files::SECRET_FILE_BYTES).map_err(|e| {
+                ClickHouseError::Config(format!(
+                    "reading the password file {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let text = String::from_utf8_lossy(&bytes);
         Ok(Some(text.lines().next().unwrap_or_default().to_string()))
     }
 }
@@ -311,6 +324,8 @@ pub struct ClickHouseSink {
     loaded_at: Option<u32>,
     /// Oldest dedup-id partition (day) still kept.
     kept_id_day: Option<i64>,
+    /// Newest month of dead letters already dropped (YYYYMM).
+    dropped_dead_letter_month: Option<u32>,
     metrics: Option<SinkMetrics>,
     /// This aggregator as a writer of partitions (see [`fence`]).
     writer: Writer,
@@ -360,6 +375,7 @@ impl ClickHouseSink {
             known: HashMap::new(),
             loaded_at: None,
             kept_id_day: None,
+            dropped_dead_letter_month: None,
             metrics: None,
             writer: Writer::new(),
             writer_ready: false,
@@ -651,6 +667,37 @@ impl ClickHouseSink {
         self.kept_id_day = Some(day);
         Ok(())
     }
+
+    /// Drop months of raw dead letters entirely older than the retention.
+    async fn forget_dead_letters(&mut self) -> Result<(), ClickHouseError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(self.config.dead_letter_retention)
+                .unwrap_or(chrono::Duration::MAX);
+        // A month is entirely older than the cutoff when it is before the
+        // cutoff's month.
+        use chrono::Datelike;
+        let keep_from = cutoff.year() as u32 * 100 + cutoff.month();
+        if self.dropped_dead_letter_month >= Some(keep_from) {
+            return Ok(());
+        }
+        let db = self.db().to_string();
+        let sql = format!(
+            "SELECT DISTINCT toUInt32(partition) FROM system.parts WHERE database = {} \
+             AND table = 'rejected_events_log' AND active",
+            quote(&db)
+        );
+        for month in self.fetch::<u32>(sql).await? {
+            if month < keep_from {
+                tracing::info!(month, "dropping raw dead letters past their retention");
+                self.execute(format!(
+                    "ALTER TABLE {db}.rejected_events_log DROP PARTITION {month}"
+                ))
+                .await?;
+            }
+        }
+        self.dropped_dead_letter_month = Some(keep_from);
+        Ok(())
+    }
 }
 
 impl UsageSink for ClickHouseSink {
@@ -775,6 +822,7 @@ impl UsageSink for ClickHouseSink {
             "batch committed to ClickHouse"
         );
         self.forget_ids(outcome.dedup_floor).await?;
+        self.forget_dead_letters().await?;
         Ok(())
     }
 
