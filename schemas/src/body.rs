@@ -1,4 +1,5 @@
-//! Cutting a request body into event records, without validating them.
+//! How a batch of events is framed in one body (an HTTP request today, the
+//! OTLP route later): cutting it into records, without validating them.
 
 use serde_json::value::RawValue;
 
@@ -37,6 +38,11 @@ impl BodyFormat {
 /// by itself; this bound keeps that true whatever the parser.
 pub const MAX_BODY_DEPTH: usize = 33;
 
+/// Most records one body may hold: a 10 MiB body of typical events holds
+/// ~35,000; a body of millions of one-byte records is refused whole rather
+/// than becoming millions of rejections.
+pub const MAX_RECORDS: usize = 100_000;
+
 /// One record of a body: its index, as reported back to the client, and
 /// its bytes.
 pub type Record<'a> = (usize, &'a [u8]);
@@ -49,7 +55,8 @@ pub type Record<'a> = (usize, &'a [u8]);
 /// - any other JSON: the whole body is one record, index 0 (so a single
 ///   malformed event is a rejected record, not a bad request).
 ///
-/// An error (a 400) when the body holds no record or is a malformed array.
+/// An error (a 400) when the body holds no record, more than
+/// [`MAX_RECORDS`], or is a malformed array.
 pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<Record<'_>>, String> {
     let records = match format {
         BodyFormat::Ndjson => body
@@ -57,13 +64,15 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<Record<'_>>, String>
             .enumerate()
             .map(|(i, line)| (i, line.strip_suffix(b"\r").unwrap_or(line)))
             .filter(|(_, line)| !line.trim_ascii().is_empty())
+            // One past the bound is enough to refuse the body.
+            .take(MAX_RECORDS + 1)
             .collect(),
         BodyFormat::Json => {
             let trimmed = body.trim_ascii();
             if trimmed.first() == Some(&b'[') {
                 // Elements are cut out by a parser that recurses per level:
                 // bound the depth first (the array itself is one level).
-                tokentally_schemas::check_depth(trimmed, MAX_BODY_DEPTH).map_err(|_| {
+                crate::check_depth(trimmed, MAX_BODY_DEPTH).map_err(|_| {
                     format!(
                         "the body nests arrays or objects deeper than {MAX_BODY_DEPTH} levels \
                          (send such events as NDJSON to have them rejected one by one)"
@@ -89,6 +98,11 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<Record<'_>>, String>
     };
     if records.is_empty() {
         return Err("the body holds no event".into());
+    }
+    if records.len() > MAX_RECORDS {
+        return Err(format!(
+            "the body holds more than {MAX_RECORDS} records; split it into smaller requests"
+        ));
     }
     Ok(records)
 }
@@ -147,5 +161,21 @@ mod tests {
         let nested = format!("[{}{}]", "[".repeat(30), "]".repeat(30));
         assert_eq!(split(nested.as_bytes(), BodyFormat::Json).unwrap().len(), 1);
         assert!(split(b"  ", BodyFormat::Json).is_err());
+    }
+
+    #[test]
+    fn a_body_of_too_many_records_is_refused_whole() {
+        let ndjson = "1\n".repeat(MAX_RECORDS + 1);
+        let err = split(ndjson.as_bytes(), BodyFormat::Ndjson).unwrap_err();
+        assert!(err.contains("more than 100000"), "{err}");
+        let array = format!("[{}1]", "1,".repeat(MAX_RECORDS));
+        assert!(split(array.as_bytes(), BodyFormat::Json).is_err());
+        let at_limit = "1\n".repeat(MAX_RECORDS);
+        assert_eq!(
+            split(at_limit.as_bytes(), BodyFormat::Ndjson)
+                .unwrap()
+                .len(),
+            MAX_RECORDS
+        );
     }
 }

@@ -2,14 +2,19 @@
 //!
 //! - [`event`]: the JSON event, decoding and validation ([`decode`]).
 //! - [`reject`]: machine-readable reasons for refused input.
+//! - [`body`]: how a batch of events is framed in one body (JSON array, NDJSON).
 //! - [`arrow`]: the Arrow schema of validated events and a batch builder.
 //!
 //! The contract is documented for humans in `docs/EVENTS.md` and as a JSON
 //! Schema in `schemas/event.schema.json`.
 
+#[cfg(feature = "arrow")]
 pub mod arrow;
+pub mod body;
 pub mod event;
 mod flat;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod reject;
 
 pub use event::{DEAD_LETTER_RAW_BYTES, Limits, Status, TokenEvent, check_depth, decode};

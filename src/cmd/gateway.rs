@@ -6,10 +6,14 @@ use anyhow::Context;
 use clap::Args;
 use tokentally_ingest::emitter::{Emitter, NotReady};
 use tokentally_ingest::gateway::{self, Auth, GatewayConfig, GatewayMetrics, Tokens};
+use tokentally_sink::files::read_bounded;
 
 use super::kafka_args::KafkaArgs;
 use super::metrics::{MetricsArgs, registry};
 use crate::config::Config;
+
+/// Tens of thousands of tokens; past this it is the wrong file.
+const TOKENS_FILE_BYTES: u64 = 1 << 20;
 
 /// Environment variable with bearer tokens, `name:token[,name:token...]`.
 const TOKENS_ENV: &str = "TOKENTALLY_GATEWAY_TOKENS";
@@ -27,8 +31,7 @@ all of them:
   401  missing or unknown bearer token
   408  the body did not arrive within --body-read-timeout (connection closed)
   413  body larger than --max-body-bytes
-  429  too busy (bytes in flight for the token or in all, producer queue
-       full): retry after Retry-After
+  429  too busy (bytes in flight, producer queue full): retry after Retry-After
   431  request head larger than --max-header-bytes (connection closed)
   503  Kafka did not acknowledge within the delivery timeout, or (before any
        request, then closed) --max-connections are open: retry after
@@ -63,12 +66,6 @@ pub struct GatewayArgs {
     /// a request that finds no room within 1s is answered 429.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_in_flight_bytes: usize,
-    /// Request bytes the requests of one token may hold at once, so that a
-    /// token flooding the gateway leaves room for the others [default: half
-    /// of --max-in-flight-bytes with two tokens or more; no bound of its own
-    /// with one token or --no-auth].
-    #[arg(long, value_name = "BYTES")]
-    pub max_in_flight_bytes_per_token: Option<usize>,
     /// Connections served at once; further connections are answered 503 and
     /// closed at once. Each takes a file descriptor: keep `ulimit -n` above
     /// it.
@@ -104,10 +101,12 @@ pub struct GatewayArgs {
 fn auth(args: &GatewayArgs) -> anyhow::Result<Auth> {
     let mut tokens = Tokens::default();
     if let Some(path) = &args.tokens_file {
-        let text = std::fs::read_to_string(path)
+        let bytes = read_bounded(path, TOKENS_FILE_BYTES)
             .with_context(|| format!("cannot read the tokens file {}", path.display()))?;
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("the tokens file {} is not UTF-8", path.display()))?;
         tokens
-            .add_file_text(&text, &path.display().to_string())
+            .add_file_text(text, &path.display().to_string())
             .map_err(|e| anyhow::anyhow!("invalid tokens file: {e}"))?;
     }
     if let Ok(list) = std::env::var(TOKENS_ENV) {
@@ -134,7 +133,10 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
         config.kafka.delivery_timeout = t;
     }
     anyhow::ensure!(args.max_body_bytes > 0, "--max-body-bytes must be positive");
-    anyhow::ensure!(args.max_connections > 0, "--max-connections must be positive");
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections must be positive"
+    );
     anyhow::ensure!(
         !args.header_read_timeout.is_zero() && !args.body_read_timeout.is_zero(),
         "--header-read-timeout and --body-read-timeout must be positive"
@@ -148,9 +150,8 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
         .context("creating the Kafka producer")?
         .with_limits(config.aggregate.limits);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        gateway::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
 
     // A missing topic is a configuration error; an unreachable broker is
@@ -170,7 +171,6 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
     let gateway_config = GatewayConfig {
         max_body_bytes: args.max_body_bytes,
         max_in_flight_bytes: args.max_in_flight_bytes,
-        max_in_flight_bytes_per_token: args.max_in_flight_bytes_per_token,
         header_read_timeout: args.header_read_timeout,
         body_read_timeout: args.body_read_timeout,
         max_header_bytes: args.max_header_bytes,

@@ -9,30 +9,42 @@
 //!
 //! | status | when | body |
 //! |---|---|---|
-//! | 200 | every valid event was acknowledged by Kafka | `{"accepted": N, "rejected": [{"index", "reason", "field"?, "detail"}]}` |
-//! | 400 | no event can be read from the body (empty, or a malformed JSON array) | `{"error": ...}` |
+//! | 200 | every valid event was acknowledged by Kafka | `{"accepted": N, "rejected": [{"index", "reason", "field"?, "detail"}], "rejected_count": M}` |
+//! | 400 | no event can be read from the body (empty, or a malformed JSON array), or it holds more than 100,000 records | `{"error": ...}` |
 //! | 401 | no bearer token, or an unknown one | `{"error": ...}` |
+//! | 408 | the body did not arrive within `body_read_timeout` (the connection is closed) | `{"error": ...}` |
 //! | 413 | the body is larger than the limit | `{"error": ...}` |
 //! | 429 + `Retry-After` | too many bytes in flight, or the producer queue stayed full | `{"error": ...}` |
-//! | 503 + `Retry-After` | Kafka did not acknowledge within the delivery timeout | `{"error": ...}` |
+//! | 431 | the request head is larger than `max_header_bytes` (the connection is closed) | empty |
+//! | 503 + `Retry-After` | Kafka did not acknowledge within the delivery timeout, or (on arrival, then closed) `max_connections` are being served | `{"error": ...}` |
 //!
 //! Invalid events do not block valid ones: they are listed in `rejected`
 //! (`index` is the position in the array, or the 0-based line number in
-//! NDJSON) and are never sent. After a 429 or 503 some events of the
+//! NDJSON; the first 1,000 of them, all counted in `rejected_count`) and
+//! are never sent. After a 429 or 503 some events of the
 //! request may have been written: resend the whole request; the aggregator
 //! counts each `event_id` once.
 //!
 //! Memory is bounded: a request is admitted only when its body fits in
 //! `max_in_flight_bytes` alongside the requests already being processed;
 //! it holds that share until it is answered.
+//!
+//! Connections are bounded too ([`serve`]): at most `max_connections` are
+//! served at once (the next ones are answered 503 and closed at once), a
+//! connection that does not deliver a complete request head within
+//! `header_read_timeout` of opening or of its previous response is closed
+//! (slow senders and idle keep-alive connections alike), heads above
+//! `max_header_bytes` get 431, and a body that has not fully arrived
+//! `body_read_timeout` after its request was admitted gets 408. Pipelined
+//! requests are answered one after the other, in order.
 
 mod auth;
-mod body;
 
 pub use auth::Tokens;
-pub use body::{BodyFormat, split};
+pub use tokentally_schemas::body::{BodyFormat, split};
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,11 +55,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde::Serialize;
 use tokentally_schemas::{Limits, decode};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::emitter::{EmitError, Emitter, NotReady, PendingDelivery};
 
@@ -59,6 +73,24 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_secs(1);
 const RETRY_AFTER_BUSY_S: u64 = 1;
 /// `Retry-After` of a 503, in seconds.
 const RETRY_AFTER_UNAVAILABLE_S: u64 = 5;
+/// The read buffer of a connection grows up to this size (or to
+/// `max_header_bytes` if larger), whatever hyper's default (~400 KB): with
+/// `max_connections` connections this bounds what they buffer.
+const MAX_READ_BUFFER: usize = 64 << 10;
+/// Connections the kernel holds until they are accepted. Rust's default
+/// (128) overflows under a burst of new connections, and each overflow
+/// costs its client a SYN retransmission (1 s); the kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+/// The answer to a connection beyond `max_connections`, written (if the
+/// socket takes it at once) just before closing it.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 46\r\n\
+\r\n\
+{\"error\":\"too many connections; retry later\"}\n";
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -67,6 +99,18 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Request bytes held at once by all requests being processed.
     pub max_in_flight_bytes: usize,
+    /// How long a connection may take to deliver a complete request head,
+    /// counted from its acceptance or from its previous response; it is
+    /// closed after that. This is also the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// How long the body of an admitted request may take to arrive in full
+    /// (408 after).
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes (431
+    /// beyond).
+    pub max_header_bytes: usize,
+    /// Connections served at once; the next ones are closed at once.
+    pub max_connections: u32,
     /// Validation bounds (the aggregator's `[aggregate.limits]`).
     pub limits: Limits,
     /// How long `/readyz` waits for the broker's metadata.
@@ -78,6 +122,10 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_body_bytes: 10 << 20,
             max_in_flight_bytes: 64 << 20,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 << 10,
+            max_connections: 1024,
             limits: Limits::default(),
             readiness_timeout: Duration::from_secs(2),
         }
@@ -98,6 +146,8 @@ pub enum Auth {
 pub struct GatewayMetrics {
     pub requests: prometheus::IntCounterVec,
     pub events: prometheus::IntCounterVec,
+    pub connections_open: prometheus::IntGauge,
+    pub connections_refused: prometheus::IntCounter,
 }
 
 impl GatewayMetrics {
@@ -117,9 +167,19 @@ impl GatewayMetrics {
                 ),
                 &["outcome"],
             )?,
+            connections_open: prometheus::IntGauge::new(
+                "tokentally_gateway_connections_open",
+                "HTTP connections being served.",
+            )?,
+            connections_refused: prometheus::IntCounter::new(
+                "tokentally_gateway_connections_refused_total",
+                "Connections closed on arrival because max_connections were being served.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.connections_open.clone()))?;
+        registry.register(Box::new(m.connections_refused.clone()))?;
         for outcome in ["accepted", "rejected"] {
             m.events.with_label_values(&[outcome]);
         }
@@ -174,8 +234,29 @@ pub fn router(
     }
 }
 
+/// A listener on `addr` for [`serve`], with room for bursts of new
+/// connections.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: restarting must not wait for the old
+    // connections' TIME_WAIT (on Windows it would let others take the port).
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serve on `listener` until `shutdown` resolves, then finish the requests
 /// in flight and wait for their events' acknowledgements.
+///
+/// HTTP/1.1 with the connection bounds of [`GatewayConfig`] (`axum::serve`
+/// cannot set them): at most `max_connections` at once, each closed when
+/// it does not deliver a request head within `header_read_timeout`, heads
+/// of at most `max_header_bytes`.
 pub async fn serve(
     listener: TcpListener,
     emitter: Emitter,
@@ -184,9 +265,114 @@ pub async fn serve(
     metrics: Option<GatewayMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(emitter, auth, config, metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let max_connections = config.max_connections;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_header_bytes)
+        .max_buf_size(config.max_header_bytes.max(MAX_READ_BUFFER));
+    let service = TowerToHyperService::new(router(emitter, auth, config, metrics.clone()));
+    let slots = Arc::new(Semaphore::new(max_connections as usize));
+    // Dropped on shutdown: every connection then finishes its request in
+    // flight and closes.
+    let (stop, stopped) = watch::channel(());
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refuse(&stream);
+            if let Some(m) = &metrics {
+                m.connections_refused.inc();
+            }
+            continue;
+        };
+        // Responses are written whole; waiting to coalesce them (Nagle)
+        // only delays pipelined ones.
+        let _ = stream.set_nodelay(true);
+        let slot = Slot::new(permit, metrics.as_ref());
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut connection = pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopped.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                // Slow or idle clients, oversized heads and broken
+                // connections: expected under abuse, so not warnings.
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    drop(stop);
+    // Every slot back: every connection has closed.
+    let _all = slots.acquire_many(max_connections).await;
+    Ok(())
+}
+
+/// A served connection's place among `max_connections`, counted in the
+/// open-connections gauge while it lasts.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Option<prometheus::IntGauge>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, metrics: Option<&GatewayMetrics>) -> Slot {
+        let open = metrics.map(|m| m.connections_open.clone());
+        if let Some(g) = &open {
+            g.inc();
+        }
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(g) = &self.open {
+            g.dec();
+        }
+    }
+}
+
+/// Close a connection beyond `max_connections` at once, telling the client
+/// why if its socket takes the answer without waiting (never waits: this
+/// must stay cheap under a flood of connections).
+fn refuse(stream: &TcpStream) {
+    let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+}
+
+/// After a failed `accept`: a connection that died in the backlog is
+/// nothing; out of file descriptors or memory, pause instead of spinning
+/// (connections wait in the backlog meanwhile).
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accepting a connection failed; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 fn kib(bytes: usize) -> u32 {
@@ -196,8 +382,16 @@ fn kib(bytes: usize) -> u32 {
 #[derive(Debug, Serialize)]
 struct Accepted {
     accepted: usize,
+    /// The first [`MAX_LISTED_REJECTIONS`] invalid events, in body order.
     rejected: Vec<Rejected>,
+    /// Every invalid event, listed or not.
+    rejected_count: usize,
 }
+
+/// Invalid events listed in one answer, with their reasons. A body of
+/// millions of tiny invalid records must not become an answer (and a
+/// memory peak) of hundreds of megabytes; the rest are only counted.
+pub const MAX_LISTED_REJECTIONS: usize = 1_000;
 
 #[derive(Debug, Serialize)]
 struct Rejected {
@@ -286,12 +480,31 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
         }
     };
 
-    let body = match Bytes::from_request(request, &()).await {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let read = tokio::time::timeout(
+        gw.config.body_read_timeout,
+        Bytes::from_request(request, &()),
+    );
+    let body = match read.await {
+        Err(_) => {
+            let mut response = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:?}; send it faster or in smaller requests",
+                    gw.config.body_read_timeout
+                ),
+            );
+            // The rest of the body may still come: do not read it as the
+            // next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return too_large(max_body);
         }
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        Ok(Err(rejection)) => return error(rejection.status(), rejection.body_text()),
     };
     let records = match split(&body, format) {
         Ok(records) => records,
@@ -299,12 +512,19 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
     };
 
     let mut rejected = Vec::new();
+    let mut rejected_count = 0;
+    let mut reject = |r: Rejected| {
+        rejected_count += 1;
+        if rejected.len() < MAX_LISTED_REJECTIONS {
+            rejected.push(r);
+        }
+    };
     let mut pending: Vec<PendingDelivery> = Vec::with_capacity(records.len());
     for (index, raw) in records {
         let event = match decode(raw, &gw.config.limits) {
             Ok(event) => event,
             Err(r) => {
-                rejected.push(Rejected {
+                reject(Rejected {
                     index,
                     reason: r.reason.as_str(),
                     field: r.field,
@@ -341,7 +561,7 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
                 Err(EmitError::Kafka(KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageSizeTooLarge,
                 ))) => {
-                    rejected.push(Rejected {
+                    reject(Rejected {
                         index,
                         reason: "message_too_large",
                         field: None,
@@ -393,7 +613,7 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
     tracing::debug!(
         source = source.as_deref().unwrap_or(""),
         accepted,
-        rejected = rejected.len(),
+        rejected = rejected_count,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "events acknowledged"
     );
@@ -403,9 +623,14 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
             .inc_by(accepted as u64);
         m.events
             .with_label_values(&["rejected"])
-            .inc_by(rejected.len() as u64);
+            .inc_by(rejected_count as u64);
     }
-    axum::Json(Accepted { accepted, rejected }).into_response()
+    axum::Json(Accepted {
+        accepted,
+        rejected,
+        rejected_count,
+    })
+    .into_response()
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
@@ -420,4 +645,30 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 
 fn not_ready(e: &NotReady) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_too_many_connections_answer_is_well_framed() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("too many connections")
+        );
+    }
 }
