@@ -108,7 +108,11 @@ pub fn check_history(
     let ids = clickhouse_rows(
         url,
         &format!(
-            "SELECT count() AS n, uniqExact(hi, lo) AS distinct FROM {db}.dedup_id_sets \
+            // A side insert retried after ClickHouse died with its answer
+            // lost lands twice: the same batch's ids twice, which count
+            // once (the set is tagged with its batch). Only ids of two
+            // different batches are counted twice.
+            "SELECT uniqExact(batch_id, hi, lo) AS n, uniqExact(hi, lo) AS distinct FROM {db}.dedup_id_sets \
              ARRAY JOIN ids_hi AS hi, ids_lo AS lo \
              WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress')"
         ),

@@ -652,18 +652,7 @@ impl ClickHouseSink {
         if self.kept_id_day.is_some_and(|k| k >= day) {
             return Ok(());
         }
-        let db = self.db().to_string();
-        let sql = format!(
-            "SELECT DISTINCT toInt64(partition) FROM system.parts WHERE database = {} \
-             AND table = 'dedup_id_sets' AND active",
-            quote(&db)
-        );
-        for p in self.fetch::<i64>(sql).await? {
-            if p < day {
-                self.execute(format!("ALTER TABLE {db}.dedup_id_sets DROP PARTITION {p}"))
-                    .await?;
-            }
-        }
+        self.drop_partitions_below("dedup_id_sets", day).await?;
         self.kept_id_day = Some(day);
         Ok(())
     }
@@ -680,22 +669,33 @@ impl ClickHouseSink {
         if self.dropped_dead_letter_month >= Some(keep_from) {
             return Ok(());
         }
+        self.drop_partitions_below("rejected_events_log", i64::from(keep_from))
+            .await?;
+        self.dropped_dead_letter_month = Some(keep_from);
+        Ok(())
+    }
+
+    /// Drop the partitions of `table` (an integer key: a day, a month)
+    /// below `bound`.
+    async fn drop_partitions_below(&self, table: &str, bound: i64) -> Result<(), ClickHouseError> {
         let db = self.db().to_string();
         let sql = format!(
-            "SELECT DISTINCT toUInt32(partition) FROM system.parts WHERE database = {} \
-             AND table = 'rejected_events_log' AND active",
-            quote(&db)
+            "SELECT DISTINCT toInt64(partition) FROM system.parts WHERE database = {} \
+             AND table = {} AND active",
+            quote(&db),
+            quote(table)
         );
-        for month in self.fetch::<u32>(sql).await? {
-            if month < keep_from {
-                tracing::info!(month, "dropping raw dead letters past their retention");
-                self.execute(format!(
-                    "ALTER TABLE {db}.rejected_events_log DROP PARTITION {month}"
-                ))
-                .await?;
+        for p in self.fetch::<i64>(sql).await? {
+            if p < bound {
+                tracing::info!(
+                    table,
+                    partition = p,
+                    "dropping a partition past its retention"
+                );
+                self.execute(format!("ALTER TABLE {db}.{table} DROP PARTITION {p}"))
+                    .await?;
             }
         }
-        self.dropped_dead_letter_month = Some(keep_from);
         Ok(())
     }
 }
