@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::services::{brokers, corpus, produce, topic};
+use common::services::{brokers, corpus, migrated_database, produce, services, topic};
 use common::{bin, http_get};
 
 /// A command that prints `metrics on http://ADDR/metrics` on stderr.
@@ -124,6 +124,25 @@ fn aggregate_gateway_alerts_and_simulate_serve_lint_clean_metrics() {
         ],
     );
     assert!(body.contains("tokentally_events_rejected_total{reason=\"invalid_json\"}"));
+
+    // Into ClickHouse: the sink's own metrics, recovery included.
+    let url = &services().clickhouse;
+    let db = migrated_database(url, "metrics");
+    let into_clickhouse = serve(
+        t.aggregate("metrics-ch")
+            .args(["--sink", "clickhouse", "--clickhouse", url])
+            .args(["--clickhouse-database", &db]),
+        false,
+    );
+    scrape_and_check(
+        &into_clickhouse,
+        &[
+            "tokentally_sink_recovery_seconds{kind=\"startup\"}",
+            "tokentally_sink_ledger_rows 0",
+            "tokentally_sink_rows_total{table=\"dedup_id_sets\"}",
+            "tokentally_events_received_total 2000",
+        ],
+    );
 
     let gateway = serve(
         bin()

@@ -1203,6 +1203,8 @@ const METRICS: &[&str] = &[
     "tokentally_sink_rows_total",
     "tokentally_sink_errors_total",
     "tokentally_sink_retries_total",
+    "tokentally_sink_recovery_seconds",
+    "tokentally_sink_ledger_rows",
     "tokentally_gateway_requests_total",
     "tokentally_gateway_events_total",
     "tokentally_webhook_deliveries_total",

@@ -211,6 +211,8 @@ pub struct SinkMetrics {
     pub rows: prometheus::IntCounterVec,
     pub errors: prometheus::IntCounter,
     pub retries: prometheus::IntCounter,
+    pub recovery_seconds: prometheus::GaugeVec,
+    pub ledger_rows: prometheus::IntGauge,
 }
 
 impl SinkMetrics {
@@ -231,10 +233,24 @@ impl SinkMetrics {
                 "tokentally_sink_retries_total",
                 "ClickHouse requests retried after a retriable error.",
             )?,
+            recovery_seconds: prometheus::GaugeVec::new(
+                prometheus::Opts::new(
+                    "tokentally_sink_recovery_seconds",
+                    "How long the last recovery from the ClickHouse ledger took, by kind \
+                     (startup, or partitions assigned by a rebalance).",
+                ),
+                &["kind"],
+            )?,
+            ledger_rows: prometheus::IntGauge::new(
+                "tokentally_sink_ledger_rows",
+                "Progress rows in the ClickHouse ledger when this aggregator started.",
+            )?,
         };
         registry.register(Box::new(m.rows.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.recovery_seconds.clone()))?;
+        registry.register(Box::new(m.ledger_rows.clone()))?;
         Ok(m)
     }
 }
@@ -702,6 +718,7 @@ impl ClickHouseSink {
 
 impl UsageSink for ClickHouseSink {
     async fn recover(&mut self) -> Result<Recovered, BoxError> {
+        let started = Instant::now();
         let loaded_at = self.server_now().await?;
         let progress = self.ledger(None).await?;
         let db = self.db();
@@ -723,6 +740,18 @@ impl UsageSink for ClickHouseSink {
             .map(|(k, v)| (k.clone(), Some(*v)))
             .collect();
         self.loaded_at = Some(loaded_at);
+        if let Some(m) = &self.metrics {
+            m.recovery_seconds
+                .with_label_values(&["startup"])
+                .set(started.elapsed().as_secs_f64());
+            let sql = format!(
+                "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress'",
+                self.db()
+            );
+            let rows = self.fetch::<u64>(sql).await?;
+            m.ledger_rows
+                .set(rows.first().copied().unwrap_or(0).min(i64::MAX as u64) as i64);
+        }
         Ok(Recovered {
             watermark_ms,
             dedup_ids,
@@ -731,6 +760,7 @@ impl UsageSink for ClickHouseSink {
     }
 
     async fn recover_partitions(&mut self, keys: &[String]) -> Result<Recovered, BoxError> {
+        let started = Instant::now();
         // Fence first: the ledger read after it is final for these keys.
         self.claim(keys).await?;
         let progress = self.ledger(Some(keys)).await?;
@@ -746,6 +776,11 @@ impl UsageSink for ClickHouseSink {
             ids = dedup_ids.len(),
             "resumed partitions from ClickHouse"
         );
+        if let Some(m) = &self.metrics {
+            m.recovery_seconds
+                .with_label_values(&["partitions"])
+                .set(started.elapsed().as_secs_f64());
+        }
         Ok(Recovered {
             watermark_ms: None,
             dedup_ids,
