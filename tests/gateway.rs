@@ -8,14 +8,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::gateway::Gateway;
 use common::services::{Topic, brokers, corpus, reference, topic};
 use common::{bin, query, run_ok, usage_totals};
 use tokentally_ingest::emitter::{EmitError, Emitter};
@@ -86,12 +85,6 @@ fn reason_of(line: &[u8]) -> Option<&'static str> {
 // ---------------------------------------------------------------------------
 // A gateway process and a minimal HTTP/1.1 client.
 
-struct Gateway {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-}
-
 const TOKEN_A: &str = "tok-fleet-a-0123456789abcdef0123456789";
 const TOKEN_B: &str = "tok-fleet-b-fedcba9876543210fedcba9876";
 
@@ -105,49 +98,13 @@ fn tokens_file(dir: &Path) -> PathBuf {
     path
 }
 
-impl Gateway {
-    /// `tokentally gateway --listen 127.0.0.1:0 ARGS`, once it listens.
-    fn start(args: &[&str]) -> Gateway {
-        let mut child = bin()
-            .args(["gateway", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("TOKENTALLY_GATEWAY_TOKENS")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tokentally gateway");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.to_owned());
-                }
-                log.lock().unwrap().push_str(&line);
-                log.lock().unwrap().push('\n');
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Gateway {
-                child,
-                addr,
-                stderr,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the gateway did not start listening:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        }
-    }
+/// Requests to the gateway under test.
+trait Requests {
+    fn post(&self, token: Option<&str>, content_type: &str, body: &[u8]) -> Response;
+    fn get(&self, path: &str) -> Response;
+}
 
+impl Requests for Gateway {
     fn post(&self, token: Option<&str>, content_type: &str, body: &[u8]) -> Response {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("Content-Type", content_type)];
@@ -159,33 +116,6 @@ impl Gateway {
 
     fn get(&self, path: &str) -> Response {
         http(&self.addr, "GET", path, &[], b"")
-    }
-
-    /// SIGTERM, and wait for the exit.
-    fn stop(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not stop on SIGTERM:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

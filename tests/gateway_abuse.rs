@@ -33,13 +33,13 @@ mod common;
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::gateway::Gateway;
+use common::http_get;
 use common::services::topic;
-use common::{bin, http_get, run_ok};
 
 /// Floods (fleet-a).
 const ABUSER: &str = "tok-abuser-0123456789abcdef0123456789ab";
@@ -70,65 +70,20 @@ const HEALTHY_DEADLINE: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // The gateway process.
 
-struct Gateway {
-    child: Child,
-    addr: String,
-    metrics: String,
-    stderr: Arc<Mutex<String>>,
+/// What the test reads of the gateway besides its answers.
+trait Observe {
+    fn metric(&self, name: &str) -> u64;
+    fn peak_rss_kib(&self) -> u64;
 }
 
-impl Gateway {
-    /// `tokentally gateway ARGS` on free ports, once it listens.
-    fn start(args: &[&str]) -> Gateway {
-        let mut child = bin()
-            .args(["gateway", "--listen", "127.0.0.1:0"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("TOKENTALLY_GATEWAY_TOKENS")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tokentally gateway");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send((false, addr.to_owned()));
-                } else if let Some(addr) = line.strip_prefix("metrics on http://") {
-                    let _ = tx.send((true, addr.trim_end_matches("/metrics").to_owned()));
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let (mut addr, mut metrics) = (None, None);
-        while addr.is_none() || metrics.is_none() {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok((true, a)) => metrics = Some(a),
-                Ok((false, a)) => addr = Some(a),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the gateway did not start:\n{}", stderr.lock().unwrap());
-                }
-            }
-        }
-        Gateway {
-            child,
-            addr: addr.unwrap(),
-            metrics: metrics.unwrap(),
-            stderr,
-        }
-    }
-
+impl Observe for Gateway {
     /// The value of a metric without labels.
     fn metric(&self, name: &str) -> u64 {
-        let (status, body) = http_get(&self.metrics, "/metrics");
+        let metrics = self
+            .metrics
+            .as_deref()
+            .expect("started with --metrics-addr");
+        let (status, body) = http_get(metrics, "/metrics");
         assert_eq!(status, 200, "{body}");
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -145,33 +100,6 @@ impl Gateway {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("no VmHWM in:\n{status}"))
-    }
-
-    /// SIGTERM, and wait for the exit.
-    fn stop(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        run_ok(std::process::Command::new("kill").args(["-TERM", &pid]));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not stop on SIGTERM:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -591,6 +519,8 @@ fn under_abuse_the_gateway_stays_up_for_healthy_clients() {
     let t = topic("gw-abuse");
     let timeout = format!("{}s", TIMEOUT.as_secs());
     let mut gw = Gateway::start(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--kafka",
         &t.brokers,
         "--topic",

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod gateway;
 pub mod history;
 pub mod proxy;
 pub mod services;
