@@ -66,7 +66,7 @@ impl Config {
     /// Parse a config file's text. The error says where and what, in at
     /// most a few hundred bytes: toml's own message quotes the whole
     /// offending line, which in a hostile file is a megabyte.
-    fn parse(text: &str) -> Result<Config, String> {
+    pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let mut message: String = e.message().chars().take(300).collect();
             if message.len() < e.message().len() {
@@ -82,6 +82,19 @@ impl Config {
                 None => message,
             }
         })
+    }
+}
+
+/// The property the `config` fuzz target checks (`fuzz/`), and its
+/// committed corpus replays (below): any bytes are a config, or an error
+/// of at most a few hundred characters; never a panic.
+#[doc(hidden)]
+pub fn parse_is_bounded(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Err(e) = Config::parse(text)
+    {
+        let n = e.chars().count();
+        assert!(n < 400, "an error of {n} characters: {e}");
     }
 }
 
@@ -232,14 +245,23 @@ mod tests {
             "\u{0}[[[\u{feff}".to_string(),
         ];
         for text in cases {
-            let err = Config::parse(&text).unwrap_err();
-            assert!(
-                err.len() < 400,
-                "{} bytes: {}",
-                err.len(),
-                err.chars().take(400).collect::<String>()
-            );
+            assert!(Config::parse(&text).is_err());
+            parse_is_bounded(text.as_bytes());
         }
+    }
+
+    #[test]
+    fn the_config_fuzz_corpus_holds() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let run = std::panic::catch_unwind(|| parse_is_bounded(&data));
+            assert!(run.is_ok(), "{} fails its property", path.display());
+            n += 1;
+        }
+        assert!(n > 0, "no corpus in {}", dir.display());
     }
 
     #[test]

@@ -1,14 +1,13 @@
 //! `tokentally`: real-time token-usage metrics for LLM inference fleets.
 
 mod cmd;
-mod config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use tokentally::config::Config;
 
 #[derive(Parser)]
 #[command(

@@ -18,7 +18,7 @@ use super::gateway::shutdown_signal;
 use super::ingest::Summary;
 use super::kafka_args::KafkaArgs;
 use super::metrics::{MetricsArgs, registry};
-use crate::config::{AggregateArgs, Config, StoreArgs};
+use tokentally::config::{AggregateArgs, Config, StoreArgs};
 
 /// Consume the events topic as a member of a consumer group and roll it up
 /// into a sink. Each micro-batch is committed to the sink atomically with

@@ -13,7 +13,7 @@ use tokentally_sink::files::{SECRET_FILE_BYTES, read_bounded};
 use super::clickhouse_args::ClickHouseArgs;
 use super::gateway::shutdown_signal;
 use super::metrics::{MetricsArgs, registry};
-use crate::config::{Config, StoreArgs};
+use tokentally::config::{Config, StoreArgs};
 
 /// Milestone alerts: detect milestones on the authoritative totals (the
 /// ClickHouse database or an embedded store) and deliver each one, once, to

@@ -1,6 +1,6 @@
 use clap::Args;
 
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Flags that override `[clickhouse]`. The password is read from
 /// `TOKENTALLY_CLICKHOUSE_PASSWORD` or `[clickhouse] password_file`, never

@@ -12,7 +12,7 @@ use tokentally_sink::alerts::{Alerter, Status, WebhookConfig, totals};
 use tokentally_sink::embedded::{EmbeddedStore, StoreConfig};
 use tokentally_sink::milestones::{Crossing, MilestoneTracker, human_tokens};
 
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Marker file that makes a directory a demo store (safe to reset).
 const MARKER: &str = ".tokentally-demo";

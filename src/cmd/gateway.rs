@@ -10,7 +10,7 @@ use tokentally_sink::files::read_bounded;
 
 use super::kafka_args::KafkaArgs;
 use super::metrics::{MetricsArgs, registry};
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Tens of thousands of tokens; past this it is the wrong file.
 const TOKENS_FILE_BYTES: u64 = 1 << 20;

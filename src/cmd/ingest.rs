@@ -9,7 +9,7 @@ use tokentally_aggregate::pipeline;
 use tokentally_aggregate::source::file::{FileSource, Input};
 use tokentally_sink::embedded::EmbeddedStore;
 
-use crate::config::{AggregateArgs, Config, StoreArgs};
+use tokentally::config::{AggregateArgs, Config, StoreArgs};
 
 /// Read NDJSON events (one per line) through validation, dedup and roll-up
 /// into the store. Invalid lines go to DIR/dead-letter/*.ndjson with their

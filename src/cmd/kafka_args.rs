@@ -1,6 +1,6 @@
 use clap::Args;
 
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Flags that override `[kafka]`.
 #[derive(Debug, Clone, Args)]

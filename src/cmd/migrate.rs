@@ -3,7 +3,7 @@ use tokentally_sink::clickhouse::schema::{MIGRATIONS, bootstrap};
 use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, fence, migrate};
 
 use super::clickhouse_args::ClickHouseArgs;
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Create or upgrade tokentally's ClickHouse schema: the database, the
 /// `usage_deltas` ledger, the analyst views (`usage_daily`, `usage_minute`,

@@ -11,7 +11,7 @@ use tokentally_aggregate::source::file::{FileSource, Input};
 use tokentally_ingest::kafka::{KafkaConfig, event_key};
 
 use super::kafka_args::KafkaArgs;
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Most sends awaiting the broker's acknowledgement at once.
 const IN_FLIGHT: usize = 50_000;

@@ -5,7 +5,7 @@ use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
 use tokentally_sink::embedded::{open_query_context, verify};
 
-use crate::config::{Config, StoreArgs};
+use tokentally::config::{Config, StoreArgs};
 
 /// Run SQL (DataFusion dialect) over the store. Tables: usage_daily(day,
 /// model, provider, requests, prompt_tokens, completion_tokens, total_tokens,

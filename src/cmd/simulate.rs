@@ -13,7 +13,7 @@ use tokentally_ingest::kafka::event_key;
 use super::produce::LineProducer;
 
 use super::metrics::{MetricsArgs, registry};
-use crate::config::{Config, FleetArgs};
+use tokentally::config::{Config, FleetArgs};
 
 /// Simulated fleet traffic: a seeded, deterministic mix of real-looking
 /// models (Zipf-like popularity), log-normal token counts and apps, with

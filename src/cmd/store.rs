@@ -1,7 +1,7 @@
 use clap::{Args, Subcommand};
 use tokentally_sink::embedded::verify;
 
-use crate::config::{Config, StoreArgs};
+use tokentally::config::{Config, StoreArgs};
 
 /// Look after the local store.
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@ use clap::{Args, Subcommand};
 use tokentally_ingest::kafka::{TopicOutcome, create_topics};
 
 use super::kafka_args::KafkaArgs;
-use crate::config::Config;
+use tokentally::config::Config;
 
 /// Manage tokentally's Kafka topics. Topics are always created explicitly,
 /// never by broker auto-creation.
