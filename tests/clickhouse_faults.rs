@@ -204,53 +204,45 @@ impl World {
 
     /// Wait (at most `limit`) until `n` writers hold partitions at once.
     fn wait_holders(&self, n: u64, limit: Duration) {
-        let started = Instant::now();
-        while self.holders() < n {
-            assert!(
-                started.elapsed() < limit,
-                "{n} aggregators never held partitions at once within {limit:?}"
-            );
-            sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            limit,
+            100,
+            || self.holders() >= n,
+            || format!("{n} aggregators never held partitions at once within {limit:?}"),
+        );
     }
 
     /// Wait (at most `limit`) until more than `n` partitions were claimed:
     /// a takeover happened.
     fn wait_claims_above(&self, n: u64, limit: Duration) {
-        let started = Instant::now();
-        while self.claims() <= n {
-            assert!(
-                started.elapsed() < limit,
-                "no partition changed hands within {limit:?}"
-            );
-            sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            limit,
+            100,
+            || self.claims() > n,
+            || format!("no partition changed hands within {limit:?}"),
+        );
     }
 
     /// Wait (at most `limit`) until more than `n` batches are committed.
     fn wait_commits_above(&self, n: u64, limit: Duration) {
-        let started = Instant::now();
-        while self.commits() <= n {
-            assert!(
-                started.elapsed() < limit,
-                "no commit past {n} within {limit:?}"
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            limit,
+            50,
+            || self.commits() > n,
+            || format!("no commit past {n} within {limit:?}"),
+        );
     }
 
     /// Wait (at most `limit`) until more than `n` batches are committed, or
     /// every record of the topic is.
     fn wait_commits_above_or_all(&self, n: u64, limit: Duration) {
         let bounds = partition_bounds(&self.topic.brokers, &self.topic.name);
-        let started = Instant::now();
-        while self.commits() <= n && !self.committed_all(&bounds) {
-            assert!(
-                started.elapsed() < limit,
-                "no commit past {n} within {limit:?}"
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            limit,
+            50,
+            || self.commits() > n || self.committed_all(&bounds),
+            || format!("no commit past {n} within {limit:?}"),
+        );
     }
 
     /// Whether the ledger has every partition committed to its end.
@@ -302,6 +294,21 @@ impl World {
             "exact; {} batches in gapless chains, {} ids each counted once; catch-up: {caught_up}",
             stats.batches, stats.ids
         )
+    }
+}
+
+/// Poll `done` every `poll_ms` until it holds; fail with `what` after
+/// `limit`.
+fn wait_until(
+    limit: Duration,
+    poll_ms: u64,
+    mut done: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{}", what());
+        sleep(Duration::from_millis(poll_ms));
     }
 }
 
