@@ -47,9 +47,17 @@ def main() -> int:
             s.query(f"""
                 INSERT INTO {db}.usage_deltas (kind, day, reason, batch_id, requests)
                 VALUES ('rejected', '2026-11-27', 'invalid_json', '', 3)""")
+            # Progress as a batch commits it: by source (minute 0), by
+            # commit time (minute = arrival, requests = its dead letters),
+            # and the head written after the commit.
+            offset = 100 if batch == 'b1' else 200
             s.query(f"""
-                INSERT INTO {db}.usage_deltas (kind, source, next_offset, batch_id, batches, watermark_ms)
-                VALUES ('progress', 'kafka:token-events:0', {100 if batch == 'b1' else 200}, '{batch}', 1, 1795823996725)""")
+                INSERT INTO {db}.usage_deltas (kind, minute, source, next_offset, batch_id, requests, batches, watermark_ms)
+                VALUES ('progress', toDateTime(0), 'kafka:token-events:0', {offset}, '{batch}', 0, 1, 1795823996725),
+                       ('progress', now(), 'kafka:token-events:0', {offset}, '{batch}', 1, 0, 1795823996725)""")
+            s.query(f"""
+                INSERT INTO {db}.ledger_heads (source, next_offset, watermark_ms, at)
+                VALUES ('kafka:token-events:0', {offset}, 1795823996725, now())""")
             s.query(f"""
                 INSERT INTO {db}.rejected_events_log (received_at, batch_id, reason, field, detail, raw)
                 VALUES (now(), '{batch}', 'invalid_json', '', 'expected value', '{{not json')""")

@@ -52,7 +52,8 @@ pub fn check_history(
         url,
         &format!(
             "SELECT source, start_offset, next_offset, batch_id FROM {db}.usage_deltas \
-             WHERE kind = 'progress' AND source LIKE 'kafka:%' ORDER BY source, start_offset, next_offset"
+             WHERE kind = 'progress' AND minute = toDateTime(0) AND source LIKE 'kafka:%' \
+             ORDER BY source, start_offset, next_offset"
         ),
     );
     let mut chains: BTreeMap<i32, Vec<(i64, i64, String)>> = BTreeMap::new();

@@ -256,7 +256,10 @@ pub fn migrated_database(url: &str, tag: &str) -> String {
     let db = unique(tag);
     let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("applied migrations [1, 2, 3, 4]"), "{text}");
+    assert!(
+        text.contains("applied migrations [1, 2, 3, 4, 5]"),
+        "{text}"
+    );
     db
 }
 

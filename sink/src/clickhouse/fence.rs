@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 
+use super::rows::DeltaRow;
 use super::schema::ServerInfo;
 use super::{has_code, quote};
 
@@ -91,14 +92,31 @@ impl Default for Writer {
     }
 }
 
-/// Statements creating writer `id`'s table and its view.
+/// Statements creating writer `id`'s table and its view. The view forwards
+/// the columns a batch writes ([`DeltaRow`]) and `committed_at` (the
+/// server's time when the insert arrived) as they are, except that a
+/// commit-time progress row (`minute` not 0) gets `committed_at` as its
+/// `minute`: one clock for every aggregator, and a batch whose insert was
+/// retried for hours is found by its arrival, not by when it was cut.
 pub fn create_writer(db: &str, id: &str) -> Vec<String> {
+    use clickhouse::Row;
     let table = table_of(id);
+    let select = DeltaRow::COLUMN_NAMES
+        .iter()
+        .chain(&["committed_at"])
+        .map(|c| match *c {
+            "minute" => {
+                "if(kind = 'progress' AND minute != toDateTime(0), committed_at, minute) AS minute"
+            }
+            c => c,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     vec![
         format!("CREATE TABLE IF NOT EXISTS {db}.{table} AS {db}.usage_deltas ENGINE = Null"),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.usage_deltas \
-             AS SELECT * FROM {db}.{table}"
+             AS SELECT {select} FROM {db}.{table}"
         ),
     ]
 }
@@ -166,6 +184,19 @@ mod tests {
             ]
         );
         assert!(drop_writer("db", "ab", &new)[0].ends_with(" SYNC"));
+        let create = create_writer("db", "ab");
+        assert_eq!(
+            create[0],
+            "CREATE TABLE IF NOT EXISTS db.writer_ab AS db.usage_deltas ENGINE = Null"
+        );
+        // Every column a batch writes goes through, and commit-time rows
+        // take the server's arrival time.
+        assert!(create[1].contains("SELECT kind, day, if(kind = 'progress' AND minute != toDateTime(0), committed_at, minute) AS minute, model,"), "{}", create[1]);
+        assert!(
+            create[1].ends_with(", watermark_ms, committed_at FROM db.writer_ab"),
+            "{}",
+            create[1]
+        );
         let sql = holders_sql("db", &["kafka:t:0".into(), "kafka:it's:1".into()], "me");
         assert!(sql.contains("IN ('kafka:t:0', 'kafka:it\\'s:1')"), "{sql}");
         assert!(sql.contains("writer != 'me'"), "{sql}");

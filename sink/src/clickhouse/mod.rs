@@ -39,7 +39,8 @@ use tokentally_aggregate::sink::{Recovered, UsageSink};
 use tokentally_aggregate::source::BoxError;
 
 use self::fence::{CLAIM, RELEASE, Writer, WriterRow};
-use self::rows::{DeltaRow, IdSetRow, RejectedRow};
+use self::rows::{DeltaRow, HeadRow, IdSetRow, RejectedRow};
+use self::schema::{BY_SOURCE, BY_TIME};
 pub use self::schema::{MigrationReport, ServerInfo, migrate};
 
 /// ClickHouse settings (`[clickhouse]` in the config file). The password
@@ -243,7 +244,7 @@ impl SinkMetrics {
             )?,
             ledger_rows: prometheus::IntGauge::new(
                 "tokentally_sink_ledger_rows",
-                "Progress rows in the ClickHouse ledger when this aggregator started.",
+                "Rows in usage_deltas (deltas and ledger) when this aggregator started.",
             )?,
         };
         registry.register(Box::new(m.rows.clone()))?;
@@ -310,11 +311,24 @@ pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-#[derive(Debug, clickhouse::Row, Deserialize)]
+/// A source's newest progress row.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
 struct ProgressRow {
     source: String,
     next_offset: i64,
+    watermark_ms: i64,
+    committed_at: u32,
 }
+
+/// How far apart clocks may be (the aggregators' and ClickHouse's) for
+/// bounds that compare a stamp taken by an aggregator with one taken by the
+/// server. Stamps are taken on the server's clock (see
+/// [`ClickHouseSink::stamp`]), so this only covers drift and round trips.
+const CLOCK_MARGIN_S: u32 = 3_600;
+
+/// How often committed positions are written to `ledger_heads` (also on
+/// release and on stop).
+const HEADS_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct LoadedIdSet {
@@ -338,6 +352,16 @@ pub struct ClickHouseSink {
     known: HashMap<String, Option<i64>>,
     /// Server time when `recover` loaded ids; rebalances load newer ones.
     loaded_at: Option<u32>,
+    /// The server's clock minus this machine's, in seconds.
+    clock_offset: i64,
+    /// The current dedup floor (hour bucket): older ids no longer matter.
+    floor: i64,
+    /// Sources known to have a row in `ledger_heads`.
+    headed: std::collections::HashSet<String>,
+    /// Committed positions not yet written to `ledger_heads`.
+    pending_heads: BTreeMap<String, HeadRow>,
+    /// When `ledger_heads` was last written.
+    heads_written: Instant,
     /// Oldest dedup-id partition (day) still kept.
     kept_id_day: Option<i64>,
     /// Newest month of dead letters already dropped (YYYYMM).
@@ -390,6 +414,11 @@ impl ClickHouseSink {
             horizon,
             known: HashMap::new(),
             loaded_at: None,
+            clock_offset: 0,
+            floor: i64::MIN,
+            headed: Default::default(),
+            pending_heads: BTreeMap::new(),
+            heads_written: Instant::now(),
             kept_id_day: None,
             dropped_dead_letter_month: None,
             metrics: None,
@@ -440,13 +469,136 @@ impl ClickHouseSink {
         .await
     }
 
-    /// Committed progress, for the given sources or all.
+    /// The newest progress row of each source in `from`, reading each
+    /// source's chain from its bound on (`None`: all of it). Bounds come
+    /// from `ledger_heads` or from what this aggregator committed, and are
+    /// offsets at or below the newest: the read costs the rows since the
+    /// bound, not the ledger's history.
     async fn ledger(
         &self,
+        from: &BTreeMap<String, Option<i64>>,
+    ) -> Result<BTreeMap<String, ProgressRow>, ClickHouseError> {
+        if from.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let sources = from
+            .iter()
+            .map(|(k, bound)| match bound {
+                Some(b) => format!("(source = {} AND next_offset >= {b})", quote(k)),
+                None => format!("source = {}", quote(k)),
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!(
+            "SELECT source, max(next_offset) AS top, argMax(watermark_ms, next_offset) AS wm, \
+             toUInt32(argMax(committed_at, next_offset)) AS at \
+             FROM {}.usage_deltas WHERE {BY_SOURCE} AND ({sources}) GROUP BY source",
+            self.db()
+        );
+        Ok(self
+            .fetch::<ProgressRow>(sql)
+            .await?
+            .into_iter()
+            .map(|r| (r.source.clone(), r))
+            .collect())
+    }
+
+    /// The heads of the given sources, or of all.
+    async fn heads(
+        &self,
         keys: Option<&[String]>,
-    ) -> Result<BTreeMap<String, i64>, ClickHouseError> {
+    ) -> Result<BTreeMap<String, HeadRow>, ClickHouseError> {
         let filter = match keys {
             Some([]) => return Ok(BTreeMap::new()),
+            Some(keys) => format!(
+                " WHERE source IN ({})",
+                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT source, max(next_offset) AS top, max(watermark_ms) AS wm, \
+             toUInt32(max(at)) AS last FROM {}.ledger_heads{filter} GROUP BY source",
+            self.db()
+        );
+        Ok(self
+            .fetch::<HeadRow>(sql)
+            .await?
+            .into_iter()
+            .map(|r| (r.source.clone(), r))
+            .collect())
+    }
+
+    /// Committed progress of `keys` (all sources with a head when `None`),
+    /// read from their heads on. Heads that lag what was found are brought
+    /// up to date, and every source read gets a head (-1 for one with no
+    /// progress yet), so that the next read starts there.
+    async fn progress(
+        &mut self,
+        keys: Option<&[String]>,
+    ) -> Result<BTreeMap<String, ProgressRow>, ClickHouseError> {
+        let heads = self.heads(keys).await?;
+        let mut from: BTreeMap<String, Option<i64>> = heads
+            .iter()
+            .map(|(k, h)| (k.clone(), Some(h.next_offset)))
+            .collect();
+        for k in keys.unwrap_or_default() {
+            from.entry(k.clone()).or_insert(None);
+        }
+        let found = self.ledger(&from).await?;
+        for (k, h) in &heads {
+            if h.next_offset >= 0 && !found.contains_key(k) {
+                return Err(ClickHouseError::Config(format!(
+                    "ledger_heads says {k} was committed up to offset {}, but usage_deltas has no \
+                     such progress row: the ledger was changed outside tokentally",
+                    h.next_offset
+                )));
+            }
+        }
+        let mut update = Vec::new();
+        for k in from.keys() {
+            let head = heads.get(k).map(|h| h.next_offset);
+            match found.get(k) {
+                Some(p) if head.is_none_or(|h| p.next_offset > h) => update.push(HeadRow {
+                    source: k.clone(),
+                    next_offset: p.next_offset,
+                    watermark_ms: p.watermark_ms,
+                    at: p.committed_at,
+                }),
+                None if head.is_none() => update.push(HeadRow::none(k)),
+                _ => {}
+            }
+        }
+        self.insert_side_rows::<HeadRow>("ledger_heads", &update)
+            .await?;
+        self.headed.extend(from.into_keys());
+        Ok(found)
+    }
+
+    /// Ids (bucket at or above `floor`) of the batches committed since
+    /// `since` (server time), only of those that advanced `keys` when
+    /// given. The commit-time rows read go back no further than the oldest
+    /// id set still above the floor: bounded by the dedup horizon.
+    async fn load_ids(
+        &self,
+        floor: i64,
+        since: u32,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<(i64, u128)>, ClickHouseError> {
+        let db = self.db();
+        let oldest = self
+            .fetch::<(u32, u64)>(format!(
+                "SELECT toUInt32(min(at)), count() FROM {db}.dedup_id_sets WHERE bucket >= {floor}"
+            ))
+            .await?;
+        let Some(&(oldest, sets)) = oldest.first() else {
+            return Ok(Vec::new());
+        };
+        if sets == 0 {
+            return Ok(Vec::new());
+        }
+        let from = oldest.saturating_sub(CLOCK_MARGIN_S).max(since).max(1);
+        let filter = match keys {
             Some(keys) => format!(
                 " AND source IN ({})",
                 keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
@@ -454,36 +606,9 @@ impl ClickHouseSink {
             None => String::new(),
         };
         let sql = format!(
-            "SELECT source, max(next_offset) AS next_offset FROM {}.usage_deltas \
-             WHERE kind = 'progress' AND source != ''{filter} GROUP BY source",
-            self.db()
-        );
-        Ok(self
-            .fetch::<ProgressRow>(sql)
-            .await?
-            .into_iter()
-            .map(|r| (r.source, r.next_offset))
-            .collect())
-    }
-
-    /// Dedup ids of committed batches, optionally only of batches that
-    /// advanced `keys` and were committed at or after `since`.
-    async fn load_ids(
-        &self,
-        floor: i64,
-        batches: Option<(&[String], u32)>,
-    ) -> Result<Vec<(i64, u128)>, ClickHouseError> {
-        let db = self.db();
-        let filter = match batches {
-            Some((keys, since)) => format!(
-                " AND source IN ({}) AND committed_at >= toDateTime({since}, 'UTC')",
-                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
-            ),
-            None => String::new(),
-        };
-        let sql = format!(
             "SELECT bucket, ids_hi, ids_lo FROM {db}.dedup_id_sets WHERE bucket >= {floor} \
-             AND batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress'{filter})"
+             AND batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE {BY_TIME} \
+             AND minute >= toDateTime({from}, 'UTC'){filter})"
         );
         let mut ids = Vec::new();
         for set in self.fetch::<LoadedIdSet>(sql).await? {
@@ -493,6 +618,22 @@ impl ClickHouseSink {
             );
         }
         Ok(ids)
+    }
+
+    /// Now, in seconds on the server's clock.
+    fn stamp(&self) -> u32 {
+        (chrono::Utc::now().timestamp() + self.clock_offset).clamp(0, u32::MAX as i64) as u32
+    }
+
+    /// Write the committed positions not yet in `ledger_heads`.
+    async fn write_heads(&mut self) -> Result<(), ClickHouseError> {
+        let rows: Vec<HeadRow> = std::mem::take(&mut self.pending_heads)
+            .into_values()
+            .collect();
+        self.insert_side_rows::<HeadRow>("ledger_heads", &rows)
+            .await?;
+        self.heads_written = Instant::now();
+        Ok(())
     }
 
     async fn server_now(&self) -> Result<u32, ClickHouseError> {
@@ -507,19 +648,16 @@ impl ClickHouseSink {
 
     /// Stop if another aggregator advanced a partition this batch covers.
     async fn check_fence(&self, outcome: &BatchOutcome) -> Result<(), ClickHouseError> {
-        let keys: Vec<String> = outcome
+        // Read each chain from where this aggregator left it.
+        let from: BTreeMap<String, Option<i64>> = outcome
             .progress
             .keys()
-            .filter(|k| self.known.contains_key(*k))
-            .cloned()
+            .filter_map(|k| Some((k.clone(), *self.known.get(k)?)))
             .collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let ledger = self.ledger(Some(&keys)).await?;
-        for key in keys {
+        let ledger = self.ledger(&from).await?;
+        for key in from.into_keys() {
             let expected = self.known.get(&key).copied().flatten();
-            let found = ledger.get(&key).copied();
+            let found = ledger.get(&key).map(|p| p.next_offset);
             if found != expected {
                 return Err(ClickHouseError::Fenced {
                     source_key: key,
@@ -531,9 +669,13 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    async fn batch_committed(&self, batch_id: &str) -> Result<bool, ClickHouseError> {
+    /// Whether batch `batch_id`, cut at `stamp`, is in the ledger: a read
+    /// of the commit-time rows since then.
+    async fn batch_committed(&self, batch_id: &str, stamp: u32) -> Result<bool, ClickHouseError> {
+        let from = stamp.saturating_sub(CLOCK_MARGIN_S);
         let sql = format!(
-            "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress' AND batch_id = {}",
+            "SELECT count() FROM {}.usage_deltas WHERE {BY_TIME} \
+             AND minute >= toDateTime({from}, 'UTC') AND batch_id = {}",
             self.db(),
             quote(batch_id)
         );
@@ -720,19 +862,22 @@ impl UsageSink for ClickHouseSink {
     async fn recover(&mut self) -> Result<Recovered, BoxError> {
         let started = Instant::now();
         let loaded_at = self.server_now().await?;
-        let progress = self.ledger(None).await?;
-        let db = self.db();
-        let wm = self
-            .fetch::<i64>(format!(
-                "SELECT max(watermark_ms) FROM {db}.usage_deltas WHERE kind = 'progress'"
-            ))
-            .await?;
-        let watermark_ms = wm.first().copied().filter(|w| *w > 0);
-        let dedup_ids = self.load_ids(self.floor_for(watermark_ms), None).await?;
+        self.clock_offset = i64::from(loaded_at) - chrono::Utc::now().timestamp();
+        let found = self.progress(None).await?;
+        let watermark_ms = found
+            .values()
+            .map(|p| p.watermark_ms)
+            .max()
+            .filter(|w| *w > 0);
+        self.floor = self.floor_for(watermark_ms);
+        let dedup_ids = self.load_ids(self.floor, 0, None).await?;
+        let progress: BTreeMap<String, i64> =
+            found.into_iter().map(|(k, p)| (k, p.next_offset)).collect();
         tracing::info!(
             sources = progress.len(),
             ids = dedup_ids.len(),
             ?watermark_ms,
+            seconds = started.elapsed().as_secs_f64(),
             "recovered from ClickHouse"
         );
         self.known = progress
@@ -745,8 +890,9 @@ impl UsageSink for ClickHouseSink {
                 .with_label_values(&["startup"])
                 .set(started.elapsed().as_secs_f64());
             let sql = format!(
-                "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress'",
-                self.db()
+                "SELECT sum(rows) FROM system.parts WHERE database = {} \
+                 AND table = 'usage_deltas' AND active",
+                quote(self.db())
             );
             let rows = self.fetch::<u64>(sql).await?;
             m.ledger_rows
@@ -763,17 +909,23 @@ impl UsageSink for ClickHouseSink {
         let started = Instant::now();
         // Fence first: the ledger read after it is final for these keys.
         self.claim(keys).await?;
-        let progress = self.ledger(Some(keys)).await?;
+        let progress: BTreeMap<String, i64> = self
+            .progress(Some(keys))
+            .await?
+            .into_iter()
+            .map(|(k, p)| (k, p.next_offset))
+            .collect();
         // Ids of batches committed since `recover` loaded them, minus a
         // margin for inserts that were in flight then.
         let since = self.loaded_at.unwrap_or(0).saturating_sub(300);
-        let dedup_ids = self.load_ids(i64::MIN, Some((keys, since))).await?;
+        let dedup_ids = self.load_ids(self.floor, since, Some(keys)).await?;
         for key in keys {
             self.known.insert(key.clone(), progress.get(key).copied());
         }
         tracing::info!(
             ?progress,
             ids = dedup_ids.len(),
+            seconds = started.elapsed().as_secs_f64(),
             "resumed partitions from ClickHouse"
         );
         if let Some(m) = &self.metrics {
@@ -794,18 +946,28 @@ impl UsageSink for ClickHouseSink {
         let budget = self.config.retry_for;
         let timeout = self.config.request_timeout;
 
-        let ids = rows::id_set_rows(&batch_id, &outcome.new_ids);
-        let received_at = chrono::Utc::now().timestamp().clamp(0, u32::MAX as i64) as u32;
+        let received_at = self.stamp();
+        let ids = rows::id_set_rows(&batch_id, &outcome.new_ids, received_at);
         let rejected = rows::rejected_rows(&batch_id, received_at, &outcome.dead_letters);
+        // A source's first batch gives it a head (-1: nothing committed
+        // yet), so that every source in the ledger has one.
+        let new_heads: Vec<HeadRow> = outcome
+            .progress
+            .keys()
+            .filter(|k| !self.headed.contains(*k))
+            .map(|k| HeadRow::none(k))
+            .collect();
         // The fence check and the side rows are independent round trips:
-        // run them together. Both must be done before the usage_deltas
+        // run them together. All must be done before the usage_deltas
         // insert, which commits the batch; side rows of a batch that is
         // fenced (or fails) are orphans that every reader filters out.
         tokio::try_join!(
             self.check_fence(outcome),
             self.insert_side_rows::<IdSetRow>("dedup_id_sets", &ids),
             self.insert_side_rows::<RejectedRow>("rejected_events_log", &rejected),
+            self.insert_side_rows::<HeadRow>("ledger_heads", &new_heads),
         )?;
+        self.headed.extend(new_heads.into_iter().map(|h| h.source));
         let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
         let token = self.server.modern.then_some(batch_id.as_str());
         let table = self.writer.table();
@@ -823,7 +985,7 @@ impl UsageSink for ClickHouseSink {
                         // A previous attempt may have landed with its answer
                         // lost; and while this one was failing, the group may
                         // have given the partitions to another aggregator.
-                        if this.batch_committed(batch_id).await? {
+                        if this.batch_committed(batch_id, received_at).await? {
                             return Ok(());
                         }
                         this.check_fence(outcome).await?;
@@ -847,6 +1009,15 @@ impl UsageSink for ClickHouseSink {
         })?;
         for (k, v) in &outcome.progress {
             self.known.insert(k.clone(), Some(*v));
+            self.pending_heads.insert(
+                k.clone(),
+                HeadRow {
+                    source: k.clone(),
+                    next_offset: *v,
+                    watermark_ms: outcome.watermark_ms.unwrap_or(0),
+                    at: received_at,
+                },
+            );
         }
         tracing::debug!(
             batch_id,
@@ -856,18 +1027,24 @@ impl UsageSink for ClickHouseSink {
             dead_letters = rejected.len(),
             "batch committed to ClickHouse"
         );
+        if self.heads_written.elapsed() >= HEADS_EVERY {
+            self.write_heads().await?;
+        }
+        self.floor = outcome.dedup_floor;
         self.forget_ids(outcome.dedup_floor).await?;
         self.forget_dead_letters().await?;
         Ok(())
     }
 
     async fn release(&mut self, keys: &[String]) -> Result<(), BoxError> {
+        self.write_heads().await?;
         self.record(keys, RELEASE).await?;
         tracing::info!(partitions = ?keys, "released partitions");
         Ok(())
     }
 
     async fn close(&mut self) -> Result<(), BoxError> {
+        self.write_heads().await?;
         if self.writer_ready {
             let db = self.db().to_string();
             for sql in fence::drop_writer(&db, &self.writer.id, &self.server) {

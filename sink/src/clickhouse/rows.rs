@@ -77,6 +77,31 @@ pub struct IdSetRow<'a> {
     pub bucket: i64,
     pub ids_hi: Vec<u64>,
     pub ids_lo: Vec<u64>,
+    /// The batch's commit time, as in its commit-time progress rows.
+    pub at: u32,
+}
+
+/// One row of `ledger_heads`: a source's committed position (or -1 when
+/// it had none yet), at or below the newest in the ledger.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, serde::Deserialize)]
+pub struct HeadRow {
+    pub source: String,
+    pub next_offset: i64,
+    pub watermark_ms: i64,
+    /// When that position was committed (server time; 0 when unknown).
+    pub at: u32,
+}
+
+impl HeadRow {
+    /// A head for a source with nothing committed yet.
+    pub fn none(source: &str) -> Self {
+        HeadRow {
+            source: source.to_string(),
+            next_offset: -1,
+            watermark_ms: 0,
+            at: 0,
+        }
+    }
 }
 
 /// One row of `rejected_events_log`.
@@ -91,8 +116,9 @@ pub struct RejectedRow<'a> {
     pub raw: &'a [u8],
 }
 
-/// A batch's new ids, one row per bucket (a batch spans one or two hours).
-pub fn id_set_rows<'a>(batch_id: &'a str, ids: &[(i64, u128)]) -> Vec<IdSetRow<'a>> {
+/// A batch's new ids, one row per bucket (a batch spans one or two hours),
+/// committed at `at`.
+pub fn id_set_rows<'a>(batch_id: &'a str, ids: &[(i64, u128)], at: u32) -> Vec<IdSetRow<'a>> {
     let mut rows: Vec<IdSetRow<'a>> = Vec::new();
     for &(bucket, id) in ids {
         let at = match rows.iter().rposition(|r| r.bucket == bucket) {
@@ -103,6 +129,7 @@ pub fn id_set_rows<'a>(batch_id: &'a str, ids: &[(i64, u128)]) -> Vec<IdSetRow<'
                     bucket,
                     ids_hi: Vec::new(),
                     ids_lo: Vec::new(),
+                    at,
                 });
                 rows.len() - 1
             }
@@ -143,7 +170,11 @@ fn col<'b>(b: &'b RecordBatch, name: &str) -> &'b dyn Array {
 }
 
 /// Every row of one batch's single `usage_deltas` insert: deltas, reject
-/// counts (on the UTC day they were refused), and progress.
+/// counts (on the UTC day they were refused), and progress, committed at
+/// `now_s`. Progress goes in twice: by source (`minute` 0, the offset
+/// chain) and by commit time (`minute` = `now_s`, `requests` = the batch's
+/// raw dead letters), one of each per source the batch advanced, or one
+/// commit-time row with an empty source when it advanced none.
 pub fn delta_rows<'a>(
     batch_id: &'a str,
     outcome: &'a BatchOutcome,
@@ -210,28 +241,32 @@ pub fn delta_rows<'a>(
         rows.push(r);
     }
     let watermark_ms = outcome.watermark_ms.unwrap_or(0);
-    let mut progress_rows = outcome
-        .progress
-        .iter()
-        .map(|(source, next)| {
-            let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
-            r.source = source;
-            r.next_offset = *next;
-            r.start_offset = outcome.starts.get(source).copied().unwrap_or(-1);
-            r.batches = 1;
-            r.watermark_ms = watermark_ms;
-            r
-        })
-        .peekable();
-    if progress_rows.peek().is_none() {
+    let dead_letters = outcome.dead_letters.len() as u64;
+    let by_time = |source: &'a str, next_offset: i64, start_offset: i64| {
+        let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
+        r.minute = now_s;
+        r.source = source;
+        r.next_offset = next_offset;
+        r.start_offset = start_offset;
+        r.requests = dead_letters;
+        r.watermark_ms = watermark_ms;
+        r
+    };
+    if outcome.progress.is_empty() {
         // Every batch leaves a ledger row: its id commits its ids and
         // dead letters.
+        rows.push(by_time("", 0, -1));
+    }
+    for (source, next) in &outcome.progress {
+        let start = outcome.starts.get(source).copied().unwrap_or(-1);
         let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
+        r.source = source;
+        r.next_offset = *next;
+        r.start_offset = start;
         r.batches = 1;
         r.watermark_ms = watermark_ms;
         rows.push(r);
-    } else {
-        rows.extend(progress_rows);
+        rows.push(by_time(source, *next, start));
     }
     Ok(rows)
 }
@@ -277,15 +312,21 @@ mod tests {
             ("invalid_json", 1)
         );
         let progress = of(KIND_PROGRESS);
-        assert_eq!(progress.len(), 2);
-        assert!(
-            progress
-                .iter()
-                .all(|r| r.batch_id == "b1" && r.batches == 1)
-        );
+        assert!(progress.iter().all(|r| r.batch_id == "b1"));
+        // By source (minute 0) and by commit time, per source; the
+        // commit-time rows carry the batch's dead letters.
+        let view: Vec<(u32, &str, i64, u64, u64)> = progress
+            .iter()
+            .map(|r| (r.minute, r.source, r.next_offset, r.batches, r.requests))
+            .collect();
         assert_eq!(
-            (progress[0].source, progress[0].next_offset),
-            ("kafka:t:0", 42)
+            view,
+            vec![
+                (0, "kafka:t:0", 42, 1, 0),
+                (1_795_800_000, "kafka:t:0", 42, 0, 1),
+                (0, "kafka:t:1", 7, 1, 0),
+                (1_795_800_000, "kafka:t:1", 7, 0, 1),
+            ]
         );
         // Data rows carry no batch id, so merges fold them across batches.
         assert!(
@@ -294,11 +335,11 @@ mod tests {
                 .all(|r| r.batch_id.is_empty())
         );
 
-        let sets = id_set_rows("b1", &outcome.new_ids);
+        let sets = id_set_rows("b1", &outcome.new_ids, 1_795_800_000);
         let back: Vec<(i64, u128)> = sets
             .iter()
             .flat_map(|r| {
-                assert_eq!(r.batch_id, "b1");
+                assert_eq!((r.batch_id, r.at), ("b1", 1_795_800_000));
                 r.ids_hi
                     .iter()
                     .zip(&r.ids_lo)
@@ -311,7 +352,7 @@ mod tests {
     #[test]
     fn ids_are_grouped_by_bucket_in_arrival_order() {
         let ids = [(7, 1u128 << 64 | 2), (8, 3), (7, 4), (8, u128::MAX)];
-        let sets = id_set_rows("b", &ids);
+        let sets = id_set_rows("b", &ids, 0);
         let view: Vec<(i64, &[u64], &[u64])> = sets
             .iter()
             .map(|r| (r.bucket, r.ids_hi.as_slice(), r.ids_lo.as_slice()))
@@ -337,11 +378,17 @@ mod tests {
             progress: Default::default(),
             starts: Default::default(),
         };
-        let rows = delta_rows("b2", &outcome, 0).unwrap();
+        let rows = delta_rows("b2", &outcome, 9).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
-            (rows[0].kind, rows[0].batch_id, rows[0].watermark_ms),
-            (KIND_PROGRESS, "b2", 5)
+            (
+                rows[0].kind,
+                rows[0].batch_id,
+                rows[0].minute,
+                rows[0].source,
+                rows[0].watermark_ms
+            ),
+            (KIND_PROGRESS, "b2", 9, "", 5)
         );
     }
 }

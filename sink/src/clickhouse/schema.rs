@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "batch ranges in the ledger, and the writers table that fences zombies",
         statements: v4,
     },
+    Migration {
+        version: 5,
+        name: "recovery bounded by the dedup horizon: ledger heads, commit-time rows, id set times",
+        statements: v5,
+    },
 ];
 
 /// Create the database and the migrations table.
@@ -251,6 +256,87 @@ fn v4(db: &str, server: &ServerInfo) -> Vec<String> {
              source String, writer String, action Enum8('claim' = 1, 'release' = 2), \
              seq UInt64, at DateTime('UTC') DEFAULT now()) \
              ENGINE = MergeTree ORDER BY (source, writer, seq)"
+        ),
+    ]
+}
+
+/// Progress rows by source: the ledger's per-partition chain, sorted by
+/// source and offset (every sort-key column before `source` pinned, so a
+/// condition on source and offset reads a few granules).
+pub const BY_SOURCE: &str = "kind = 'progress' AND day = toDate(0) AND minute = toDateTime(0) \
+     AND model = '' AND provider = '' AND app = '' AND reason = ''";
+
+/// Progress rows by commit time: one per source a batch advanced (or one
+/// with an empty source), `minute` = the commit time. Add a condition on
+/// `minute`.
+pub const BY_TIME: &str = "kind = 'progress' AND day = toDate(0)";
+
+/// Makes every recovery read bounded by the dedup horizon and the number of
+/// partitions, not by how long the system has run (see docs/ARCHITECTURE.md,
+/// "What grows, and its bound"):
+/// - `ledger_heads`: a lower bound of each source's committed offset,
+///   written after commits; the ledger is read from there on.
+/// - every batch also writes its progress rows sorted by commit time
+///   (`minute`), so that "the batches committed since T" is a range read;
+///   `dedup_id_sets.at` is that commit time, so the ids of the horizon say
+///   how far back to read.
+///
+/// The conversion seeds the heads from the ledger's history and adds
+/// commit-time rows for the batches whose ids or dead letters are still
+/// kept (one pass over the old ledger, once). Those rows, and the id sets
+/// already there, are stamped with the time of the migration, so that the
+/// next recoveries read from there on; the ids age out with the horizon.
+/// Rerunnable: copies already made are skipped, a head added twice is
+/// harmless. Aggregators must be stopped meanwhile.
+fn v5(db: &str, server: &ServerInfo) -> Vec<String> {
+    let if_absent = if server.modern { "IF NOT EXISTS " } else { "" };
+    let now = chrono::Utc::now().timestamp();
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.ledger_heads (\
+             source String, next_offset Int64, watermark_ms Int64, at DateTime('UTC')) \
+             ENGINE = ReplacingMergeTree(next_offset) ORDER BY source"
+        ),
+        format!(
+            "ALTER TABLE {db}.dedup_id_sets ADD COLUMN {if_absent}at DateTime('UTC') \
+             DEFAULT toDateTime({now}, 'UTC')"
+        ),
+        format!(
+            "INSERT INTO {db}.ledger_heads (source, next_offset, watermark_ms, at) \
+             SELECT source, max(next_offset), max(watermark_ms), max(committed_at) \
+             FROM {db}.usage_deltas WHERE {BY_SOURCE} AND source != '' GROUP BY source"
+        ),
+        format!(
+            "INSERT INTO {db}.usage_deltas (kind, day, minute, source, next_offset, start_offset, \
+             batch_id, requests, watermark_ms, committed_at) \
+             SELECT kind, day, now(), source, next_offset, start_offset, batch_id, \
+             dead_letters, watermark_ms, committed_at \
+             FROM (SELECT * FROM {db}.usage_deltas WHERE {BY_SOURCE} \
+             AND (batch_id IN (SELECT batch_id FROM {db}.dedup_id_sets) \
+             OR batch_id IN (SELECT batch_id FROM {db}.rejected_events_log)) \
+             AND batch_id NOT IN (SELECT batch_id FROM {db}.usage_deltas \
+             WHERE {BY_TIME} AND minute > toDateTime(0))) AS p \
+             ANY LEFT JOIN (SELECT batch_id, count() AS dead_letters \
+             FROM {db}.rejected_events_log GROUP BY batch_id) AS d USING batch_id"
+        ),
+        format!("DROP TABLE IF EXISTS {db}.ingest_progress"),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.ingest_progress AS \
+             SELECT source, max(next_offset) AS next_offset, max(committed_at) AS committed_at, \
+             max(watermark_ms) AS watermark_ms FROM (\
+             SELECT source, next_offset, committed_at, watermark_ms FROM {db}.usage_deltas \
+             WHERE {BY_TIME} AND minute >= now() - 3600 AND source != '' \
+             UNION ALL \
+             SELECT source, next_offset, at AS committed_at, watermark_ms FROM {db}.ledger_heads \
+             WHERE next_offset >= 0) GROUP BY source"
+        ),
+        format!("DROP TABLE IF EXISTS {db}.rejected_events"),
+        format!(
+            "CREATE VIEW IF NOT EXISTS {db}.rejected_events AS \
+             SELECT received_at, reason, field, detail, raw FROM {db}.rejected_events_log \
+             WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE {BY_TIME} \
+             AND minute >= greatest(toDateTime(1, 'UTC'), \
+             (SELECT min(received_at) FROM {db}.rejected_events_log) - 3600) AND requests > 0)"
         ),
     ]
 }
