@@ -33,7 +33,7 @@ use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, corpus, migrated_database, produce, reference,
     services, topic_with,
 };
-use common::{assert_same_totals, run_ok, totals};
+use common::{append_report, assert_same_totals, run_ok, totals};
 
 /// One case at a time under `cargo test`: they share the broker, the server
 /// and two cores. `scripts/chaos` sets `TOKENTALLY_CHAOS_PARALLEL` to run
@@ -111,16 +111,7 @@ fn report(case: &str, seed: u64, started: Instant, outcome: &str, detail: &str) 
         "detail": detail,
     });
     eprintln!("chaos round: {line}");
-    if let Ok(path) = std::env::var("TOKENTALLY_CHAOS_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        // One write per line: parallel cases append to the same file.
-        f.write_all(format!("{line}\n").as_bytes()).unwrap();
-    }
+    append_report("TOKENTALLY_CHAOS_REPORT", &line);
 }
 
 /// A round's world: a 6-partition topic holding the corpus, its reference

@@ -26,7 +26,7 @@ use common::services::{
     ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce, reference,
     services, topic_with,
 };
-use common::{assert_same_totals, bin, run_ok, totals};
+use common::{append_report, assert_same_totals, bin, run_ok, totals};
 
 const PARTITIONS: u32 = 12;
 /// One batch every 500 ms.
@@ -106,25 +106,39 @@ impl Soak {
         format!("concat('kafka:{}:', toString(p))", self.topic)
     }
 
-    /// The ledger as schema 4 wrote it: progress rows by source for every
-    /// batch, a thousand batches' id sets and dead letters.
-    fn write_schema_4_history(&self) {
+    /// Every batch's progress rows, by source (`minute` 0) or by commit
+    /// time, a day per insert.
+    fn write_progress(&self, by_time: bool) {
+        let (minute, batches) = if by_time {
+            (self.committed_at(), 0)
+        } else {
+            ("toDateTime(0)".to_string(), 1)
+        };
         for day in 0..self.batches.div_ceil(BATCHES_PER_DAY) {
             let from = day * BATCHES_PER_DAY;
             let to = (from + BATCHES_PER_DAY).min(self.batches);
-            self.bulk("usage_deltas", &format!(
-                "INSERT INTO {db}.usage_deltas (kind, source, next_offset, start_offset, batch_id, \
-                 batches, watermark_ms, committed_at) SELECT 'progress', {source}, {next}, {next} - 1, \
-                 {id}, 1, {wm}, {at} FROM {rows}",
-                db = self.db,
-                source = self.source(),
-                next = self.next_offset(),
-                id = self.batch_id(),
-                wm = self.watermark(),
-                at = self.committed_at(),
-                rows = self.numbers(from, to, true),
-            ));
+            self.bulk(
+                "usage_deltas",
+                &format!(
+                    "INSERT INTO {db}.usage_deltas (kind, minute, source, next_offset, start_offset, \
+                     batch_id, batches, watermark_ms, committed_at) SELECT 'progress', {minute}, \
+                     {source}, {next}, {next} - 1, {id}, {batches}, {wm}, {at} FROM {rows}",
+                    db = self.db,
+                    source = self.source(),
+                    next = self.next_offset(),
+                    id = self.batch_id(),
+                    wm = self.watermark(),
+                    at = self.committed_at(),
+                    rows = self.numbers(from, to, true),
+                ),
+            );
         }
+    }
+
+    /// The ledger as schema 4 wrote it: progress rows by source for every
+    /// batch, a thousand batches' id sets and dead letters.
+    fn write_schema_4_history(&self) {
+        self.write_progress(false);
         let last = self.numbers(self.batches - 1_000, self.batches, false);
         self.sql(&format!(
             "INSERT INTO {db}.dedup_id_sets (batch_id, bucket, ids_hi, ids_lo) \
@@ -145,22 +159,7 @@ impl Soak {
     /// What schema 5 writes besides: every batch's commit-time rows, and a
     /// day (the default horizon) of id sets stamped with commit times.
     fn write_schema_5_history(&self) {
-        for day in 0..self.batches.div_ceil(BATCHES_PER_DAY) {
-            let from = day * BATCHES_PER_DAY;
-            let to = (from + BATCHES_PER_DAY).min(self.batches);
-            self.bulk("usage_deltas", &format!(
-                "INSERT INTO {db}.usage_deltas (kind, minute, source, next_offset, start_offset, \
-                 batch_id, watermark_ms, committed_at) SELECT 'progress', {at}, {source}, {next}, \
-                 {next} - 1, {id}, {wm}, {at} FROM {rows}",
-                db = self.db,
-                source = self.source(),
-                next = self.next_offset(),
-                id = self.batch_id(),
-                wm = self.watermark(),
-                at = self.committed_at(),
-                rows = self.numbers(from, to, true),
-            ));
-        }
+        self.write_progress(true);
         let horizon = self.numbers(
             self.batches - BATCHES_PER_DAY.min(self.batches),
             self.batches,
@@ -429,15 +428,7 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
         "slowest": w["slowest"],
     });
     eprintln!("soak: {line}");
-    if let Ok(path) = std::env::var("TOKENTALLY_SOAK_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(format!("{line}\n").as_bytes()).unwrap();
-    }
+    append_report("TOKENTALLY_SOAK_REPORT", &line);
     for secs in startup.iter().chain(&claims) {
         assert!(
             *secs < BOUND.as_secs_f64(),

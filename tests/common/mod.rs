@@ -15,6 +15,21 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tokentally"))
 }
 
+/// Append `line` to the report file named by environment variable `var`,
+/// when it is set: one write per line, so that parallel cases can share a
+/// file.
+pub fn append_report(var: &str, line: &serde_json::Value) {
+    if let Ok(path) = std::env::var(var) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+}
+
 /// Run to completion; panic with its output unless it succeeds.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run tokentally");
