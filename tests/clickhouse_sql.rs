@@ -13,8 +13,11 @@ use common::{bin, run_ok};
 
 /// The ```sql blocks of docs/SQL.md.
 fn doc_queries() -> Vec<String> {
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/SQL.md")).unwrap();
+    let doc = std::fs::read_to_string(
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("docs/SQL.md"),
+    )
+    .unwrap();
     let mut queries = Vec::new();
     let mut current: Option<String> = None;
     for line in doc.lines() {
@@ -58,11 +61,14 @@ fn modern_ddl_and_docs_sql_run_on_the_modern_engine() {
     std::fs::write(&ddl_path, &ddl.stdout).unwrap();
     let queries_path = dir.path().join("queries.json");
     std::fs::write(&queries_path, serde_json::to_vec(&doc_queries()).unwrap()).unwrap();
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/chdb/run"))
-        .arg(&ddl_path)
-        .arg(&queries_path)
-        .output()
-        .expect("run scripts/chdb/run");
+    let out = Command::new(
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("scripts/chdb/run"),
+    )
+    .arg(&ddl_path)
+    .arg(&queries_path)
+    .output()
+    .expect("run scripts/chdb/run");
     assert!(
         out.status.success(),
         "modern engine check failed:\n{}\n{}",

@@ -77,7 +77,10 @@ fn scrape_and_check(s: &Served, names: &[&str]) -> String {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let promtool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/promtool");
+    let promtool = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("scripts/promtool");
     let mut promtool = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -23,7 +23,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Map, Value};
@@ -34,8 +34,12 @@ use common::{bin, run_ok};
 
 // ------------------------------------------------------------------ files
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The work tree, read when the test runs (a test binary built from another
+/// checkout into a shared target directory keeps its compile-time path).
+fn root() -> PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .expect("cargo sets CARGO_MANIFEST_DIR")
+        .into()
 }
 
 fn read(rel: &str) -> String {

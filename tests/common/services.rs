@@ -108,7 +108,10 @@ impl Drop for Private {
 
 /// `scripts/services` (for `stop`/`start` of one service).
 pub fn script() -> Command {
-    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services"))
+    Command::new(
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("scripts/services"),
+    )
 }
 
 pub fn brokers() -> String {
