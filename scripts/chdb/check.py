@@ -54,7 +54,7 @@ def main() -> int:
             s.query(f"""
                 INSERT INTO {db}.usage_deltas (kind, minute, source, next_offset, batch_id, requests, batches, watermark_ms)
                 VALUES ('progress', toDateTime(0), 'kafka:token-events:0', {offset}, '{batch}', 0, 1, 1795823996725),
-                       ('progress', now(), 'kafka:token-events:0', {offset}, '{batch}', 1, 0, 1795823996725)""")
+                       ('progress', now(), 'kafka:token-events:0', {offset}, '{batch}', 1, 1, 1795823996725)""")
             s.query(f"""
                 INSERT INTO {db}.ledger_heads (source, next_offset, watermark_ms, at)
                 VALUES ('kafka:token-events:0', {offset}, 1795823996725, now())""")

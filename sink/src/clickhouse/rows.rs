@@ -249,6 +249,8 @@ pub fn delta_rows<'a>(
         r.next_offset = next_offset;
         r.start_offset = start_offset;
         r.requests = dead_letters;
+        // Not 0: SummingMergeTree deletes rows whose sums are all zero.
+        r.batches = 1;
         r.watermark_ms = watermark_ms;
         r
     };
@@ -323,9 +325,9 @@ mod tests {
             view,
             vec![
                 (0, "kafka:t:0", 42, 1, 0),
-                (1_795_800_000, "kafka:t:0", 42, 0, 1),
+                (1_795_800_000, "kafka:t:0", 42, 1, 1),
                 (0, "kafka:t:1", 7, 1, 0),
-                (1_795_800_000, "kafka:t:1", 7, 0, 1),
+                (1_795_800_000, "kafka:t:1", 7, 1, 1),
             ]
         );
         // Data rows carry no batch id, so merges fold them across batches.

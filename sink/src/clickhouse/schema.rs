@@ -308,9 +308,9 @@ fn v5(db: &str, server: &ServerInfo) -> Vec<String> {
         ),
         format!(
             "INSERT INTO {db}.usage_deltas (kind, day, minute, source, next_offset, start_offset, \
-             batch_id, requests, watermark_ms, committed_at) \
+             batch_id, requests, batches, watermark_ms, committed_at) \
              SELECT kind, day, now(), source, next_offset, start_offset, batch_id, \
-             dead_letters, watermark_ms, committed_at \
+             dead_letters, 1, watermark_ms, committed_at \
              FROM (SELECT * FROM {db}.usage_deltas WHERE {BY_SOURCE} \
              AND (batch_id IN (SELECT batch_id FROM {db}.dedup_id_sets) \
              OR batch_id IN (SELECT batch_id FROM {db}.rejected_events_log)) \
