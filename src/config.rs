@@ -255,15 +255,7 @@ mod tests {
         let dir =
             Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
                 .join("fuzz/corpus/config");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
-            let run = std::panic::catch_unwind(|| parse_is_bounded(&data));
-            assert!(run.is_ok(), "{} fails its property", path.display());
-            n += 1;
-        }
-        assert!(n > 0, "no corpus in {}", dir.display());
+        tokentally_schemas::fuzzing::replay_corpus(&dir, parse_is_bounded);
     }
 
     #[test]

@@ -7,6 +7,22 @@ use crate::body::{BodyFormat, split};
 use crate::event::decode_general;
 use crate::{Limits, check_depth, decode, flat};
 
+/// Replay every file of a fuzz corpus directory through `property`; panics
+/// naming the first file that fails it, or when the directory holds none.
+/// The corpus tests of this crate and of the binary (its config target)
+/// share it.
+pub fn replay_corpus(dir: &std::path::Path, property: fn(&[u8])) {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let run = std::panic::catch_unwind(|| property(&data));
+        assert!(run.is_ok(), "{} fails its property", path.display());
+        n += 1;
+    }
+    assert!(n > 0, "no corpus in {}", dir.display());
+}
+
 /// The limits every input is decoded under: the defaults, and tight ones
 /// so that each bound is reached often.
 fn limits() -> [Limits; 2] {

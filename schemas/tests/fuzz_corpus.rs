@@ -11,15 +11,7 @@ fn replay(target: &str, property: fn(&[u8])) {
         Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
             .join("../fuzz/corpus")
             .join(target);
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        let run = std::panic::catch_unwind(|| property(&data));
-        assert!(run.is_ok(), "{} fails its property", path.display());
-        n += 1;
-    }
-    assert!(n > 0, "no corpus in {}", dir.display());
+    fuzzing::replay_corpus(&dir, property);
 }
 
 #[test]
