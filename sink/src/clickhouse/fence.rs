@@ -30,7 +30,7 @@ use rand::Rng;
 
 use super::rows::DeltaRow;
 use super::schema::ServerInfo;
-use super::{has_code, quote};
+use super::{has_code, quote, quote_all};
 
 /// This aggregator, as a writer of partitions.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ pub fn drop_writer(db: &str, id: &str, server: &ServerInfo) -> Vec<String> {
 /// The writers other than `me` whose last word on one of `keys` is a
 /// claim: they may still write those partitions.
 pub fn holders_sql(db: &str, keys: &[String], me: &str) -> String {
-    let keys = keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+    let keys = quote_all(keys);
     format!(
         "SELECT DISTINCT writer FROM (SELECT writer, argMax(action, seq) AS last \
          FROM {db}.writers WHERE source IN ({keys}) GROUP BY source, writer) \

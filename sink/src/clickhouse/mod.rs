@@ -311,8 +311,13 @@ pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// `keys` as a quoted SQL list, for `IN (...)`.
+pub(crate) fn quote_all(keys: &[String]) -> String {
+    keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+}
+
 /// A source's newest progress row.
-#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+#[derive(Debug, clickhouse::Row, Deserialize)]
 struct ProgressRow {
     source: String,
     next_offset: i64,
@@ -510,10 +515,7 @@ impl ClickHouseSink {
     ) -> Result<BTreeMap<String, HeadRow>, ClickHouseError> {
         let filter = match keys {
             Some([]) => return Ok(BTreeMap::new()),
-            Some(keys) => format!(
-                " WHERE source IN ({})",
-                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
-            ),
+            Some(keys) => format!(" WHERE source IN ({})", quote_all(keys)),
             None => String::new(),
         };
         let sql = format!(
@@ -599,10 +601,7 @@ impl ClickHouseSink {
         }
         let from = oldest.saturating_sub(CLOCK_MARGIN_S).max(since).max(1);
         let filter = match keys {
-            Some(keys) => format!(
-                " AND source IN ({})",
-                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
-            ),
+            Some(keys) => format!(" AND source IN ({})", quote_all(keys)),
             None => String::new(),
         };
         let sql = format!(
