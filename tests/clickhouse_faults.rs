@@ -33,7 +33,7 @@ use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, corpus, migrated_database, produce, reference,
     services, topic_with,
 };
-use common::{append_report, assert_same_totals, run_ok, totals};
+use common::{append_report, assert_same_totals, run_ok, totals, wait_until};
 
 /// One case at a time under `cargo test`: they share the broker, the server
 /// and two cores. `scripts/chaos` sets `TOKENTALLY_CHAOS_PARALLEL` to run
@@ -292,21 +292,6 @@ impl World {
             "exact; {} batches in gapless chains, {} ids each counted once; catch-up: {caught_up}",
             stats.batches, stats.ids
         )
-    }
-}
-
-/// Poll `done` every `poll_ms` until it holds; fail with `what` after
-/// `limit`.
-fn wait_until(
-    limit: Duration,
-    poll_ms: u64,
-    mut done: impl FnMut() -> bool,
-    what: impl Fn() -> String,
-) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "{}", what());
-        sleep(Duration::from_millis(poll_ms));
     }
 }
 

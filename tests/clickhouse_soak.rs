@@ -19,14 +19,13 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::services::{
-    ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce, services,
-    topic_with,
+    Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
+    reference_with, services, topic_with,
 };
-use common::{append_report, assert_same_totals, bin, run_ok, totals};
+use common::{append_report, assert_same_totals, bin, run_ok, totals, wait_until};
 
 const PARTITIONS: u32 = 12;
 /// One batch every 500 ms.
@@ -51,25 +50,26 @@ const HORIZON: &str = "48h";
 /// of the horizon, not with history, and the debug build decodes them
 /// slowly.
 fn id_every() -> u64 {
-    std::env::var("TOKENTALLY_SOAK_ID_EVERY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|d| *d > 0)
-        .unwrap_or(10)
+    count_from_env("TOKENTALLY_SOAK_ID_EVERY", 10)
 }
 
 fn days() -> u64 {
-    std::env::var("TOKENTALLY_SOAK_DAYS")
+    count_from_env("TOKENTALLY_SOAK_DAYS", 2)
+}
+
+/// A positive count from environment variable `var`, else `default`.
+fn count_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|d| *d > 0)
-        .unwrap_or(2)
+        .unwrap_or(default)
 }
 
 struct Soak {
     url: String,
     db: String,
-    topic: String,
+    topic: Topic,
     /// Batches in the history.
     batches: u64,
     /// Commit time of the first batch (s).
@@ -108,7 +108,7 @@ impl Soak {
         )
     }
     fn source(&self) -> String {
-        format!("concat('kafka:{}:', toString(p))", self.topic)
+        format!("concat('kafka:{}:', toString(p))", self.topic.name)
     }
 
     /// Every batch's progress rows, by source (`minute` 0) or by commit
@@ -194,8 +194,8 @@ impl Soak {
     fn bulk(&self, table: &str, q: &str) {
         self.sql(q);
         wait_until(
-            &format!("{table} merged down to {MAX_PARTS} parts"),
             Duration::from_secs(1_800),
+            200,
             || {
                 self.count(&format!(
                     "SELECT count() FROM system.parts WHERE database = '{}' AND table = '{table}' \
@@ -203,20 +203,21 @@ impl Soak {
                     self.db
                 )) <= MAX_PARTS
             },
+            || format!("{table} was not merged down to {MAX_PARTS} parts within 30 min"),
         );
     }
 }
 
 /// An aggregator of the soak topic into the soak database, as the user
 /// whose queries ClickHouse logs.
-fn aggregator(s: &Soak, brokers: &str, log: &std::path::Path, idle: &str) -> Child {
-    bin()
-        .args(["aggregate", "--kafka", brokers, "--topic", &s.topic])
-        .args(["--dlq-topic", &format!("{}-dlq", s.topic)])
-        .args(["--group", &format!("{}-g", s.topic)])
+/// Logs are JSON lines, read by [`recoveries`].
+fn aggregator(s: &Soak, log: &std::path::Path, idle: &str) -> Child {
+    s.topic
+        .aggregate(&format!("{}-g", s.topic.name))
         .args(["--sink", "clickhouse", "--clickhouse", &s.url])
         .args(["--clickhouse-database", &s.db, "--batch-records", "5000"])
         .args(["--exit-on-idle", idle, "--dedup-horizon", HORIZON])
+        .args(["--log-format", "json"])
         .env("TOKENTALLY_CLICKHOUSE_USER", "logged")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -225,39 +226,13 @@ fn aggregator(s: &Soak, brokers: &str, log: &std::path::Path, idle: &str) -> Chi
         .unwrap()
 }
 
-/// The `seconds` of every log line with `message` (colours stripped).
+/// The `seconds` field of every log line whose message is `message`.
 fn recoveries(log: &str, message: &str) -> Vec<f64> {
-    let mut plain = String::with_capacity(log.len());
-    let mut in_escape = false;
-    for c in log.chars() {
-        match (in_escape, c) {
-            (false, '\x1b') => in_escape = true,
-            (false, c) => plain.push(c),
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-        }
-    }
-    plain
-        .lines()
-        .filter(|l| l.contains(message))
-        .filter_map(|l| {
-            let at = l.find("seconds=")? + "seconds=".len();
-            let num: String = l[at..]
-                .chars()
-                .skip_while(|c| !c.is_ascii_digit())
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            num.parse().ok()
-        })
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .filter_map(|v| v["fields"]["seconds"].as_f64())
         .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -265,13 +240,12 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
     let services = services();
     let days = days();
     let dir = tempfile::tempdir().unwrap();
-    let topic = topic_with(&services.brokers, "soak", PARTITIONS);
     let now = chrono::Utc::now().timestamp();
     let batches = days * BATCHES_PER_DAY;
     let s = Soak {
         url: services.clickhouse.clone(),
         db: migrated_database(&services.clickhouse, "soak"),
-        topic: topic.name.clone(),
+        topic: topic_with(&services.brokers, "soak", PARTITIONS),
         batches,
         // The history ends an hour ago.
         t0: now - 3_600 - (batches / 2) as i64,
@@ -287,12 +261,17 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
         "ALTER TABLE {}.schema_migrations DELETE WHERE version = 5",
         s.db
     ));
-    wait_until("the mutation finished", Duration::from_secs(60), || {
-        s.count(&format!(
-            "SELECT count() FROM {}.schema_migrations WHERE version = 5",
-            s.db
-        )) == 0
-    });
+    wait_until(
+        Duration::from_secs(60),
+        200,
+        || {
+            s.count(&format!(
+                "SELECT count() FROM {}.schema_migrations WHERE version = 5",
+                s.db
+            )) == 0
+        },
+        || "the mutation did not finish within 60 s".into(),
+    );
     let writing = Instant::now();
     s.write_schema_4_history();
     let progress_rows = s.count(&format!(
@@ -353,44 +332,33 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
 
     // The corpus, an aggregator SIGKILLed mid-stream, and a second one.
     let file = corpus(dir.path(), 60_000, 18);
-    produce(&topic, &file);
-    let reference = dir.path().join("reference");
-    run_ok(
-        bin()
-            .args(["ingest", "--dedup-horizon", HORIZON, "--file"])
-            .arg(&file)
-            .arg("--store")
-            .arg(&reference),
-    );
+    produce(&s.topic, &file);
+    let reference = reference_with(dir.path(), &file, &["--dedup-horizon", HORIZON]);
     let since = s.sql("SELECT toUInt32(now())").trim().to_string();
     let x_log = dir.path().join("x.log");
-    let mut x = aggregator(&s, &services.brokers, &x_log, "20");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while s.count(&format!(
-        "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress' \
-         AND minute = toDateTime(0) AND next_offset > 0",
-        s.db
-    )) == 0
-    {
-        let log = || std::fs::read_to_string(&x_log).unwrap();
-        assert!(
-            x.try_wait().unwrap().is_none(),
-            "the first aggregator exited:\n{}",
-            log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no commit within 300 s:\n{}",
-            log()
-        );
-        sleep(Duration::from_millis(200));
-    }
+    let mut x = aggregator(&s, &x_log, "20");
+    let log = || std::fs::read_to_string(&x_log).unwrap();
+    wait_until(
+        Duration::from_secs(300),
+        200,
+        || {
+            assert!(
+                x.try_wait().unwrap().is_none(),
+                "the first aggregator exited:\n{}",
+                log()
+            );
+            s.count(&format!(
+                "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress' \
+                 AND minute = toDateTime(0) AND next_offset > 0",
+                s.db
+            )) > 0
+        },
+        || format!("no commit within 300 s:\n{}", log()),
+    );
     x.kill().unwrap();
     x.wait().unwrap();
     let y_log = dir.path().join("y.log");
-    let y = aggregator(&s, &services.brokers, &y_log, "5")
-        .wait_with_output()
-        .unwrap();
+    let y = aggregator(&s, &y_log, "5").wait_with_output().unwrap();
     let y_text = std::fs::read_to_string(&y_log).unwrap();
     assert!(
         y.status.success(),
@@ -413,13 +381,18 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
     // Every query the aggregators ran, from the query log, flushed once the
     // last ones show up: the second aggregator drops the first one's writer
     // table and view when it fences it, and its own when it stops.
-    wait_until("the query log flushed", Duration::from_secs(60), || {
-        s.count(&format!(
-            "SELECT count() FROM system.query_log WHERE type = 2 AND user = 'logged' \
-             AND query LIKE 'DROP TABLE IF EXISTS {}.writer_%'",
-            s.db
-        )) >= 4
-    });
+    wait_until(
+        Duration::from_secs(60),
+        200,
+        || {
+            s.count(&format!(
+                "SELECT count() FROM system.query_log WHERE type = 2 AND user = 'logged' \
+                 AND query LIKE 'DROP TABLE IF EXISTS {}.writer_%'",
+                s.db
+            )) >= 4
+        },
+        || "the query log did not flush within 60 s".into(),
+    );
     let worst = clickhouse_rows(
         &s.url,
         &format!(

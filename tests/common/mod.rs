@@ -15,6 +15,21 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tokentally"))
 }
 
+/// Poll `done` every `poll_ms` until it holds; fail with `what` after
+/// `limit`.
+pub fn wait_until(
+    limit: std::time::Duration,
+    poll_ms: u64,
+    mut done: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(poll_ms));
+    }
+}
+
 /// Append `line` to the report file named by environment variable `var`,
 /// when it is set: one write per line, so that parallel cases can share a
 /// file.

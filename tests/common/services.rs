@@ -202,10 +202,17 @@ pub fn corpus(dir: &Path, events: u32, seed: u32) -> PathBuf {
 /// path is checked against independent ground truth in
 /// tests/ingest_ground_truth.rs).
 pub fn reference(dir: &Path, file: &Path) -> PathBuf {
+    reference_with(dir, file, &[])
+}
+
+/// The same, with extra `ingest` flags (a dedup horizon).
+pub fn reference_with(dir: &Path, file: &Path, flags: &[&str]) -> PathBuf {
     let reference = dir.join("reference");
     run_ok(
         bin()
-            .args(["ingest", "--file"])
+            .args(["ingest"])
+            .args(flags)
+            .arg("--file")
             .arg(file)
             .arg("--store")
             .arg(&reference),
