@@ -39,6 +39,7 @@ fn config(dir: &std::path::Path, compact_after: usize) -> StoreConfig {
         dir: dir.to_path_buf(),
         compact_after_files: compact_after,
         garbage_grace_secs: 0,
+        ..StoreConfig::default()
     }
 }
 
@@ -86,12 +87,16 @@ async fn commits_survive_reopen_and_dedup_state_is_recovered() {
 }
 
 #[tokio::test]
-async fn compaction_keeps_totals_and_bounds_files() {
+async fn levelled_compaction_keeps_totals_bounds_files_and_leaves_history_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = EmbeddedStore::open(config(dir.path(), 3)).unwrap();
     let mut agg = Aggregator::new(AggregatorConfig::default(), &Recovered::default());
     let mut expected = 0u64;
-    for b in 0..20u64 {
+    // The first level-3 file of usage_minute: 64 commits merged in three
+    // steps. The next level-3 merge needs 4 of them (256 commits), so it
+    // must outlive the run: compaction does not rewrite history.
+    let mut first_l3: Option<(u64, String)> = None;
+    for b in 0..200u64 {
         let lines = (0..10).map(|i| {
             let id = b * 10 + i;
             expected += id + 1;
@@ -105,21 +110,91 @@ async fn compaction_keeps_totals_and_bounds_files() {
             .unwrap();
         store.commit(&out).await.unwrap();
         for table in ["usage_daily", "usage_minute", "usage_app_daily"] {
-            let n = store.manifest().tables[table].len();
-            assert!(n <= 3, "{table} has {n} files after commit {b}");
-            let sql = format!("SELECT CAST(SUM(total_tokens) AS BIGINT UNSIGNED) FROM {table}");
-            assert_eq!(
-                scalar(dir.path(), &sql).await,
-                expected,
-                "{table} after {b}"
-            );
+            let files = &store.manifest().tables[table];
+            // 200 commits < 4^4: levels 0 to 3, at most 3 files each.
+            assert!(files.len() <= 12, "{table} has {files:?} after commit {b}");
+            if b % 20 == 19 {
+                let sql = format!("SELECT CAST(SUM(total_tokens) AS BIGINT UNSIGNED) FROM {table}");
+                assert_eq!(
+                    scalar(dir.path(), &sql).await,
+                    expected,
+                    "{table} after {b}"
+                );
+            }
+        }
+        let minute = &store.manifest().tables["usage_minute"];
+        if first_l3.is_none() {
+            first_l3 = minute
+                .iter()
+                .find(|f| f.ends_with("-l3.parquet"))
+                .map(|f| (b, f.clone()));
         }
     }
+    let (when, l3) = first_l3.expect("a level-3 file after 64 commits");
+    assert_eq!(when, 63, "the 64th commit makes the first level-3 file");
+    assert!(
+        store.manifest().tables["usage_minute"].contains(&l3),
+        "{l3} was rewritten: {:?}",
+        store.manifest().tables["usage_minute"]
+    );
     // Replaced files are garbage-collected (grace period 0 here).
     let files = std::fs::read_dir(dir.path().join("tables/usage_minute"))
         .unwrap()
         .count();
-    assert!(files <= 4, "{files} files left in usage_minute");
+    assert!(files <= 13, "{files} files left in usage_minute");
+}
+
+#[tokio::test]
+async fn dead_letters_merge_by_level_and_are_dropped_past_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agg = Aggregator::new(AggregatorConfig::default(), &Recovered::default());
+    {
+        let mut store = EmbeddedStore::open(config(dir.path(), 2)).unwrap();
+        for b in 0..100u64 {
+            let mut raw = batch([line(b, DAY0, "m", 1)]);
+            raw.push(format!("not json {b}").as_bytes());
+            store
+                .commit(&agg.process(&raw).await.unwrap())
+                .await
+                .unwrap();
+            // Levels 0 to 3 hold at most 2 files each; level 4 (81
+            // commits each here) is the last.
+            let files = &store.manifest().dead_letters;
+            assert!(files.len() <= 8 + 4, "{files:?} after commit {b}");
+        }
+        // Every dead letter is kept exactly once.
+        let mut seen: Vec<String> = Vec::new();
+        for f in &store.manifest().dead_letters {
+            let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            for l in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                seen.push(v["raw"].as_str().unwrap().to_string());
+            }
+        }
+        seen.sort();
+        let mut want: Vec<String> = (0..100).map(|b| format!("not json {b}")).collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+    // With a retention of zero the next commit drops every dead-letter
+    // file; the counts stay.
+    let mut store = EmbeddedStore::open(StoreConfig {
+        dead_letter_retention: std::time::Duration::ZERO,
+        ..config(dir.path(), 2)
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let out = agg
+        .process(&batch([line(1_000, DAY0, "m", 1)]))
+        .await
+        .unwrap();
+    store.commit(&out).await.unwrap();
+    assert_eq!(store.manifest().dead_letters, Vec::<String>::new());
+    assert_eq!(scalar(dir.path(), "SELECT count FROM rejected").await, 100);
+    assert_eq!(
+        scalar(dir.path(), "SELECT requests FROM usage_daily").await,
+        101
+    );
 }
 
 #[tokio::test]

@@ -46,6 +46,11 @@ pub struct Manifest {
     /// Absent in manifests written before checksums were recorded.
     #[serde(default)]
     pub checksums: BTreeMap<String, FileSum>,
+    /// Dead-letter file → when its newest record was committed (ms), for
+    /// `dead_letter_retention`. Absent in manifests written before the
+    /// retention: such files count from the first commit that finds them.
+    #[serde(default)]
+    pub dead_letter_times: BTreeMap<String, i64>,
 }
 
 impl Manifest {
@@ -60,6 +65,7 @@ impl Manifest {
             dead_letters: Vec::new(),
             garbage: Vec::new(),
             checksums: BTreeMap::new(),
+            dead_letter_times: BTreeMap::new(),
         }
     }
 
@@ -91,6 +97,7 @@ impl Manifest {
         if let Some(bad) = m
             .referenced()
             .chain(m.checksums.keys().map(String::as_str))
+            .chain(m.dead_letter_times.keys().map(String::as_str))
             .find(|f| !is_store_file(f))
         {
             // A garbled entry must never name a file outside the store:

@@ -6,12 +6,13 @@
 //! ```text
 //! DIR/MANIFEST.json                    what is committed
 //! DIR/LOCK                             one writer at a time
-//! DIR/tables/<table>/<gen>.parquet     roll-up deltas (c<gen> = compacted)
+//! DIR/tables/<table>/<gen>.parquet     roll-up deltas (c<gen>-l<level> = merged)
 //! DIR/dedup/<gen>.ids                  ids remembered for dedup
 //! DIR/dead-letter/<gen>.ndjson         refused records with their reasons
 //! ```
 
 mod idfile;
+mod levels;
 pub(crate) mod manifest;
 mod query;
 mod verify;
@@ -21,6 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -41,6 +43,9 @@ pub use verify::{Finding, Report, verify};
 use crate::files::{FileSum, checksum, sync_dir};
 use manifest::Garbage;
 
+/// Levels dead-letter files climb (see `maintain`).
+const DEAD_LETTER_LEVELS: u32 = 4;
+
 /// The table of reject counts.
 pub const REJECTED: &str = "rejected";
 
@@ -58,10 +63,16 @@ pub fn rejected_schema() -> SchemaRef {
 pub struct StoreConfig {
     /// The store directory. Default `./tokentally-data`.
     pub dir: PathBuf,
-    /// Compact a table once it has more than this many delta files.
+    /// Merge the files of one compaction level of a table (or of the
+    /// dead letters) into one file of the next level once the level holds
+    /// more than this many.
     pub compact_after_files: usize,
     /// Seconds a replaced file is kept for readers of an older manifest.
     pub garbage_grace_secs: u64,
+    /// Dead-letter files whose newest record is older than this are
+    /// dropped; the counts in `rejected` stay. Default 90 days.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -70,6 +81,7 @@ impl Default for StoreConfig {
             dir: PathBuf::from("tokentally-data"),
             compact_after_files: 16,
             garbage_grace_secs: 60,
+            dead_letter_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -306,6 +318,7 @@ impl EmbeddedStore {
             self.write_dead_letters(&rel, outcome, generation)
                 .map_err(io_err(&self.dir))?;
             next.checksums.insert(rel.clone(), self.checksum(&rel)?);
+            next.dead_letter_times.insert(rel.clone(), now_ms());
             next.dead_letters.push(rel);
         }
         sync_dir(&self.dir.join("tables")).map_err(io_err(&self.dir))?;
@@ -314,35 +327,51 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// Merge tables and dedup segments that have accumulated too many
-    /// files, then drop garbage past its grace period.
+    /// Merge the files of tables, dedup segments and dead letters that
+    /// have accumulated too many, drop dead letters past their retention,
+    /// then drop garbage past its grace period.
     async fn maintain(&mut self, dedup_floor: i64) -> Result<(), StoreError> {
         let limit = self.config.compact_after_files.max(2);
         let mut next = self.manifest.clone();
         let mut replaced = Vec::new();
         let generation = next.generation;
-        let tables: Vec<(String, Vec<String>)> = next
-            .tables
-            .iter()
-            .filter(|(_, files)| files.len() > limit)
-            .map(|(t, f)| (t.clone(), f.clone()))
-            .collect();
-        for (table, files) in tables {
-            let batches = query::merge_files(&self.dir, &table, &files).await?;
-            let rel = format!("tables/{table}/c{generation:010}.parquet");
-            let schema = query::table_schema(&table);
-            self.write_parquet(&rel, schema, &batches)?;
-            next.checksums.insert(rel.clone(), self.checksum(&rel)?);
-            next.tables.insert(table, vec![rel]);
-            replaced.extend(files);
-        }
         let io_err = |dir: &Path| {
             let dir = dir.to_path_buf();
             move |source| StoreError::Io { dir, source }
         };
+        let table_names: Vec<String> = next.tables.keys().cloned().collect();
+        for table in table_names {
+            while let Some((level, inputs)) =
+                levels::next_merge(&next.tables[&table], limit, u32::MAX)
+            {
+                let started = Instant::now();
+                let batches = query::merge_files(&self.dir, &table, &inputs).await?;
+                let rel = levels::merged_name(
+                    &format!("tables/{table}"),
+                    generation,
+                    level + 1,
+                    "parquet",
+                );
+                self.write_parquet(&rel, query::table_schema(&table), &batches)?;
+                next.checksums.insert(rel.clone(), self.checksum(&rel)?);
+                let files = next.tables.entry(table.clone()).or_default();
+                files.retain(|f| !inputs.contains(f));
+                files.push(rel);
+                tracing::debug!(
+                    table,
+                    level = level + 1,
+                    files = inputs.len(),
+                    rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "merged store files"
+                );
+                replaced.extend(inputs);
+            }
+        }
         if next.dedup_segments.len() > 4 * limit {
             // Filtered segment by segment: memory for the ids kept, not for
-            // every id of 64 segments (64 batches' worth).
+            // every id of 64 segments (64 batches' worth). What is kept is
+            // the horizon's ids, so this rewrite is bounded by the horizon.
             let (mut ids, mut segment) = (Vec::new(), Vec::new());
             for seg in &next.dedup_segments {
                 idfile::read(&self.dir.join(seg), &mut segment).map_err(io_err(&self.dir))?;
@@ -358,11 +387,20 @@ impl EmbeddedStore {
             replaced.append(&mut next.dedup_segments);
             next.dedup_segments.push(rel);
         }
-        if next.dead_letters.len() > 4 * limit {
-            let rel = format!("dead-letter/c{generation:010}.ndjson");
+        let now = now_ms();
+        for f in &next.dead_letters {
+            next.dead_letter_times.entry(f.clone()).or_insert(now);
+        }
+        // Dead letters climb at most DEAD_LETTER_LEVELS levels, so that a
+        // file spans at most (limit + 1)^4 commits with dead letters, and
+        // the retention drops them a file at a time.
+        while let Some((level, inputs)) =
+            levels::next_merge(&next.dead_letters, limit, DEAD_LETTER_LEVELS)
+        {
+            let rel = levels::merged_name("dead-letter", generation, level + 1, "ndjson");
             let mut out =
                 BufWriter::new(File::create(self.dir.join(&rel)).map_err(io_err(&self.dir))?);
-            for f in &next.dead_letters {
+            for f in &inputs {
                 let mut src = File::open(self.dir.join(f)).map_err(io_err(&self.dir))?;
                 io::copy(&mut src, &mut out).map_err(io_err(&self.dir))?;
             }
@@ -371,10 +409,26 @@ impl EmbeddedStore {
                 .and_then(|f| f.sync_all())
                 .map_err(io_err(&self.dir))?;
             next.checksums.insert(rel.clone(), self.checksum(&rel)?);
-            replaced.append(&mut next.dead_letters);
+            let newest = inputs
+                .iter()
+                .filter_map(|f| next.dead_letter_times.get(f))
+                .max()
+                .copied()
+                .unwrap_or(now);
+            next.dead_letter_times.insert(rel.clone(), newest);
+            next.dead_letters.retain(|f| !inputs.contains(f));
             next.dead_letters.push(rel);
+            replaced.extend(inputs);
         }
-        let now = now_ms();
+        let retention =
+            i64::try_from(self.config.dead_letter_retention.as_millis()).unwrap_or(i64::MAX);
+        let (aged, kept): (Vec<String>, Vec<String>) = next.dead_letters.drain(..).partition(|f| {
+            next.dead_letter_times
+                .get(f)
+                .is_some_and(|t| now.saturating_sub(*t) > retention)
+        });
+        next.dead_letters = kept;
+        replaced.extend(aged);
         let grace = self.config.garbage_grace_secs as i64 * 1000;
         let (expired, kept): (Vec<Garbage>, Vec<Garbage>) = next
             .garbage
@@ -383,6 +437,7 @@ impl EmbeddedStore {
         next.garbage = kept;
         for file in &replaced {
             next.checksums.remove(file);
+            next.dead_letter_times.remove(file);
         }
         next.garbage
             .extend(replaced.into_iter().map(|file| Garbage {
@@ -416,12 +471,21 @@ impl EmbeddedStore {
 
 impl UsageSink for EmbeddedStore {
     async fn recover(&mut self) -> Result<Recovered, BoxError> {
+        let started = Instant::now();
+        let dedup_ids = self.read_dedup_ids().map_err(|source| StoreError::Io {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        tracing::info!(
+            sources = self.manifest.progress.len(),
+            ids = dedup_ids.len(),
+            watermark_ms = ?self.manifest.watermark_ms,
+            seconds = started.elapsed().as_secs_f64(),
+            "recovered from the store"
+        );
         Ok(Recovered {
             watermark_ms: self.manifest.watermark_ms,
-            dedup_ids: self.read_dedup_ids().map_err(|source| StoreError::Io {
-                dir: self.dir.clone(),
-                source,
-            })?,
+            dedup_ids,
             progress: self.manifest.progress.clone(),
         })
     }
@@ -470,6 +534,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             compact_after_files: 2, // segments are merged past 4 * 2
             garbage_grace_secs: 0,
+            ..StoreConfig::default()
         })
         .unwrap();
         // Nine batches, each with ids in hours b and b + 1; the ninth
