@@ -16,7 +16,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -69,28 +69,72 @@ impl Key {
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already a uniform hash: its low word is the table hash.
-        state.write_u64(self.0);
+        state.write_u128(u128::from(self.0) | (u128::from(self.1) << 64));
     }
 }
 
-/// Passes the key's low word through unchanged.
-#[derive(Default)]
-struct PassThrough(u64);
+/// The table hash of a key: both words mixed with a per-process random
+/// key by a folded multiply (as foldhash does). The ids' xxh3 hashes are
+/// uniform for honest input, but xxh3 is unkeyed: with the low word as the
+/// table hash, as before, anyone could search for event ids that share
+/// their low bits and send millions of them, and every insert into the
+/// index would probe the same group. Keyed, the table position of an id
+/// cannot be predicted without the process's key. Persisted ids are the
+/// unkeyed hashes; only the table layout depends on the key.
+#[derive(Clone, Copy)]
+struct KeyedMix {
+    k0: u64,
+    k1: u64,
+}
 
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+impl Default for KeyedMix {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // std's RandomState draws its keys from the OS once per process.
+        let random = std::collections::hash_map::RandomState::new();
+        KeyedMix {
+            k0: random.hash_one(0u8) | 1,
+            k1: random.hash_one(1u8),
         }
     }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+}
+
+impl std::hash::BuildHasher for KeyedMix {
+    type Hasher = Folded;
+    fn build_hasher(&self) -> Folded {
+        Folded {
+            key: *self,
+            state: 0,
+        }
+    }
+}
+
+struct Folded {
+    key: KeyedMix,
+    state: u64,
+}
+
+impl Folded {
+    fn mix(&mut self, lo: u64, hi: u64) {
+        let m = u128::from(lo ^ self.key.k0 ^ self.state) * u128::from(hi ^ self.key.k1);
+        self.state = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+impl Hasher for Folded {
+    fn finish(&self) -> u64 {
+        self.state
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(16) {
+            let mut b = [0u8; 16];
+            b[..chunk.len()].copy_from_slice(chunk);
+            let v = u128::from_le_bytes(b);
+            self.mix(v as u64, (v >> 64) as u64);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.mix(v as u64, (v >> 64) as u64);
     }
 }
 
@@ -106,7 +150,7 @@ pub enum Seen {
 /// The set of recently seen event ids, each with the hour it was first seen at.
 pub struct DedupIndex {
     config: DedupConfig,
-    ids: HashMap<Key, i64, BuildHasherDefault<PassThrough>>,
+    ids: HashMap<Key, i64, KeyedMix>,
     /// Ids per hour, to find which hours to forget under `max_ids`.
     per_hour: BTreeMap<i64, usize>,
     /// (hour, ids) not yet added to `per_hour`: consecutive new ids almost
@@ -214,6 +258,33 @@ impl DedupIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crafted_ids_that_share_their_low_word_spread_over_the_table() {
+        use std::collections::HashSet;
+        use std::hash::BuildHasher;
+        // 10,000 id hashes with one low word: as the table hash, that word
+        // put every one of them in the same group.
+        let mix = KeyedMix::default();
+        let hashes: Vec<u64> = (0..10_000u64)
+            .map(|i| mix.hash_one(Key(0xdead_beef, i)))
+            .collect();
+        // Positions in a table of 65,536 buckets: ~9,270 distinct when
+        // spread at random.
+        let positions: HashSet<u64> = hashes.iter().map(|h| h & 0xffff).collect();
+        assert!(positions.len() > 8_500, "{} positions", positions.len());
+        // The top 7 bits, the tag hashbrown compares within a group.
+        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(tags.len(), 128);
+        // And the index still tells them apart.
+        let mut ix = index(24, 1_000_000);
+        for i in 0..10_000u128 {
+            assert_eq!(ix.observe(0, 0xdead_beef | (i << 64)), Seen::New);
+        }
+        for i in 0..10_000u128 {
+            assert_eq!(ix.observe(0, 0xdead_beef | (i << 64)), Seen::Duplicate);
+        }
+    }
 
     fn index(horizon_h: u64, max_ids: usize) -> DedupIndex {
         DedupIndex::new(DedupConfig {
