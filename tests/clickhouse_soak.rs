@@ -25,7 +25,10 @@ use common::services::{
     Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
     reference_with, services, topic_with,
 };
-use common::{append_report, assert_same_totals, bin, run_ok, totals, wait_until};
+use common::{
+    append_report, assert_same_totals, bin, count_from_env, logged_seconds, run_ok, totals,
+    wait_until,
+};
 
 const PARTITIONS: u32 = 12;
 /// One batch every 500 ms.
@@ -55,15 +58,6 @@ fn id_every() -> u64 {
 
 fn days() -> u64 {
     count_from_env("TOKENTALLY_SOAK_DAYS", 2)
-}
-
-/// A positive count from environment variable `var`, else `default`.
-fn count_from_env(var: &str, default: u64) -> u64 {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|d| *d > 0)
-        .unwrap_or(default)
 }
 
 struct Soak {
@@ -210,7 +204,7 @@ impl Soak {
 
 /// An aggregator of the soak topic into the soak database, as the user
 /// whose queries ClickHouse logs.
-/// Logs are JSON lines, read by [`recoveries`].
+/// Logs are JSON lines, read by [`logged_seconds`].
 fn aggregator(s: &Soak, log: &std::path::Path, idle: &str) -> Child {
     s.topic
         .aggregate(&format!("{}-g", s.topic.name))
@@ -224,15 +218,6 @@ fn aggregator(s: &Soak, log: &std::path::Path, idle: &str) -> Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
-}
-
-/// The `seconds` field of every log line whose message is `message`.
-fn recoveries(log: &str, message: &str) -> Vec<f64> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == message)
-        .filter_map(|v| v["fields"]["seconds"].as_f64())
-        .collect()
 }
 
 #[test]
@@ -369,11 +354,11 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
     let x_text = std::fs::read_to_string(&x_log).unwrap();
     let startup: Vec<f64> = [&x_text, &y_text]
         .iter()
-        .flat_map(|t| recoveries(t, "recovered from ClickHouse"))
+        .flat_map(|t| logged_seconds(t, "recovered from ClickHouse"))
         .collect();
     let claims: Vec<f64> = [&x_text, &y_text]
         .iter()
-        .flat_map(|t| recoveries(t, "resumed partitions from ClickHouse"))
+        .flat_map(|t| logged_seconds(t, "resumed partitions from ClickHouse"))
         .collect();
     assert_eq!(startup.len(), 2, "{x_text}\n{y_text}");
     assert!(!claims.is_empty(), "{y_text}");

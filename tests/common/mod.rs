@@ -45,6 +45,25 @@ pub fn append_report(var: &str, line: &serde_json::Value) {
     }
 }
 
+/// A positive count from environment variable `var`, else `default`.
+pub fn count_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|d| *d > 0)
+        .unwrap_or(default)
+}
+
+/// The `seconds` field of every JSON log line (`--log-format json`) whose
+/// message is `message`.
+pub fn logged_seconds(log: &str, message: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .filter_map(|v| v["fields"]["seconds"].as_f64())
+        .collect()
+}
+
 /// Run to completion; panic with its output unless it succeeds.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run tokentally");
