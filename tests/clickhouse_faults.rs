@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::history::{check_history, partition_bounds};
+use common::history::{check_history, committed_all, partition_bounds};
 use common::proxy::Proxy;
 use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, corpus, migrated_database, produce, reference,
@@ -238,32 +238,9 @@ impl World {
         wait_until(
             limit,
             50,
-            || self.commits() > n || self.committed_all(&bounds),
+            || self.commits() > n || committed_all(&self.url, &self.db, &self.topic.name, &bounds),
             || format!("no commit past {n} within {limit:?}"),
         );
-    }
-
-    /// Whether the ledger has every partition committed to its end.
-    fn committed_all(&self, bounds: &std::collections::BTreeMap<i32, (i64, i64)>) -> bool {
-        let rows = clickhouse_rows(
-            &self.url,
-            &format!(
-                "SELECT source, max(next_offset) AS next FROM {}.usage_deltas \
-                 WHERE kind = 'progress' GROUP BY source",
-                self.db
-            ),
-        );
-        let next: std::collections::BTreeMap<String, i64> = rows
-            .iter()
-            .map(|r| {
-                let source = r["source"].as_str().unwrap().to_string();
-                (source, r["next"].as_i64().unwrap())
-            })
-            .collect();
-        bounds.iter().all(|(p, &(_, end))| {
-            let key = format!("kafka:{}:{p}", self.topic.name);
-            next.get(&key).copied().unwrap_or(0) >= end
-        })
     }
 
     /// Catch up with a fresh group (the ledger, not Kafka's offsets, says

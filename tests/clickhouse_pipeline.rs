@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::history::{check_history, partition_bounds};
+use common::history::{check_history, committed_all, partition_bounds};
 use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
     reference, services, topic, topic_on, unique,
@@ -308,26 +308,78 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
     let t = topic("ch-two");
     let file = corpus(dir.path(), 300_000, 41);
     let db = migrated_database(&s.clickhouse, "two");
-    let mut producer = produce_in_background(&t, &file);
     let reference = reference(dir.path(), &file);
+    // The first half before the aggregators start, the second once the
+    // victim is dead: the survivor must count it, whatever the split of
+    // the first half was. Nothing waits on a clock: each step waits for
+    // what the previous one must have caused.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let halves = [(0, first), (1, second)].map(|(n, half)| {
+        let path = dir.path().join(format!("half-{n}.ndjson"));
+        std::fs::write(&path, half.join("\n") + "\n").unwrap();
+        path
+    });
+    produce(&t, &halves[0]);
 
-    // Survivor: idles out only after the victim's 10s session has expired
-    // and its partitions were reassigned.
-    let survivor = aggregate(&t, &s.clickhouse, &db, "two", "20")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut victim = spawn_quiet(&mut aggregate(&t, &s.clickhouse, &db, "two", "20"));
-    sleep(Duration::from_secs(6));
+    let logged = |name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let mut cmd = aggregate(&t, &s.clickhouse, &db, "two", "600");
+        cmd.args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        (cmd.spawn().unwrap(), log)
+    };
+    let (survivor, survivor_log) = logged("survivor");
+    let (mut victim, victim_log) = logged("victim");
+    let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    // Both hold partitions, and the victim has read its ledger.
+    let holds = |log: &Path| {
+        let assigned: Vec<Value> = read(log)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "partitions assigned")
+            .collect();
+        assigned
+            .last()
+            .is_some_and(|v| v["fields"]["partitions"] != "[]")
+    };
+    common::wait_until(
+        Duration::from_secs(180),
+        100,
+        || {
+            holds(&survivor_log)
+                && holds(&victim_log)
+                && read(&victim_log).contains("resumed partitions from ClickHouse")
+        },
+        || {
+            format!(
+                "the two never both held partitions:\nsurvivor:\n{}\nvictim:\n{}",
+                read(&survivor_log),
+                read(&victim_log)
+            )
+        },
+    );
     assert!(victim.try_wait().unwrap().is_none(), "victim exited early");
     victim.kill().unwrap();
     victim.wait().unwrap();
-    assert!(producer.wait().unwrap().success());
+    produce(&t, &halves[1]);
+    // The survivor takes the victim's partitions over when its session
+    // expires, and commits every partition to its end.
+    let bounds = partition_bounds(&t.brokers, &t.name);
+    common::wait_until(
+        Duration::from_secs(300),
+        200,
+        || committed_all(&s.clickhouse, &db, &t.name, &bounds),
+        || format!("not everything committed:\n{}", read(&survivor_log)),
+    );
+    run_ok(Command::new("kill").args(["-TERM", &survivor.id().to_string()]));
     let out = survivor.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", read(&survivor_log));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(summary["records"].as_u64().unwrap() > 0);
+    assert!(summary["records"].as_u64().unwrap() > 0, "{summary}");
     assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
     assert_history(&s.clickhouse, &db, &t);
 }

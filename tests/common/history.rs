@@ -40,6 +40,29 @@ pub fn partition_bounds(brokers: &str, topic: &str) -> BTreeMap<i32, (i64, i64)>
         .collect()
 }
 
+/// Whether the ledger in `db` has every partition of `topic` committed to
+/// its end (`bounds`, see [`partition_bounds`]).
+pub fn committed_all(url: &str, db: &str, topic: &str, bounds: &BTreeMap<i32, (i64, i64)>) -> bool {
+    let rows = clickhouse_rows(
+        url,
+        &format!(
+            "SELECT source, max(next_offset) AS next FROM {db}.usage_deltas \
+             WHERE kind = 'progress' GROUP BY source"
+        ),
+    );
+    let next: BTreeMap<String, i64> = rows
+        .iter()
+        .map(|r| {
+            let source = r["source"].as_str().unwrap().to_string();
+            (source, r["next"].as_i64().unwrap())
+        })
+        .collect();
+    bounds.iter().all(|(p, &(_, end))| {
+        let key = format!("kafka:{topic}:{p}");
+        next.get(&key).copied().unwrap_or(0) >= end
+    })
+}
+
 /// Check the ledger of `topic` in database `db` against the partitions'
 /// `bounds` (see [`partition_bounds`]), once everything has been consumed.
 pub fn check_history(
