@@ -1,5 +1,5 @@
-//! The operations files, checked without a Docker engine or Grafana (see
-//! ../shared/SERVICES.md):
+//! The operations files, checked without a Docker engine or Grafana (no
+//! Docker engine runs on the machines that run scripts/test):
 //!
 //! - `docker-compose.yml` and the `Dockerfile`, structurally: services,
 //!   pinned images, health checks behind every `service_healthy`, one-shot
@@ -425,7 +425,7 @@ fn compose_file_is_complete_and_consistent() {
         visit(name, services, &mut Vec::new(), &mut done);
     }
 
-    // What the issue asks of the stack.
+    // What the stack needs: schema and topics made once, before the rest.
     for one_shot in ["topics", "migrate"] {
         assert!(one_shots.contains(one_shot), "{one_shot} must be one-shot");
     }
@@ -1191,8 +1191,7 @@ fn dashboard_clickhouse_queries_return_rows_on_the_modern_engine() {
 // ------------------------------------------------------------- Prometheus
 
 /// Every metric tokentally's processes export (with the process collector's
-/// memory), as named in the issue; the dashboards and rules may use no
-/// other. `up` is Prometheus' own.
+/// memory); the dashboards and rules may use no other. `up` is Prometheus' own.
 const METRICS: &[&str] = &[
     "tokentally_events_received_total",
     "tokentally_events_accepted_total",

@@ -15,7 +15,7 @@ use crate::rollup::{RollupDeltas, RollupEngine};
 use crate::sink::Recovered;
 use crate::source::RawBatch;
 
-/// Aggregation settings (`[aggregate]` and `[dedup]` in the config file).
+/// Aggregation settings (`[aggregate]` and `[aggregate.dedup]` in the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AggregatorConfig {

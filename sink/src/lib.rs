@@ -1,8 +1,12 @@
 //! Where roll-ups land.
 //!
 //! - [`embedded`]: the local store (Parquet deltas + manifest) and SQL over it.
+//! - [`clickhouse`]: the ClickHouse sink, its exactly-once ledger, fencing and
+//!   versioned schema.
+//! - [`alerts`]: milestone rules over totals read from either sink, and their
+//!   delivery as signed webhooks.
 //! - [`files`]: atomic replacement and bounded reads of local state files.
-//! - [`milestones`]: pure milestone detection over running daily totals.
+//! - [`milestones`]: pure milestone detection over running daily totals (the demo).
 
 pub mod alerts;
 pub mod clickhouse;
