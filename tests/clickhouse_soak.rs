@@ -26,8 +26,8 @@ use common::services::{
     reference_with, services, topic_with,
 };
 use common::{
-    append_report, assert_same_totals, bin, count_from_env, logged_seconds, run_ok, totals,
-    wait_until,
+    append_report, assert_same_totals, bin, count_from_env, kill_after_commit, logged_seconds,
+    run_ok, totals, wait_until,
 };
 
 const PARTITIONS: u32 = 12;
@@ -322,26 +322,13 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
     let since = s.sql("SELECT toUInt32(now())").trim().to_string();
     let x_log = dir.path().join("x.log");
     let mut x = aggregator(&s, &x_log, "20");
-    let log = || std::fs::read_to_string(&x_log).unwrap();
-    wait_until(
-        Duration::from_secs(300),
-        200,
-        || {
-            assert!(
-                x.try_wait().unwrap().is_none(),
-                "the first aggregator exited:\n{}",
-                log()
-            );
-            s.count(&format!(
-                "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress' \
-                 AND minute = toDateTime(0) AND next_offset > 0",
-                s.db
-            )) > 0
-        },
-        || format!("no commit within 300 s:\n{}", log()),
-    );
-    x.kill().unwrap();
-    x.wait().unwrap();
+    kill_after_commit(&mut x, &x_log, || {
+        s.count(&format!(
+            "SELECT count() FROM {}.usage_deltas WHERE kind = 'progress' \
+             AND minute = toDateTime(0) AND next_offset > 0",
+            s.db
+        )) > 0
+    });
     let y_log = dir.path().join("y.log");
     let y = aggregator(&s, &y_log, "5").wait_with_output().unwrap();
     let y_text = std::fs::read_to_string(&y_log).unwrap();

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use common::services::{Topic, corpus, produce, services, topic_with};
 use common::{
-    append_report, assert_same_totals, bin, count_from_env, logged_seconds, query, run_ok, totals,
-    u, wait_until,
+    append_report, assert_same_totals, bin, count_from_env, kill_after_commit, logged_seconds,
+    query, run_ok, totals, u,
 };
 
 const PARTITIONS: u32 = 12;
@@ -259,29 +259,14 @@ fn months_of_store_history_keep_recovery_and_compaction_bounded_and_totals_exact
     produce(&topic, &corpus_file);
     let x_log = dir.path().join("x.log");
     let mut x = aggregator(&topic, &store, &x_log, "20");
-    let log = || std::fs::read_to_string(&x_log).unwrap();
-    wait_until(
-        Duration::from_secs(300),
-        100,
-        || {
-            assert!(
-                x.try_wait().unwrap().is_none(),
-                "the first aggregator exited:\n{}",
-                log()
-            );
-            kafka_progress(&store) > 0
-        },
-        || format!("no commit within 300 s:\n{}", log()),
-    );
-    x.kill().unwrap();
-    x.wait().unwrap();
+    kill_after_commit(&mut x, &x_log, || kafka_progress(&store) > 0);
     let y_log = dir.path().join("y.log");
     let y = aggregator(&topic, &store, &y_log, "5").wait().unwrap();
     let y_text = std::fs::read_to_string(&y_log).unwrap();
     assert!(y.success(), "the second aggregator failed:\n{y_text}");
     assert_same_totals(&totals(&store), &totals(&reference));
 
-    let x_text = log();
+    let x_text = std::fs::read_to_string(&x_log).unwrap();
     let startup: Vec<f64> = [&x_text, &y_text]
         .iter()
         .flat_map(|t| logged_seconds(t, "recovered from the store"))

@@ -30,6 +30,32 @@ pub fn wait_until(
     }
 }
 
+/// A crash mid-stream: wait (at most 300 s) until `committed` holds while
+/// `child` still runs, then SIGKILL it. `log` is its stderr, shown when it
+/// exits first or never commits.
+pub fn kill_after_commit(
+    child: &mut std::process::Child,
+    log: &Path,
+    mut committed: impl FnMut() -> bool,
+) {
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    wait_until(
+        std::time::Duration::from_secs(300),
+        100,
+        || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the aggregator exited before it was killed:\n{}",
+                read()
+            );
+            committed()
+        },
+        || format!("no commit within 300 s:\n{}", read()),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Append `line` to the report file named by environment variable `var`,
 /// when it is set: one write per line, so that parallel cases can share a
 /// file.
