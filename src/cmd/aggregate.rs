@@ -14,10 +14,10 @@ use tokentally_sink::clickhouse::{ClickHouseSink, SinkMetrics};
 use tokentally_sink::embedded::EmbeddedStore;
 
 use super::clickhouse_args::ClickHouseArgs;
-use super::gateway::shutdown_signal;
 use super::ingest::Summary;
 use super::kafka_args::KafkaArgs;
 use super::metrics::{MetricsArgs, registry};
+use super::shutdown_signal;
 use tokentally::config::{AggregateArgs, Config, StoreArgs};
 
 /// Consume the events topic as a member of a consumer group and roll it up

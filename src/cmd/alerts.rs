@@ -11,8 +11,8 @@ use tokentally_sink::alerts::{
 use tokentally_sink::files::{SECRET_FILE_BYTES, read_bounded};
 
 use super::clickhouse_args::ClickHouseArgs;
-use super::gateway::shutdown_signal;
 use super::metrics::{MetricsArgs, registry};
+use super::shutdown_signal;
 use tokentally::config::{Config, StoreArgs};
 
 /// Milestone alerts: detect milestones on the authoritative totals (the

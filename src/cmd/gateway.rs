@@ -10,6 +10,7 @@ use tokentally_sink::files::read_bounded;
 
 use super::kafka_args::KafkaArgs;
 use super::metrics::{MetricsArgs, registry};
+use super::shutdown_signal;
 use tokentally::config::Config;
 
 /// Tens of thousands of tokens; past this it is the wrong file.
@@ -207,20 +208,4 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
     .context("serving HTTP")?;
     eprintln!("gateway stopped: every answered request was acknowledged by Kafka");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
