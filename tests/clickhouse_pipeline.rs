@@ -335,16 +335,31 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
     let (survivor, survivor_log) = logged("survivor");
     let (mut victim, victim_log) = logged("victim");
     let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
-    // Both hold partitions, and the victim has read its ledger.
+    // Both hold partitions, and the victim has read its ledger. Rebalances
+    // are cooperative: the log has what each one added and took away.
     let holds = |log: &Path| {
-        let assigned: Vec<Value> = read(log)
+        let mut held = std::collections::BTreeSet::new();
+        for v in read(log)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == "partitions assigned")
-            .collect();
-        assigned
-            .last()
-            .is_some_and(|v| v["fields"]["partitions"] != "[]")
+        {
+            let parts: Vec<String> = v["fields"]["partitions"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+            match v["fields"]["message"].as_str() {
+                Some("partitions assigned") => held.extend(parts),
+                Some("partitions revoked") => parts.iter().for_each(|p| {
+                    held.remove(p);
+                }),
+                _ => {}
+            }
+        }
+        !held.is_empty()
     };
     common::wait_until(
         Duration::from_secs(180),
