@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use common::services::{Topic, corpus, produce, services, topic_with};
 use common::{
-    append_report, assert_same_totals, bin, count_from_env, kill_after_commit, logged_seconds,
-    query, run_ok, totals, u,
+    append_report, assert_same_totals, bin, count_from_env, kill_after_commit, logged_fields,
+    logged_seconds, query, run_ok, totals, u,
 };
 
 const PARTITIONS: u32 = 12;
@@ -127,17 +127,13 @@ fn aggregator(topic: &Topic, store: &Path, log: &Path, idle: &str) -> Child {
 /// The store's merges in `log`: how many, the most rows one wrote, and
 /// the longest one took.
 fn merges(log: &str) -> (u64, u64, f64) {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "merged store files")
-        .fold((0, 0, 0.0), |(n, rows, secs), v| {
-            let f = &v["fields"];
-            (
-                n + 1,
-                rows.max(f["rows"].as_u64().unwrap_or(0)),
-                secs.max(f["seconds"].as_f64().unwrap_or(0.0)),
-            )
-        })
+    logged_fields(log, "merged store files").fold((0, 0, 0.0), |(n, rows, secs), f| {
+        (
+            n + 1,
+            rows.max(f["rows"].as_u64().unwrap_or(0)),
+            secs.max(f["seconds"].as_f64().unwrap_or(0.0)),
+        )
+    })
 }
 
 /// The manifest of `store`, parsed; `None` while it cannot be read.

@@ -83,11 +83,21 @@ pub fn count_from_env(var: &str, default: u64) -> u64 {
 /// The `seconds` field of every JSON log line (`--log-format json`) whose
 /// message is `message`.
 pub fn logged_seconds(log: &str, message: &str) -> Vec<f64> {
+    logged_fields(log, message)
+        .filter_map(|f| f["seconds"].as_f64())
+        .collect()
+}
+
+/// The `fields` of every JSON log line (`--log-format json`) whose message
+/// is `message`.
+pub fn logged_fields<'a>(
+    log: &'a str,
+    message: &'a str,
+) -> impl Iterator<Item = serde_json::Value> + 'a {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == message)
-        .filter_map(|v| v["fields"]["seconds"].as_f64())
-        .collect()
+        .filter(move |v| v["fields"]["message"] == message)
+        .map(|mut v| v["fields"].take())
 }
 
 /// Run to completion; panic with its output unless it succeeds.
