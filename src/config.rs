@@ -9,12 +9,12 @@ use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokentally_aggregate::AggregatorConfig;
+use tokentally_common::files::read_bounded;
 use tokentally_ingest::FleetConfig;
 use tokentally_ingest::kafka::KafkaConfig;
 use tokentally_sink::alerts::AlertsConfig;
 use tokentally_sink::clickhouse::ClickHouseConfig;
 use tokentally_sink::embedded::StoreConfig;
-use tokentally_sink::files::read_bounded;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,12 @@
 //!   versioned schema.
 //! - [`alerts`]: milestone rules over totals read from either sink, and their
 //!   delivery as signed webhooks.
-//! - [`files`]: atomic replacement and bounded reads of local state files.
 //! - [`milestones`]: pure milestone detection over running daily totals (the demo).
 
 pub mod alerts;
 pub mod clickhouse;
 pub mod embedded;
-pub mod files;
 pub mod milestones;
+
+// Until every caller names tokentally_common directly.
+pub use tokentally_common::files;

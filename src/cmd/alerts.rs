@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use tokentally_common::secret::SecretSource;
 use tokentally_sink::alerts::webhook::{Secret, verify};
 use tokentally_sink::alerts::{
-    AlertMetrics, AlertState, Alerter, Status, Totals, WebhookConfig, totals,
+    AlertMetrics, AlertState, Alerter, Status, Totals, WEBHOOK_SECRET_ENV, WebhookConfig, totals,
 };
-use tokentally_sink::files::{SECRET_FILE_BYTES, read_bounded};
 
 use super::clickhouse_args::ClickHouseArgs;
 use super::metrics::{MetricsArgs, registry};
@@ -217,16 +217,10 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 fn verify_cmd(args: VerifyArgs) -> anyhow::Result<()> {
-    let text = match &args.secret_file {
-        Some(p) => {
-            let bytes = read_bounded(p, SECRET_FILE_BYTES)
-                .with_context(|| format!("reading {}", p.display()))?;
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
-        None => std::env::var("TOKENTALLY_WEBHOOK_SECRET")
-            .context("set TOKENTALLY_WEBHOOK_SECRET or pass --secret-file")?,
-    };
-    let secret = Secret::parse(text.lines().next().unwrap_or_default())?;
+    let text = SecretSource::new(WEBHOOK_SECRET_ENV, args.secret_file.as_deref())
+        .read()?
+        .with_context(|| format!("set {WEBHOOK_SECRET_ENV} or pass --secret-file"))?;
+    let secret = Secret::parse(text.first_line())?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body)?;
     let now = chrono::Utc::now().timestamp();

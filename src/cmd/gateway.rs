@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tokentally_common::secret::{Origin, SecretSource};
 use tokentally_ingest::emitter::{Emitter, NotReady};
 use tokentally_ingest::gateway::{self, Auth, GatewayConfig, GatewayMetrics, Tokens};
-use tokentally_sink::files::read_bounded;
 
 use super::kafka_args::KafkaArgs;
 use super::metrics::{MetricsArgs, registry};
@@ -44,7 +44,8 @@ GET /healthz: 200 while the process runs. GET /readyz: 200 when the broker
 returns the topic's metadata within 2s, else 503. Neither needs a token.
 
 Tokens: --tokens-file (one `name:token` per line; blank lines and # comments
-ignored) and/or TOKENTALLY_GATEWAY_TOKENS=name:token,name:token. Names are
+ignored), or else TOKENTALLY_GATEWAY_TOKENS=name:token,name:token (read
+only when no file is given). Names are
 1-64 characters of A-Z a-z 0-9 . _ -. Without any token the gateway refuses
 to start, unless --no-auth is given.";
 
@@ -101,19 +102,15 @@ pub struct GatewayArgs {
 
 fn auth(args: &GatewayArgs) -> anyhow::Result<Auth> {
     let mut tokens = Tokens::default();
-    if let Some(path) = &args.tokens_file {
-        let bytes = read_bounded(path, TOKENS_FILE_BYTES)
-            .with_context(|| format!("cannot read the tokens file {}", path.display()))?;
-        let text = std::str::from_utf8(&bytes)
-            .with_context(|| format!("the tokens file {} is not UTF-8", path.display()))?;
-        tokens
-            .add_file_text(text, &path.display().to_string())
-            .map_err(|e| anyhow::anyhow!("invalid tokens file: {e}"))?;
-    }
-    if let Ok(list) = std::env::var(TOKENS_ENV) {
-        tokens
-            .add_list(&list, TOKENS_ENV)
-            .map_err(|e| anyhow::anyhow!("invalid {TOKENS_ENV}: {e}"))?;
+    let source =
+        SecretSource::new(TOKENS_ENV, args.tokens_file.as_deref()).with_limit(TOKENS_FILE_BYTES);
+    if let Some(text) = source.read()? {
+        let origin = text.origin().to_string();
+        match text.origin() {
+            Origin::File(_) => tokens.add_file_text(text.expose(), &origin),
+            Origin::Env(_) => tokens.add_list(text.expose(), &origin),
+        }
+        .map_err(|e| anyhow::anyhow!("invalid bearer tokens: {e}"))?;
     }
     match (args.no_auth, tokens.is_empty()) {
         (true, true) => Ok(Auth::Disabled),

@@ -1,7 +1,7 @@
 //! Bearer tokens: who may post events, and under which source name.
 //!
-//! Tokens come from a file (`--tokens-file`) and from the environment
-//! (`TOKENTALLY_GATEWAY_TOKENS`). The file has one `name:token` per line;
+//! Tokens come from a file (`--tokens-file`) or, when no file is given,
+//! from the environment (`TOKENTALLY_GATEWAY_TOKENS`). The file has one `name:token` per line;
 //! blank lines and lines starting with `#` are ignored; surrounding
 //! whitespace is trimmed. The environment variable holds the same pairs
 //! separated by commas. A name is 1–64 characters of `A-Z a-z 0-9 . _ -`

@@ -17,12 +17,13 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
 use self::webhook::{Attempt, Secret, Sender};
-use crate::files::{SECRET_FILE_BYTES, read_bounded, write_atomic};
+use tokentally_common::files::{read_bounded, write_atomic};
+use tokentally_common::retry::RetryPolicy;
+use tokentally_common::secret::SecretSource;
 
 /// `[[alerts.webhooks]]`: one endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,8 +47,11 @@ pub struct WebhookConfig {
     pub models: Vec<String>,
 }
 
+/// The variable webhook secrets are read from by default.
+pub const WEBHOOK_SECRET_ENV: &str = "TOKENTALLY_WEBHOOK_SECRET";
+
 fn default_secret_env() -> String {
-    "TOKENTALLY_WEBHOOK_SECRET".into()
+    WEBHOOK_SECRET_ENV.into()
 }
 
 impl WebhookConfig {
@@ -61,38 +65,34 @@ impl WebhookConfig {
         }
     }
 
-    /// The secrets, from the file or the environment; never from flags.
+    /// The secrets: from `secret_file` when it is set, else from the
+    /// `secret_env` variable (see [`tokentally_common::secret`]); never
+    /// from flags.
     pub fn secrets(&self) -> Result<Vec<Secret>, AlertError> {
-        let text = match &self.secret_file {
-            Some(path) => {
-                let bytes = read_bounded(path, SECRET_FILE_BYTES)
-                    .map_err(|e| AlertError::Secret(format!("reading {}: {e}", path.display())))?;
-                let text = String::from_utf8_lossy(&bytes);
-                text.lines().next().unwrap_or_default().to_string()
-            }
-            None => std::env::var(&self.secret_env).map_err(|_| {
+        let text = SecretSource::new(&self.secret_env, self.secret_file.as_deref())
+            .read()
+            .map_err(|e| AlertError::Secret(format!("webhook {}: {e}", self.url)))?
+            .ok_or_else(|| {
                 AlertError::Secret(format!(
                     "webhook {}: set {} to a whsec_ secret (or secret_file)",
                     self.url, self.secret_env
                 ))
-            })?,
-        };
-        text.split_whitespace()
+            })?;
+        let secrets = text
+            .first_line()
+            .split_whitespace()
             .map(|s| {
                 Secret::parse(s)
                     .map_err(|e| AlertError::Secret(format!("webhook {}: {e}", self.url)))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|v| {
-                if v.is_empty() {
-                    Err(AlertError::Secret(format!(
-                        "webhook {}: empty secret",
-                        self.url
-                    )))
-                } else {
-                    Ok(v)
-                }
-            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if secrets.is_empty() {
+            return Err(AlertError::Secret(format!(
+                "webhook {}: empty secret",
+                self.url
+            )));
+        }
+        Ok(secrets)
     }
 
     fn wants(&self, m: &Milestone) -> bool {
@@ -121,6 +121,18 @@ pub struct AlertsConfig {
     #[serde(with = "humantime_serde")]
     pub give_up_after: Duration,
     pub webhooks: Vec<WebhookConfig>,
+}
+
+impl AlertsConfig {
+    /// Webhook retries: from 2 s, doubling to 5 min, given up
+    /// `give_up_after` after the milestone was detected.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(300),
+            give_up_after: self.give_up_after,
+        }
+    }
 }
 
 impl Default for AlertsConfig {
@@ -445,7 +457,9 @@ impl Alerter {
                 .sender
                 .send(&url, &endpoint.secrets, &id, now / 1000, &body)
                 .await;
-            let give_up = now - detected_ms > self.config.give_up_after.as_millis() as i64;
+            let since_detected =
+                Duration::from_millis(now.saturating_sub(detected_ms).max(0) as u64);
+            let give_up = self.config.retry_policy().gives_up(since_detected);
             match attempt {
                 Attempt::Delivered => {
                     self.count("delivered");
@@ -483,11 +497,7 @@ impl Alerter {
                 Attempt::Retry { error, after } => {
                     self.count("retry");
                     let attempts = self.state.milestones[&id].deliveries[&url].attempts + 1;
-                    let backoff = Duration::from_secs(1)
-                        .saturating_mul(1 << attempts.min(9))
-                        .min(Duration::from_secs(300));
-                    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
-                    let wait = after.map_or(jittered, |a| a.max(jittered));
+                    let wait = self.config.retry_policy().delay(attempts, after);
                     tracing::warn!(id, url, error, attempts, retry_in = ?wait, "webhook delivery failed");
                     self.set(&id, &url, |d| {
                         d.attempts = attempts;

@@ -113,8 +113,8 @@ impl ClickHouseConfig {
             return Ok(None);
         };
         // The error names the file, never its content.
-        let bytes =
-            crate::files::read_bounded(path, crate::files::SECRET_FILE_BYTES).map_err(|e| {
+        let bytes = crate::files::read_bounded(path, tokentally_common::secret::SECRET_FILE_BYTES)
+            .map_err(|e| {
                 ClickHouseError::Config(format!(
                     "reading the password file {}: {e}",
                     path.display()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokentally_aggregate::rollup::Rollup;
 
 use super::REJECTED;
-use crate::files::{FileSum, read_bounded, write_atomic};
+use tokentally_common::files::{FileSum, read_bounded, write_atomic};
 
 pub const MANIFEST: &str = "MANIFEST.json";
 const FORMAT: u32 = 1;

@@ -40,8 +40,8 @@ pub use manifest::Manifest;
 pub use query::{QueryError, open_query_context};
 pub use verify::{Finding, Report, verify};
 
-use crate::files::{FileSum, checksum, sync_dir};
 use manifest::Garbage;
+use tokentally_common::files::{FileSum, checksum, sync_dir};
 
 /// Levels dead-letter files climb (see `maintain`).
 const DEAD_LETTER_LEVELS: u32 = 4;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::manifest::{MANIFEST, Manifest};
 use super::{idfile, query};
 use crate::alerts::{AlertState, STATE};
-use crate::files::checksum;
+use tokentally_common::files::checksum;
 
 /// One damaged file.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -10,10 +10,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-/// A password, secret or token file holds a line or a few; anything past
-/// this is the wrong file.
-pub const SECRET_FILE_BYTES: u64 = 64 << 10;
-
 /// Read `path` whole, refusing it if it is larger than `limit` bytes (the
 /// error names the file and the bound). `NotFound` passes through as is.
 pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {

@@ -1,0 +1,12 @@
+//! What every tokentally client shares, so that each exists once:
+//!
+//! - [`secret`]: a password, token or signing key read from a file or an
+//!   environment variable, with one precedence.
+//! - [`retry`]: one retry policy (what is retried, backoff with jitter,
+//!   `Retry-After`, the give-up budget) for the ClickHouse sink, webhook
+//!   delivery and the Kafka producers.
+//! - [`files`]: bounded reads and atomic replacement of local files.
+
+pub mod files;
+pub mod retry;
+pub mod secret;
