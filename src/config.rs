@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokentally_aggregate::AggregatorConfig;
+use tokentally_alerts::AlertsConfig;
 use tokentally_common::files::read_bounded;
 use tokentally_ingest::FleetConfig;
 use tokentally_ingest::kafka::KafkaConfig;
-use tokentally_sink::alerts::AlertsConfig;
 use tokentally_sink::clickhouse::ClickHouseConfig;
 use tokentally_sink::embedded::StoreConfig;
 

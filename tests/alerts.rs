@@ -18,7 +18,7 @@ use common::services::{migrated_database, produce, services, topic};
 use common::webhook::{SECRET, Seen, receiver};
 use common::{bin, run_ok};
 use serde_json::Value;
-use tokentally_sink::alerts::webhook::Secret;
+use tokentally_alerts::webhook::Secret;
 
 const DAY_MS: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
 const T1: u64 = 1_000_000_000_000;

@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tokentally_common::secret::SecretSource;
-use tokentally_sink::alerts::webhook::{Secret, verify};
-use tokentally_sink::alerts::{
-    AlertMetrics, AlertState, Alerter, Status, Totals, WEBHOOK_SECRET_ENV, WebhookConfig, totals,
+use tokentally_alerts::source::mirror_to_clickhouse;
+use tokentally_alerts::webhook::{Secret, verify};
+use tokentally_alerts::{
+    AlertMetrics, AlertState, Alerter, ClickHouseTotals, Status, StoreTotals, TotalsSource,
+    WEBHOOK_SECRET_ENV, WebhookConfig,
 };
+use tokentally_common::secret::SecretSource;
 
 use super::clickhouse_args::ClickHouseArgs;
 use super::metrics::{MetricsArgs, registry};
@@ -117,56 +119,60 @@ async fn run_alerts(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     let mut alerter =
         Alerter::open(&args.state.state, alerts)?.with_metrics(AlertMetrics::register(&registry)?);
     args.metrics.serve(&registry).await?;
-    let ch = args
-        .from_clickhouse
-        .then(|| {
-            config
-                .clickhouse
-                .client()
-                .map(|c| (c, config.clickhouse.database.clone()))
-        })
-        .transpose()?;
-    eprintln!(
-        "watching {} every {:?}; state in {}",
-        if ch.is_some() {
-            format!("ClickHouse {}", config.clickhouse.url)
-        } else {
-            format!("store {}", config.store.dir.display())
-        },
-        alerter.interval(),
-        args.state.state.display()
-    );
-    tokio::select! {
-        r = watch(&mut alerter, ch.as_ref(), &config.store.dir) => r,
-        _ = shutdown_signal() => Ok(()),
+    if args.from_clickhouse {
+        let source = ClickHouseTotals {
+            client: config.clickhouse.client()?,
+            database: config.clickhouse.database.clone(),
+            url: config.clickhouse.url.clone(),
+        };
+        watch(&mut alerter, &source, Some(&source), &args.state.state).await
+    } else {
+        let source = StoreTotals {
+            dir: config.store.dir.clone(),
+        };
+        watch(&mut alerter, &source, None, &args.state.state).await
     }
 }
 
 /// Every interval: read the totals, detect and deliver, and copy new
-/// milestones to ClickHouse when watching it. Runs until an error.
+/// milestones to ClickHouse when `mirror` is given. Runs until an error or
+/// a shutdown signal.
 async fn watch(
     alerter: &mut Alerter,
-    ch: Option<&(clickhouse::Client, String)>,
-    store: &Path,
+    source: &impl TotalsSource,
+    mirror: Option<&ClickHouseTotals>,
+    state: &Path,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "watching {} every {:?}; state in {}",
+        source.describe(),
+        alerter.interval(),
+        state.display()
+    );
+    tokio::select! {
+        r = rounds(alerter, source, mirror) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+async fn rounds(
+    alerter: &mut Alerter,
+    source: &impl TotalsSource,
+    mirror: Option<&ClickHouseTotals>,
 ) -> anyhow::Result<()> {
     loop {
-        let read: anyhow::Result<Totals> = match ch {
-            Some((client, db)) => totals::from_clickhouse(client, db)
-                .await
-                .map_err(Into::into),
-            None => totals::from_store(store).await.map_err(Into::into),
-        };
+        let read = source.read().await;
         // Totals unavailable (server down, store not created yet): keep
         // delivering what is pending, try again next round.
         if let Err(e) = &read {
-            tracing::warn!(error = %format!("{e:#}"), "reading totals failed");
+            tracing::warn!(error = %e, "reading totals failed");
         }
         for m in alerter.round(read.ok().as_ref()).await? {
             eprintln!("milestone {}: {}", m.id, serde_json::to_string(&m)?);
         }
-        if let Some((client, db)) = ch {
+        if let Some(ch) = mirror {
             let pending = alerter.unmirrored();
-            match totals::mirror_to_clickhouse(client, db, &pending).await {
+            match mirror_to_clickhouse(&ch.client, &ch.database, &pending).await {
                 Ok(()) if !pending.is_empty() => {
                     let ids: Vec<String> = pending.into_iter().map(|m| m.id).collect();
                     alerter.mark_mirrored(&ids)?;

@@ -7,10 +7,12 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokentally_aggregate::pipeline;
 use tokentally_aggregate::source::simulated::SimulatedSource;
+use tokentally_alerts::text::{headline, human_tokens};
+use tokentally_alerts::{
+    Alerter, Milestone, Status, StoreTotals, Totals, TotalsSource, WebhookConfig,
+};
 use tokentally_ingest::Fleet;
-use tokentally_sink::alerts::{Alerter, Status, WebhookConfig, totals};
 use tokentally_sink::embedded::{EmbeddedStore, StoreConfig};
-use tokentally_sink::milestones::{Crossing, MilestoneTracker, human_tokens};
 
 use tokentally::config::Config;
 
@@ -57,21 +59,54 @@ pub struct DemoArgs {
     pub webhook: Option<String>,
 }
 
-/// Deliver the store's milestones to the demo's webhook while the demo runs:
-/// every second, read the totals, detect, deliver what is due. Stops when
-/// `stop` turns true and hands the alerter back for a last round.
-fn spawn_alerter(
+/// What the demo's milestone task ends with.
+struct Watched {
+    alerter: Alerter,
+    totals: Totals,
+    milestones: Vec<Milestone>,
+}
+
+/// The demo's milestones, from the same rules and alerter as `alerts run`.
+/// One task owns the alerter and the running totals. Each batch's daily
+/// deltas arrive in commit order (an unbounded channel: none is skipped),
+/// and after each the rules run on the totals committed so far; new
+/// milestones are shown at once. Due webhook deliveries go out every second.
+fn spawn_watch(
     mut alerter: Alerter,
-    store: PathBuf,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<anyhow::Result<Alerter>> {
+    mut deltas: tokio::sync::mpsc::UnboundedReceiver<Vec<arrow::array::RecordBatch>>,
+    show: impl Fn(&str) + Send + 'static,
+    board: ProgressBar,
+    top: usize,
+) -> tokio::task::JoinHandle<anyhow::Result<Watched>> {
     tokio::spawn(async move {
-        while !*stop.borrow() {
-            let t = totals::from_store(&store).await.ok();
-            alerter.round(t.as_ref()).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut totals = Totals::default();
+        let mut milestones = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                batch = deltas.recv() => {
+                    let Some(batch) = batch else { break };
+                    totals.apply_daily(&batch)?;
+                    for m in alerter.detect(&totals)? {
+                        // Provider and fleet milestones are recorded and
+                        // delivered, not shown: the story is the models.
+                        if m.model.is_some() {
+                            show(&format!("MILESTONE {}", headline(&m)));
+                        }
+                        milestones.push(m);
+                    }
+                    board.set_message(leaderboard(&totals, top));
+                }
+                _ = tick.tick() => {
+                    alerter.deliver_due().await?;
+                }
+            }
         }
-        Ok(alerter)
+        Ok(Watched {
+            alerter,
+            totals,
+            milestones,
+        })
     })
 }
 
@@ -95,33 +130,12 @@ fn reset_store(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn date(day: i32) -> String {
-    chrono::NaiveDate::from_num_days_from_ce_opt(day + 719_163)
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| day.to_string())
-}
-
-fn milestone_line(c: &Crossing) -> String {
-    let first = if c.first {
-        " — the first model ever to do so"
-    } else {
-        ""
-    };
-    format!(
-        "MILESTONE {}  {} crossed {} tokens in a day (now {}){first}",
-        date(c.day),
-        c.model,
-        human_tokens(c.threshold),
-        human_tokens(c.total)
-    )
-}
-
-fn leaderboard(tracker: &MilestoneTracker, top: usize) -> String {
-    let Some(day) = tracker.latest_day() else {
+fn leaderboard(totals: &Totals, top: usize) -> String {
+    let Some(day) = totals.latest_day() else {
         return "leaderboard: waiting for events".into();
     };
-    let mut s = format!("Leaderboard {} (tokens today)\n", date(day));
-    for (i, (model, tokens)) in tracker.leaderboard(day, top).iter().enumerate() {
+    let mut s = format!("Leaderboard {day} (tokens today)\n");
+    for (i, (model, tokens)) in totals.leaderboard(day, top).iter().enumerate() {
         s.push_str(&format!(
             "{:>3}. {model:<40} {:>10}\n",
             i + 1,
@@ -165,20 +179,14 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let wall = (args.wall_secs > 0.0).then(|| Duration::from_secs_f64(args.wall_secs));
     let mut source = SimulatedSource::start(fleet, args.batch_records, wall);
     let store = EmbeddedStore::open(config.store.clone())?;
-    let mut tracker = MilestoneTracker::new(config.alerts.rules.daily_thresholds.clone());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let alerts = match &args.webhook {
-        Some(url) => {
-            let mut alerts = config.alerts.clone();
-            alerts.webhooks = vec![WebhookConfig::new(url)];
-            let mut alerter = Alerter::open(&args.store.join("alerts"), alerts)?;
-            // A first look at the empty store, so everything after is news.
-            alerter.detect(&Default::default())?;
-            println!("  milestones are also delivered to {url} (signed webhooks)\n");
-            Some(spawn_alerter(alerter, args.store.clone(), stopped))
-        }
-        None => None,
-    };
+    let mut alerts = config.alerts.clone();
+    alerts.webhooks = args.webhook.iter().map(|u| WebhookConfig::new(u)).collect();
+    let mut alerter = Alerter::open(&args.store.join("alerts"), alerts)?;
+    // A first look at the empty store, so that everything after is news.
+    alerter.detect(&Totals::default())?;
+    if let Some(url) = &args.webhook {
+        println!("  milestones are also delivered to {url} (signed webhooks)\n");
+    }
 
     let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::with_draw_target(if tty {
@@ -197,11 +205,23 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let board = multi.add(ProgressBar::new_spinner());
     board.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
 
+    let show = {
+        let multi = multi.clone();
+        move |line: &str| {
+            if tty {
+                multi.suspend(|| println!("{line}"));
+            } else {
+                println!("{line}");
+            }
+        }
+    };
+    let (deltas, received) = tokio::sync::mpsc::unbounded_channel();
+    let watch = spawn_watch(alerter, received, show, board.clone(), args.top);
+
     let started = Instant::now();
     let mut last_plain = Instant::now();
     let mut seen = 0u64;
     let mut tokens = 0u64;
-    let mut milestones = Vec::new();
     let stats = pipeline::run(
         &mut source,
         store,
@@ -210,15 +230,8 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         |outcome| {
             seen += outcome.stats.records;
             tokens += outcome.stats.tokens;
-            for c in tracker.apply_daily(&outcome.deltas.daily) {
-                let line = milestone_line(&c);
-                if tty {
-                    multi.suspend(|| println!("{line}"));
-                } else {
-                    println!("{line}");
-                }
-                milestones.push(c);
-            }
+            // The task ends only after this sender is dropped.
+            let _ = deltas.send(outcome.deltas.daily.clone());
             bar.set_position(seen);
             let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-3);
             bar.set_message(format!(
@@ -226,7 +239,6 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 human_tokens(rate as u64),
                 human_tokens(tokens)
             ));
-            board.set_message(leaderboard(&tracker, args.top));
             if !tty && last_plain.elapsed() >= Duration::from_secs(5) {
                 last_plain = Instant::now();
                 println!(
@@ -240,13 +252,27 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         std::future::pending(),
     )
     .await?;
+    drop(deltas);
+    let Watched {
+        mut alerter,
+        totals,
+        milestones,
+    } = watch.await??;
     bar.finish_and_clear();
     board.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
-    if let Some(task) = alerts {
-        stop.send_replace(true);
-        let mut alerter = task.await??;
-        alerter.detect(&totals::from_store(&args.store).await?)?;
+    // The running totals the rules saw are the store's, or the demo is
+    // wrong: check it against the store as `alerts run` would read it.
+    let stored = StoreTotals {
+        dir: args.store.clone(),
+    }
+    .read()
+    .await?;
+    anyhow::ensure!(
+        stored == totals,
+        "the demo's running totals differ from the store's usage_daily"
+    );
+    if args.webhook.is_some() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while alerter.deliver_due().await? > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -268,7 +294,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         );
     }
 
-    println!("\n{}\n", leaderboard(&tracker, args.top));
+    println!("\n{}\n", leaderboard(&totals, args.top));
     println!(
         "{} records in {elapsed:.1}s ({:.0} events/s): {} counted, {} duplicates dropped, {} rejected, {} late",
         stats.records,
@@ -279,12 +305,14 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         stats.late
     );
     println!(
-        "{} milestones; {} tokens counted.\n",
+        "{} milestones ({} about models, shown above; all in `tokentally alerts list --state {}`); {} tokens counted.\n",
         milestones.len(),
+        milestones.iter().filter(|m| m.model.is_some()).count(),
+        args.store.join("alerts").display(),
         human_tokens(stats.tokens)
     );
     let s = args.store.display();
-    let day = tracker.latest_day().map(date).unwrap_or_default();
+    let day = totals.latest_day().unwrap_or_default();
     println!("Explore the result with SQL:");
     println!(
         "  tokentally query --store {s} \"SELECT model, total_tokens, requests FROM usage_daily WHERE day = DATE '{day}' ORDER BY total_tokens DESC LIMIT 10\""

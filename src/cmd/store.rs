@@ -1,5 +1,6 @@
 use clap::{Args, Subcommand};
-use tokentally_sink::embedded::verify;
+use tokentally_alerts::{AlertState, STATE};
+use tokentally_sink::embedded::{Finding, Report, verify};
 
 use tokentally::config::{Config, StoreArgs};
 
@@ -33,11 +34,12 @@ pub async fn run(mut config: Config, args: StoreCmdArgs) -> anyhow::Result<()> {
         StoreCommand::Verify(a) => {
             config.apply_store(&a.store);
             let dir = config.store.dir;
-            let report = tokio::task::spawn_blocking({
+            let mut report = tokio::task::spawn_blocking({
                 let dir = dir.clone();
                 move || verify(&dir)
             })
             .await??;
+            verify_alert_state(&dir, &mut report);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -62,5 +64,20 @@ pub async fn run(mut config: Config, args: StoreCmdArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The alert state of `tokentally demo`, kept in the store's `alerts/`.
+fn verify_alert_state(dir: &std::path::Path, report: &mut Report) {
+    let alerts = dir.join("alerts");
+    if !alerts.join(STATE).exists() {
+        return;
+    }
+    report.files += 1;
+    if let Err(e) = AlertState::load(&alerts) {
+        report.damaged.push(Finding {
+            file: format!("alerts/{STATE}"),
+            problem: e.to_string(),
+        });
     }
 }

@@ -8,7 +8,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokentally_sink::alerts::webhook::{Secret, verify};
+use tokentally_alerts::webhook::{Secret, verify};
 
 /// The secret of the Standard Webhooks reference examples.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use super::manifest::{MANIFEST, Manifest};
 use super::{idfile, query};
-use crate::alerts::{AlertState, STATE};
 use tokentally_common::files::checksum;
 
 /// One damaged file.
@@ -37,9 +36,6 @@ pub struct Report {
     pub ids: u64,
     pub damaged: Vec<Finding>,
 }
-
-/// The alert state of `tokentally demo --webhook`, kept in the store.
-const ALERTS_DIR: &str = "alerts";
 
 /// Verify the store at `dir`. An error only when there is no store there;
 /// damage is reported in [`Report::damaged`].
@@ -103,16 +99,6 @@ pub fn verify(dir: &Path) -> io::Result<Report> {
     }
     for f in &manifest.dead_letters {
         check(f, read_dead_letters(&dir.join(f)));
-    }
-    let alerts = dir.join(ALERTS_DIR);
-    if alerts.join(STATE).exists() {
-        let file = format!("{ALERTS_DIR}/{STATE}");
-        check(
-            &file,
-            AlertState::load(&alerts)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        );
     }
     report.rows = rows;
     report.ids = id_count;

@@ -2,12 +2,33 @@
 //! same totals and the same already-known milestones always give the same
 //! new milestones, with deterministic ids, so detection can be repeated
 //! (after a restart, by another instance) without inventing new ids.
+//!
+//! This is the one rule set: `tokentally demo` runs it on the totals it
+//! has committed after each batch, `alerts run` on the totals it reads
+//! from the store or ClickHouse every interval.
+//!
+//! **"First"** has one definition: when a daily threshold is seen crossed
+//! for the first time, the first model to cross it is, among the model-days
+//! at or above it in those totals, the one on the earliest day, and on that
+//! day the one with the largest total (then the smallest name). It is
+//! announced once (id `first:model:THRESHOLD`) and never revised. The order
+//! in which batches arrived plays no part, so any two readers of the same
+//! totals name the same model.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Date32Type, UInt64Type};
 use serde::{Deserialize, Serialize};
 
-use crate::milestones::DEFAULT_LADDER;
+/// Default ladder of daily token thresholds: 1B, 10B, 100B, 1T, 10T.
+pub const DEFAULT_LADDER: [u64; 5] = [
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+    1_000_000_000_000,
+    10_000_000_000_000,
+];
 
 /// `[alerts]` rules in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +125,52 @@ impl Totals {
             .or_default() += tokens;
     }
 
+    /// Fold in daily roll-up deltas (rows of `usage_daily`, as the
+    /// aggregation emits them for one batch).
+    pub fn apply_daily(&mut self, batches: &[RecordBatch]) -> Result<(), arrow::error::ArrowError> {
+        for b in batches {
+            let column = |name: &str| {
+                b.column_by_name(name).ok_or_else(|| {
+                    arrow::error::ArrowError::SchemaError(format!(
+                        "daily deltas without a {name} column"
+                    ))
+                })
+            };
+            let day = column("day")?.as_primitive::<Date32Type>();
+            let model = column("model")?.as_string::<i32>();
+            let provider = column("provider")?.as_string::<i32>();
+            let total = column("total_tokens")?.as_primitive::<UInt64Type>();
+            for i in 0..b.num_rows() {
+                self.add(
+                    &date(day.value(i)),
+                    model.value(i),
+                    provider.value(i),
+                    total.value(i),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The most recent day with any tokens (`YYYY-MM-DD`).
+    pub fn latest_day(&self) -> Option<&str> {
+        self.daily.keys().map(|(d, _, _)| d.as_str()).max()
+    }
+
+    /// The top `n` models of `day` by tokens (all providers), largest
+    /// first.
+    pub fn leaderboard(&self, day: &str, n: usize) -> Vec<(String, u64)> {
+        let mut rows: Vec<(String, u64)> = self
+            .by(|(d, m, _)| (d.clone(), m.clone()))
+            .into_iter()
+            .filter(|((d, _), _)| d == day)
+            .map(|((_, m), t)| (m, t))
+            .collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows.truncate(n);
+        rows
+    }
+
     fn by<K: Ord>(&self, key: impl Fn(&(String, String, String)) -> K) -> BTreeMap<K, u64> {
         let mut out = BTreeMap::new();
         for (k, v) in &self.daily {
@@ -111,6 +178,13 @@ impl Totals {
         }
         out
     }
+}
+
+/// Days since 1970-01-01 as `YYYY-MM-DD`, the form both stores print.
+fn date(day: i32) -> String {
+    chrono::NaiveDate::from_num_days_from_ce_opt(day + 719_163)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| day.to_string())
 }
 
 fn id_threshold(scope: &str, subject: &str, day: &str, t: u64) -> String {
@@ -281,41 +355,53 @@ fn records(
         }
         fleet_best = fleet_best.max(v);
     }
-    // The highest daily total of any model, taken from another model (or
-    // from an earlier day).
+    // The highest daily total of any model, taken from another model: each
+    // day, only that day's leader can take it. Within a day, the order in
+    // which models passed each other is not in the totals, so the models
+    // the leader passed on its way are not announced; the record it beat
+    // is the highest other total so far (an earlier day's holder, or a
+    // model it passed that day).
     let mut holder: Option<(&str, u64)> = None; // (model, value)
     let mut days: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for ((day, model), &v) in model_day {
         days.entry(day).or_default().push((model, v));
     }
-    for (day, mut entries) in days {
-        // Within a day, the order in which models passed each other is not
-        // in the totals; the leader at the end of the evaluation is the one
-        // that holds the record.
-        entries.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
-        for (model, v) in entries {
-            match holder {
-                Some((hmodel, hv)) if v > hv => {
-                    // Taken from another model (a model beating its own
-                    // best day is its own record, above).
-                    if hmodel != model && hv > 0 && v >= min {
-                        let mut m = blank(
-                            format!("record:top_model:{day}:{model}"),
-                            Kind::Record,
-                            "top_model",
-                            v,
-                        );
-                        m.model = Some(model.to_string());
-                        m.day = Some(day.to_string());
-                        m.previous_record = Some(hv);
-                        m.previous_holder = Some(hmodel.to_string());
-                        push(m);
-                    }
-                    holder = Some((model, v));
-                }
-                None => holder = Some((model, v)),
-                _ => {}
-            }
+    let higher = |a: (&str, u64), b: (&str, u64)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
+    for (day, entries) in days {
+        let Some(leader) = entries
+            .iter()
+            .copied()
+            .reduce(|best, e| if higher(e, best) { e } else { best })
+        else {
+            continue;
+        };
+        let beaten = entries
+            .iter()
+            .copied()
+            .filter(|e| e.0 != leader.0)
+            .chain(holder)
+            .reduce(|best, e| if higher(e, best) { e } else { best });
+        if let Some((bmodel, bv)) = beaten
+            && bmodel != leader.0
+            && leader.1 > bv
+            && bv > 0
+            && leader.1 >= min
+        {
+            let (model, v) = leader;
+            let mut m = blank(
+                format!("record:top_model:{day}:{model}"),
+                Kind::Record,
+                "top_model",
+                v,
+            );
+            m.model = Some(model.to_string());
+            m.day = Some(day.to_string());
+            m.previous_record = Some(bv);
+            m.previous_holder = Some(bmodel.to_string());
+            push(m);
+        }
+        if holder.is_none_or(|h| higher(leader, h)) {
+            holder = Some(leader);
         }
     }
 }
@@ -376,6 +462,29 @@ mod tests {
                 .any(|m| m.id == "threshold:model:b:2026-11-27:1000000000000")
         );
         assert!(got.iter().any(|m| m.id == "all_time:model:b:2000000000000"));
+    }
+
+    #[test]
+    fn only_a_days_leader_takes_the_top_model_record() {
+        let mut totals = Totals::default();
+        totals.add("2026-11-26", "a", "p", T);
+        // On the next day c and b both pass a's best: only the leader, b,
+        // takes the record, from c, the highest other total.
+        totals.add("2026-11-27", "c", "p", T + 1);
+        totals.add("2026-11-27", "b", "p", T + 2);
+        totals.add("2026-11-27", "a", "p", 1);
+        let got = evaluate(&rules(), &totals, &BTreeSet::new(), "now");
+        let top: Vec<_> = got.iter().filter(|m| m.scope == "top_model").collect();
+        assert_eq!(top.len(), 1, "{top:?}");
+        assert_eq!(top[0].id, "record:top_model:2026-11-27:b");
+        assert_eq!(top[0].previous_holder.as_deref(), Some("c"));
+        assert_eq!(top[0].previous_record, Some(T + 1));
+        // A model that keeps the lead on a later day takes nothing from
+        // anyone.
+        totals.add("2026-11-28", "b", "p", 3 * T);
+        totals.add("2026-11-28", "a", "p", 1);
+        let got = evaluate(&rules(), &totals, &BTreeSet::new(), "now");
+        assert_eq!(got.iter().filter(|m| m.scope == "top_model").count(), 1);
     }
 
     #[test]

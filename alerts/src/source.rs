@@ -1,14 +1,68 @@
-//! Reading the authoritative daily totals the rules run on.
+//! Where the rules get their totals: [`TotalsSource`], with one
+//! implementation per sink, and the copy of milestones to ClickHouse.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::UInt64Type;
 use serde::Deserialize;
 
-use super::Totals;
-use crate::clickhouse::ClickHouseError;
-use crate::embedded::{QueryError, open_query_context};
+use crate::Totals;
+use tokentally_sink::clickhouse::ClickHouseError;
+use tokentally_sink::embedded::{QueryError, open_query_context};
+
+/// The authoritative daily totals, read afresh on each call.
+pub trait TotalsSource {
+    /// What is read, for people: `ClickHouse URL` or `store DIR`.
+    fn describe(&self) -> String;
+
+    /// The totals of `usage_daily` now.
+    fn read(&self) -> impl Future<Output = Result<Totals, TotalsError>> + Send;
+}
+
+/// Reading totals failed (server down, store not created yet).
+#[derive(Debug, thiserror::Error)]
+pub enum TotalsError {
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    #[error(transparent)]
+    Store(#[from] QueryError),
+}
+
+/// The totals of an embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreTotals {
+    pub dir: PathBuf,
+}
+
+impl TotalsSource for StoreTotals {
+    fn describe(&self) -> String {
+        format!("store {}", self.dir.display())
+    }
+
+    async fn read(&self) -> Result<Totals, TotalsError> {
+        Ok(from_store(&self.dir).await?)
+    }
+}
+
+/// The totals of a ClickHouse database.
+#[derive(Clone)]
+pub struct ClickHouseTotals {
+    pub client: clickhouse::Client,
+    pub database: String,
+    /// The server, for [`TotalsSource::describe`].
+    pub url: String,
+}
+
+impl TotalsSource for ClickHouseTotals {
+    fn describe(&self) -> String {
+        format!("ClickHouse {}", self.url)
+    }
+
+    async fn read(&self) -> Result<Totals, TotalsError> {
+        Ok(from_clickhouse(&self.client, &self.database).await?)
+    }
+}
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct DailyRow {
@@ -19,10 +73,7 @@ struct DailyRow {
 }
 
 /// `usage_daily` of a ClickHouse database.
-pub async fn from_clickhouse(
-    client: &clickhouse::Client,
-    db: &str,
-) -> Result<Totals, ClickHouseError> {
+async fn from_clickhouse(client: &clickhouse::Client, db: &str) -> Result<Totals, ClickHouseError> {
     let sql =
         format!("SELECT toString(day) AS day, model, provider, total_tokens FROM {db}.usage_daily");
     let rows: Vec<DailyRow> = client
@@ -58,7 +109,7 @@ struct MilestoneRow<'a> {
 pub async fn mirror_to_clickhouse(
     client: &clickhouse::Client,
     db: &str,
-    milestones: &[super::Milestone],
+    milestones: &[crate::Milestone],
 ) -> Result<(), ClickHouseError> {
     if milestones.is_empty() {
         return Ok(());
@@ -95,7 +146,7 @@ pub async fn mirror_to_clickhouse(
 }
 
 /// `usage_daily` of an embedded store.
-pub async fn from_store(dir: &Path) -> Result<Totals, QueryError> {
+async fn from_store(dir: &Path) -> Result<Totals, QueryError> {
     let ctx = open_query_context(dir).await?;
     let batches = ctx
         .sql("SELECT CAST(day AS VARCHAR) AS day, model, provider, total_tokens FROM usage_daily")

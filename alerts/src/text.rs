@@ -1,0 +1,88 @@
+//! Milestones and token counts as people read them (the demo's lines,
+//! `alerts run`'s log).
+
+use crate::{Kind, Milestone};
+
+/// `1_000_000_000_000` → `"1T"`, `2_500_000_000` → `"2.5B"`.
+pub fn human_tokens(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1_000_000_000_000, "T"),
+        (1_000_000_000, "B"),
+        (1_000_000, "M"),
+        (1_000, "K"),
+    ];
+    for (scale, unit) in UNITS {
+        if n >= scale {
+            let v = n as f64 / scale as f64;
+            let s = format!("{v:.2}");
+            let s = s.trim_end_matches('0').trim_end_matches('.');
+            return format!("{s}{unit}");
+        }
+    }
+    n.to_string()
+}
+
+/// One line saying what happened, e.g. `2026-11-27  qwen/qwen3.6-plus
+/// crossed 1T tokens in a day (now 1.02T)`.
+pub fn headline(m: &Milestone) -> String {
+    let day = m.day.as_deref().unwrap_or("");
+    let subject = match m.scope.as_str() {
+        "fleet" => "the fleet".to_string(),
+        "provider" => format!("provider {}", m.provider.as_deref().unwrap_or("")),
+        _ => m.model.clone().unwrap_or_default(),
+    };
+    let threshold = human_tokens(m.threshold.unwrap_or(0));
+    let value = human_tokens(m.value);
+    match m.kind {
+        Kind::Threshold => {
+            format!("{day}  {subject} crossed {threshold} tokens in a day (now {value})")
+        }
+        Kind::AllTime => format!("{subject} crossed {threshold} tokens in all (now {value})"),
+        Kind::First => format!(
+            "{day}  {subject} is the first model ever to cross {threshold} tokens in a day ({value})"
+        ),
+        Kind::Record => {
+            let previous = human_tokens(m.previous_record.unwrap_or(0));
+            match (m.scope.as_str(), &m.previous_holder) {
+                ("top_model", Some(holder)) => format!(
+                    "{day}  {subject} set the highest daily total of any model: {value} (was {previous}, {holder})"
+                ),
+                _ => format!("{day}  {subject} set a daily record: {value} (was {previous})"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_tokens(1_000_000_000_000), "1T");
+        assert_eq!(human_tokens(2_500_000_000), "2.5B");
+        assert_eq!(human_tokens(999), "999");
+        assert_eq!(human_tokens(1_234_567), "1.23M");
+    }
+
+    #[test]
+    fn headlines_name_the_subject_and_the_numbers() {
+        let m = Milestone {
+            id: "first:model:1000000000000".into(),
+            kind: Kind::First,
+            scope: "model".into(),
+            model: Some("通义/qwen \"max\" <b>".into()),
+            provider: None,
+            day: Some("2026-11-27".into()),
+            threshold: Some(1_000_000_000_000),
+            value: 1_020_000_000_000,
+            previous_record: None,
+            previous_holder: None,
+            detected_at: "now".into(),
+        };
+        assert_eq!(
+            headline(&m),
+            "2026-11-27  通义/qwen \"max\" <b> is the first model ever to cross 1T tokens in a day (1.02T)"
+        );
+    }
+}
