@@ -9,16 +9,19 @@
 //
 // Each file is a project of its own, its directory the project directory
 // (so its `.env`, `env_file:` entries and relative paths resolve from
-// there, as they do for docker compose). A file is loaded twice: with no
-// profile enabled, as `docker compose up` starts it (so nothing started
-// by default may depend on a service behind a profile), and with every
-// profile enabled, so that each service is checked. The loader validates
-// the file against the compose specification's schema, interpolates
-// variables, resolves paths, reads every `env_file` (a missing one fails),
-// and checks consistency: an image or a build for every service,
-// `depends_on` targets that exist, no dependency cycles, declared volumes,
-// secrets, configs and networks, `healthcheck.test` forms; then container
-// names are checked unique, as `docker compose config` does.
+// there, as they do for docker compose). A file is loaded with no profile
+// enabled, as `docker compose up` starts it (so nothing started by default
+// may depend on a service behind a profile), with each of its profiles
+// alone, as `docker compose --profile P up` starts it (so nothing in P
+// depends on a service only in another profile), and with every profile
+// enabled (`--profile '*'`), so that each service is checked. The loader
+// validates the file against the compose specification's schema,
+// interpolates variables, resolves paths, reads every `env_file` (a
+// missing one fails), and checks consistency: an image or a build for
+// every service, `depends_on` targets that exist, no dependency cycles,
+// declared volumes, secrets, configs and networks, `healthcheck.test`
+// forms; then container names are checked unique, as `docker compose
+// config` does.
 //
 // The environment used for interpolation is the project's `.env` (if any)
 // and PWD, not the caller's whole environment as docker compose would use:
@@ -50,7 +53,7 @@ func (w *warnings) Levels() []logrus.Level {
 	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
 }
 
-// Fire records a message once: each file is loaded twice.
+// Fire records a message once: each file is loaded more than once.
 func (w *warnings) Fire(e *logrus.Entry) error {
 	if !slices.Contains(w.messages, e.Message) {
 		w.messages = append(w.messages, e.Message)
@@ -90,7 +93,8 @@ func load(ctx context.Context, file string, profiles []string) (*types.Project, 
 	return project, nil
 }
 
-// check loads file with no profile and with every profile, and describes it.
+// check loads file with no profile, with each profile alone and with
+// every profile, and describes it.
 func check(ctx context.Context, file string) (string, error) {
 	// WithDefaultProfiles falls back to COMPOSE_PROFILES (empty here) when
 	// given none: the services without a profile.
@@ -102,8 +106,22 @@ func check(ctx context.Context, file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("with every profile enabled: %w", err)
 	}
-	return fmt.Sprintf("project %s, %d services (%d without a profile), %d volumes, %d secrets",
-		all.Name, len(all.Services), len(byDefault.Services), len(all.Volumes), len(all.Secrets)), nil
+	var profiles []string
+	for _, service := range all.Services {
+		for _, profile := range service.Profiles {
+			if !slices.Contains(profiles, profile) {
+				profiles = append(profiles, profile)
+			}
+		}
+	}
+	slices.Sort(profiles)
+	for _, profile := range profiles {
+		if _, err := load(ctx, file, []string{profile}); err != nil {
+			return "", fmt.Errorf("with profile %s: %w", profile, err)
+		}
+	}
+	return fmt.Sprintf("project %s, %d services (%d without a profile; profiles %v), %d volumes, %d secrets",
+		all.Name, len(all.Services), len(byDefault.Services), profiles, len(all.Volumes), len(all.Secrets)), nil
 }
 
 func main() {
