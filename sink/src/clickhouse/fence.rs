@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 
+use super::database::{quote, quote_all};
+use super::error::has_code;
 use super::rows::DeltaRow;
 use super::schema::ServerInfo;
-use super::{has_code, quote, quote_all};
 
 /// This aggregator, as a writer of partitions.
 #[derive(Debug)]
