@@ -7,12 +7,12 @@ use tokentally_aggregate::core::{BatchOutcome, DeadLetter};
 use tokentally_aggregate::rollup::Rollup;
 
 use super::ClickHouseError;
+use super::schema::Kind;
 
 /// One row of `usage_deltas`.
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
 pub struct DeltaRow<'a> {
-    /// Enum8: 1 daily, 2 minute, 3 app_daily, 4 rejected, 5 progress.
-    pub kind: i8,
+    pub kind: Kind,
     /// Date: days since 1970-01-01.
     pub day: u16,
     /// DateTime: seconds since the epoch.
@@ -37,14 +37,8 @@ pub struct DeltaRow<'a> {
     pub watermark_ms: i64,
 }
 
-pub const KIND_DAILY: i8 = 1;
-pub const KIND_MINUTE: i8 = 2;
-pub const KIND_APP_DAILY: i8 = 3;
-pub const KIND_REJECTED: i8 = 4;
-pub const KIND_PROGRESS: i8 = 5;
-
 impl<'a> DeltaRow<'a> {
-    fn empty(kind: i8, batch_id: &'a str) -> Self {
+    fn empty(kind: Kind, batch_id: &'a str) -> Self {
         DeltaRow {
             kind,
             day: 0,
@@ -182,11 +176,7 @@ pub fn delta_rows<'a>(
 ) -> Result<Vec<DeltaRow<'a>>, ClickHouseError> {
     let mut rows = Vec::new();
     for rollup in Rollup::ALL {
-        let kind = match rollup {
-            Rollup::Daily => KIND_DAILY,
-            Rollup::Minute => KIND_MINUTE,
-            Rollup::AppDaily => KIND_APP_DAILY,
-        };
+        let kind = Kind::of(rollup);
         for b in outcome.deltas.get(rollup) {
             let measure = |m: &str| {
                 b.column_by_name(m)
@@ -234,7 +224,7 @@ pub fn delta_rows<'a>(
     }
     let today = day_u16((now_s / 86_400) as i32)?;
     for (reason, n) in &outcome.stats.rejected {
-        let mut r = DeltaRow::empty(KIND_REJECTED, "");
+        let mut r = DeltaRow::empty(Kind::Rejected, "");
         r.day = today;
         r.reason = reason.as_str();
         r.requests = *n;
@@ -243,7 +233,7 @@ pub fn delta_rows<'a>(
     let watermark_ms = outcome.watermark_ms.unwrap_or(0);
     let dead_letters = outcome.dead_letters.len() as u64;
     let by_time = |source: &'a str, next_offset: i64, start_offset: i64| {
-        let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
+        let mut r = DeltaRow::empty(Kind::Progress, batch_id);
         r.minute = now_s;
         r.source = source;
         r.next_offset = next_offset;
@@ -261,7 +251,7 @@ pub fn delta_rows<'a>(
     }
     for (source, next) in &outcome.progress {
         let start = outcome.starts.get(source).copied().unwrap_or(-1);
-        let mut r = DeltaRow::empty(KIND_PROGRESS, batch_id);
+        let mut r = DeltaRow::empty(Kind::Progress, batch_id);
         r.source = source;
         r.next_offset = *next;
         r.start_offset = start;
@@ -298,22 +288,22 @@ mod tests {
         let mut agg = Aggregator::new(AggregatorConfig::default(), &Recovered::default());
         let outcome = agg.process(&raw).await.unwrap();
         let rows = delta_rows("b1", &outcome, 1_795_800_000).unwrap();
-        let of = |k: i8| rows.iter().filter(|r| r.kind == k).collect::<Vec<_>>();
+        let of = |k: Kind| rows.iter().filter(|r| r.kind == k).collect::<Vec<_>>();
 
-        let daily = of(KIND_DAILY);
+        let daily = of(Kind::Daily);
         assert_eq!(daily.len(), 1);
         assert_eq!(daily[0].day, 20_784); // 2026-11-27
         assert_eq!((daily[0].requests, daily[0].total_tokens), (2, 14));
         assert_eq!((daily[0].model, daily[0].provider), ("m", "p"));
-        let minutes: Vec<u32> = of(KIND_MINUTE).iter().map(|r| r.minute).collect();
+        let minutes: Vec<u32> = of(Kind::Minute).iter().map(|r| r.minute).collect();
         assert_eq!(minutes, vec![1_795_737_600, 1_795_737_660]);
-        assert_eq!(of(KIND_APP_DAILY)[0].app, "x");
-        let rejected = of(KIND_REJECTED);
+        assert_eq!(of(Kind::AppDaily)[0].app, "x");
+        let rejected = of(Kind::Rejected);
         assert_eq!(
             (rejected[0].reason, rejected[0].requests),
             ("invalid_json", 1)
         );
-        let progress = of(KIND_PROGRESS);
+        let progress = of(Kind::Progress);
         assert!(progress.iter().all(|r| r.batch_id == "b1"));
         // By source (minute 0) and by commit time, per source; the
         // commit-time rows carry the batch's dead letters.
@@ -333,7 +323,7 @@ mod tests {
         // Data rows carry no batch id, so merges fold them across batches.
         assert!(
             rows.iter()
-                .filter(|r| r.kind != KIND_PROGRESS)
+                .filter(|r| r.kind != Kind::Progress)
                 .all(|r| r.batch_id.is_empty())
         );
 
@@ -390,7 +380,7 @@ mod tests {
                 rows[0].source,
                 rows[0].watermark_ms
             ),
-            (KIND_PROGRESS, "b2", 9, "", 5)
+            (Kind::Progress, "b2", 9, "", 5)
         );
     }
 }

@@ -58,6 +58,76 @@ impl ServerInfo {
     }
 }
 
+/// What a row of `usage_deltas` holds: its `kind` column, an `Enum8`.
+///
+/// The codes are stored: never renumber one. A new kind needs a migration
+/// that modifies the column (migration 1 created it with these five). Views
+/// and ledger reads compare with the names (`kind = 'progress'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A delta of `usage_daily`.
+    Daily = 1,
+    /// A delta of `usage_minute`.
+    Minute = 2,
+    /// A delta of `usage_app_daily`.
+    AppDaily = 3,
+    /// A count of refused events, by reason.
+    Rejected = 4,
+    /// A progress row of the ledger.
+    Progress = 5,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Daily,
+        Kind::Minute,
+        Kind::AppDaily,
+        Kind::Rejected,
+        Kind::Progress,
+    ];
+
+    /// The kind of `rollup`'s deltas.
+    pub fn of(rollup: Rollup) -> Kind {
+        match rollup {
+            Rollup::Daily => Kind::Daily,
+            Rollup::Minute => Kind::Minute,
+            Rollup::AppDaily => Kind::AppDaily,
+        }
+    }
+
+    /// The name SQL sees.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Daily => "daily",
+            Kind::Minute => "minute",
+            Kind::AppDaily => "app_daily",
+            Kind::Rejected => "rejected",
+            Kind::Progress => "progress",
+        }
+    }
+
+    /// The stored code.
+    pub fn code(self) -> i8 {
+        self as i8
+    }
+
+    /// The column's type: `Enum8('daily' = 1, ...)`.
+    pub fn column_type() -> String {
+        let values: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| format!("'{}' = {}", k.name(), k.code()))
+            .collect();
+        format!("Enum8({})", values.join(", "))
+    }
+}
+
+/// Written as its code (RowBinary `Enum8`).
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i8(self.code())
+    }
+}
+
 /// One schema change.
 pub struct Migration {
     pub version: u32,
@@ -129,10 +199,11 @@ fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
     let codec = if server.modern { " CODEC(ZSTD(1))" } else { "" };
     let daily = sums(Rollup::Daily.measures());
     let app = sums(Rollup::AppDaily.measures());
+    let kinds = Kind::column_type();
     vec![
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.usage_deltas (\
-             kind Enum8('daily' = 1, 'minute' = 2, 'app_daily' = 3, 'rejected' = 4, 'progress' = 5), \
+             kind {kinds}, \
              day Date, minute DateTime('UTC'), \
              model {name}, provider {name}, app {name}, reason {name}, \
              source {name}, next_offset Int64, batch_id String, \
@@ -430,6 +501,24 @@ mod tests {
         assert!(ServerInfo::from_version("22.8.1").modern);
         assert!(ServerInfo::from_version("26.1.2.3").modern);
         assert!(!ServerInfo::from_version("garbage").modern);
+    }
+
+    #[test]
+    fn kinds_keep_their_stored_codes() {
+        let stored: Vec<(i8, &str)> = Kind::ALL.iter().map(|k| (k.code(), k.name())).collect();
+        assert_eq!(
+            stored,
+            [
+                (1, "daily"),
+                (2, "minute"),
+                (3, "app_daily"),
+                (4, "rejected"),
+                (5, "progress")
+            ]
+        );
+        assert!(v1("db", &ServerInfo::from_version("26.1"))[0].contains(
+            "kind Enum8('daily' = 1, 'minute' = 2, 'app_daily' = 3, 'rejected' = 4, 'progress' = 5), "
+        ));
     }
 
     #[test]
