@@ -1,7 +1,11 @@
-//! Rows as written to ClickHouse (RowBinary; field order = column order).
+//! Rows as written to ClickHouse (RowBinary; field order = column order),
+//! and a committed batch as rows: its roll-up deltas (from Arrow), ids,
+//! dead letters and progress.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Date32Type, TimestampMillisecondType, UInt64Type};
+use arrow::array::{
+    AsArray, Date32Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
+use arrow::datatypes::Schema;
 use serde::Serialize;
 use tokentally_aggregate::core::{BatchOutcome, DeadLetter};
 use tokentally_aggregate::rollup::Rollup;
@@ -157,10 +161,100 @@ fn day_u16(days: i32) -> Result<u16, ClickHouseError> {
     })
 }
 
-fn col<'b>(b: &'b RecordBatch, name: &str) -> &'b dyn Array {
-    b.column_by_name(name)
-        .unwrap_or_else(|| panic!("roll-up batch lacks column {name}"))
-        .as_ref()
+/// The columns of one roll-up delta batch, typed, looked up once per
+/// batch. A roll-up has some of them ([`Rollup::schema`]); the
+/// `usage_deltas` columns of the others stay empty (names) or 0 (measures).
+#[derive(Default)]
+struct DeltaColumns<'b> {
+    day: Option<&'b Date32Array>,
+    minute: Option<&'b TimestampMillisecondArray>,
+    model: Option<&'b StringArray>,
+    provider: Option<&'b StringArray>,
+    app: Option<&'b StringArray>,
+    requests: Option<&'b UInt64Array>,
+    prompt_tokens: Option<&'b UInt64Array>,
+    completion_tokens: Option<&'b UInt64Array>,
+    total_tokens: Option<&'b UInt64Array>,
+    cached_tokens: Option<&'b UInt64Array>,
+    error_requests: Option<&'b UInt64Array>,
+}
+
+impl<'b> DeltaColumns<'b> {
+    /// The columns of `batch`, a delta of `rollup`. An error if its schema
+    /// is not the roll-up's, or has a column `usage_deltas` lacks.
+    fn of(rollup: Rollup, batch: &'b RecordBatch) -> Result<Self, ClickHouseError> {
+        let schema = rollup.schema();
+        if batch.schema_ref() != &schema {
+            return Err(ClickHouseError::Config(format!(
+                "a {rollup:?} roll-up delta has the columns ({}), not the roll-up's ({})",
+                describe(batch.schema_ref()),
+                describe(&schema)
+            )));
+        }
+        // The schema matches, so each column has its field's type. The
+        // roll-ups name their columns after those of `usage_deltas`.
+        let mut c = DeltaColumns::default();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            let column = column.as_ref();
+            match field.name().as_str() {
+                "day" => c.day = Some(column.as_primitive()),
+                "minute" => c.minute = Some(column.as_primitive()),
+                "model" => c.model = Some(column.as_string()),
+                "provider" => c.provider = Some(column.as_string()),
+                "app" => c.app = Some(column.as_string()),
+                "requests" => c.requests = Some(column.as_primitive()),
+                "prompt_tokens" => c.prompt_tokens = Some(column.as_primitive()),
+                "completion_tokens" => c.completion_tokens = Some(column.as_primitive()),
+                "total_tokens" => c.total_tokens = Some(column.as_primitive()),
+                "cached_tokens" => c.cached_tokens = Some(column.as_primitive()),
+                "error_requests" => c.error_requests = Some(column.as_primitive()),
+                other => {
+                    return Err(ClickHouseError::Config(format!(
+                        "the {rollup:?} roll-up has a column {other}, which usage_deltas lacks"
+                    )));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Row `i`, a row of kind `kind`.
+    fn row(&self, kind: Kind, i: usize) -> Result<DeltaRow<'b>, ClickHouseError> {
+        let name = |c: Option<&'b StringArray>| c.map_or("", |c| c.value(i));
+        let measure = |c: Option<&UInt64Array>| c.map_or(0, |c| c.value(i));
+        let mut r = DeltaRow::empty(kind, "");
+        if let Some(day) = self.day {
+            r.day = day_u16(day.value(i))?;
+        }
+        if let Some(minute) = self.minute {
+            let ms = minute.value(i);
+            r.minute = u32::try_from(ms.div_euclid(1000)).map_err(|_| {
+                ClickHouseError::Config(format!(
+                    "minute {ms} is outside ClickHouse's DateTime range"
+                ))
+            })?;
+        }
+        r.model = name(self.model);
+        r.provider = name(self.provider);
+        r.app = name(self.app);
+        r.requests = measure(self.requests);
+        r.prompt_tokens = measure(self.prompt_tokens);
+        r.completion_tokens = measure(self.completion_tokens);
+        r.total_tokens = measure(self.total_tokens);
+        r.cached_tokens = measure(self.cached_tokens);
+        r.error_requests = measure(self.error_requests);
+        Ok(r)
+    }
+}
+
+/// `schema`'s columns and their types, for messages.
+fn describe(schema: &Schema) -> String {
+    let fields: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    fields.join(", ")
 }
 
 /// Every row of one batch's single `usage_deltas` insert: deltas, reject
@@ -178,47 +272,9 @@ pub fn delta_rows<'a>(
     for rollup in Rollup::ALL {
         let kind = Kind::of(rollup);
         for b in outcome.deltas.get(rollup) {
-            let measure = |m: &str| {
-                b.column_by_name(m)
-                    .map(|c| c.as_primitive::<UInt64Type>().values().to_vec())
-            };
-            let requests = measure("requests");
-            let prompt = measure("prompt_tokens");
-            let completion = measure("completion_tokens");
-            let total = measure("total_tokens");
-            let cached = measure("cached_tokens");
-            let errors = measure("error_requests");
-            let at = |v: &Option<Vec<u64>>, i: usize| v.as_ref().map_or(0, |v| v[i]);
+            let columns = DeltaColumns::of(rollup, b)?;
             for i in 0..b.num_rows() {
-                let mut r = DeltaRow::empty(kind, "");
-                for key in rollup.keys() {
-                    match *key {
-                        "day" => {
-                            r.day = day_u16(col(b, "day").as_primitive::<Date32Type>().value(i))?
-                        }
-                        "minute" => {
-                            let ms = col(b, "minute")
-                                .as_primitive::<TimestampMillisecondType>()
-                                .value(i);
-                            r.minute = u32::try_from(ms.div_euclid(1000)).map_err(|_| {
-                                ClickHouseError::Config(format!(
-                                    "minute {ms} is outside ClickHouse's DateTime range"
-                                ))
-                            })?;
-                        }
-                        "model" => r.model = col(b, "model").as_string::<i32>().value(i),
-                        "provider" => r.provider = col(b, "provider").as_string::<i32>().value(i),
-                        "app" => r.app = col(b, "app").as_string::<i32>().value(i),
-                        other => unreachable!("unknown roll-up key {other}"),
-                    }
-                }
-                r.requests = at(&requests, i);
-                r.prompt_tokens = at(&prompt, i);
-                r.completion_tokens = at(&completion, i);
-                r.total_tokens = at(&total, i);
-                r.cached_tokens = at(&cached, i);
-                r.error_requests = at(&errors, i);
-                rows.push(r);
+                rows.push(columns.row(kind, i)?);
             }
         }
     }
@@ -355,6 +411,22 @@ mod tests {
                 (7, &[1u64, 0][..], &[2u64, 4][..]),
                 (8, &[0, u64::MAX][..], &[3, u64::MAX][..]),
             ]
+        );
+    }
+
+    #[test]
+    fn every_roll_up_column_has_a_place_and_a_wrong_schema_is_refused() {
+        for rollup in Rollup::ALL {
+            let empty = RecordBatch::new_empty(rollup.schema());
+            assert!(DeltaColumns::of(rollup, &empty).is_ok(), "{rollup:?}");
+        }
+        let minute = RecordBatch::new_empty(Rollup::Minute.schema());
+        let error = DeltaColumns::of(Rollup::Daily, &minute).err().unwrap();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("a Daily roll-up delta has the columns (minute ")
+                && message.contains("not the roll-up's (day Date32, model Utf8, provider Utf8, "),
+            "{message}"
         );
     }
 
