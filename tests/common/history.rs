@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokentally_aggregate::source::SourceKey;
 
 use super::services::clickhouse_rows;
 
@@ -57,9 +58,12 @@ pub fn committed_all(url: &str, db: &str, topic: &str, bounds: &BTreeMap<i32, (i
             (source, r["next"].as_i64().unwrap())
         })
         .collect();
-    bounds.iter().all(|(p, &(_, end))| {
-        let key = format!("kafka:{topic}:{p}");
-        next.get(&key).copied().unwrap_or(0) >= end
+    bounds.iter().all(|(&partition, &(_, end))| {
+        let key = SourceKey::Kafka {
+            topic: topic.to_string(),
+            partition,
+        };
+        next.get(&key.to_string()).copied().unwrap_or(0) >= end
     })
 }
 
@@ -82,11 +86,12 @@ pub fn check_history(
     let mut chains: BTreeMap<i32, Vec<(i64, i64, String)>> = BTreeMap::new();
     for r in &rows {
         let source = r["source"].as_str().unwrap();
-        let Some(p) = source
-            .strip_prefix(&format!("kafka:{topic}:"))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            return Err(format!("a progress row of another topic: {source}"));
+        let p = match source.parse() {
+            Ok(SourceKey::Kafka {
+                topic: of,
+                partition,
+            }) if of == topic => partition,
+            _ => return Err(format!("a progress row of another topic: {source}")),
         };
         chains.entry(p).or_default().push((
             r["start_offset"].as_i64().unwrap(),

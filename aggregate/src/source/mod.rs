@@ -3,7 +3,10 @@
 
 pub mod file;
 pub mod kafka;
+mod key;
 pub mod simulated;
+
+pub use key::{NotASourceKey, SourceKey};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,8 +21,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub struct RawBatch {
     data: Vec<u8>,
     ends: Vec<usize>,
-    /// What consuming this batch advances: source partition key → the next
-    /// position to read. Sinks persist it atomically with the deltas.
+    /// What consuming this batch advances: source partition key (a
+    /// [`SourceKey`] as stored) → the next position to read. Sinks persist
+    /// it atomically with the deltas.
     pub progress: BTreeMap<String, i64>,
     /// Where this batch's range of each partition in `progress` starts (the
     /// position of its first record), for sources with positions in a

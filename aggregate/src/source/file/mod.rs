@@ -20,7 +20,7 @@ use std::thread;
 
 use tokio::sync::mpsc;
 
-use super::{BoxError, EventSource, RawBatch};
+use super::{BoxError, EventSource, RawBatch, SourceKey};
 
 const HEAD_BYTES: usize = 4096;
 
@@ -49,7 +49,10 @@ impl Input {
 }
 
 struct Position {
+    /// The file's [`SourceKey`], as stored.
     key: String,
+    /// Where the fingerprint of the file's head is stored: the key with
+    /// `#head` appended (a fingerprint, not a position).
     head_key: String,
     head: i64,
     len: u64,
@@ -86,8 +89,8 @@ impl FileSource {
                         .read_to_end(&mut head)
                         .map_err(with_path)?;
                     file.seek(SeekFrom::Start(0)).map_err(with_path)?;
-                    let abs = std::path::absolute(p).map_err(with_path)?;
-                    let key = format!("file:{}", abs.display());
+                    let path = std::path::absolute(p).map_err(with_path)?;
+                    let key = SourceKey::File { path }.to_string();
                     Some(Position {
                         head_key: format!("{key}#head"),
                         key,
@@ -301,7 +304,10 @@ mod tests {
         let (all, sizes, progress) = read_all(&mut src).await;
         assert_eq!(all, ["a", "b", "c", "d", "e"]);
         assert_eq!(sizes, [2, 2, 1]);
-        let key = format!("file:{}", std::path::absolute(&path).unwrap().display());
+        let key = SourceKey::File {
+            path: std::path::absolute(&path).unwrap(),
+        }
+        .to_string();
         assert_eq!(progress[&key], 14, "the whole file");
 
         // Committed after the first batch ("a", "b" = 9 bytes): continue at "c".

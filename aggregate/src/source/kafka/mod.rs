@@ -2,7 +2,8 @@
 //!
 //! Exactly-once comes from the sink, not from Kafka: every batch carries, as
 //! progress, the next offset of each partition it read (key
-//! `kafka:<topic>:<partition>`), and the sink commits that atomically with
+//! [`SourceKey::Kafka`], stored as `kafka:<topic>:<partition>`), and the
+//! sink commits that atomically with
 //! the deltas. When a partition is assigned (at start or by a rebalance),
 //! the source reads nothing from it until it has learnt the sink's
 //! committed offset for it (`needs_resume` → `resume`), and then skips any
@@ -31,7 +32,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::{BoxError, CommitGate, EventSource, RawBatch, ReleaseHook};
+use super::{BoxError, CommitGate, EventSource, RawBatch, ReleaseHook, SourceKey};
 
 /// How a [`KafkaSource`] reads.
 #[derive(Debug, Clone)]
@@ -329,7 +330,11 @@ fn is_fatal(e: &KafkaError) -> bool {
 
 /// The progress key of a partition.
 pub fn progress_key(topic: &str, partition: i32) -> String {
-    format!("kafka:{topic}:{partition}")
+    SourceKey::Kafka {
+        topic: topic.to_string(),
+        partition,
+    }
+    .to_string()
 }
 
 /// Values per partition, indexed by partition number (partitions are small
@@ -476,13 +481,15 @@ impl Drop for KafkaSource {
     }
 }
 
-/// The partition of a progress key of `topic`.
+/// The partition of `topic` a progress key is of.
 fn partition_of(topic: &str, key: &str) -> Option<i32> {
-    key.strip_prefix("kafka:")?
-        .strip_prefix(topic)?
-        .strip_prefix(':')?
-        .parse()
-        .ok()
+    match key.parse() {
+        Ok(SourceKey::Kafka {
+            topic: of,
+            partition,
+        }) if of == topic => Some(partition),
+        _ => None,
+    }
 }
 
 impl Reader {
