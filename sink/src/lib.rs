@@ -9,6 +9,3 @@
 
 pub mod clickhouse;
 pub mod embedded;
-
-// Until every caller names tokentally_common directly.
-pub use tokentally_common::files;

@@ -6,10 +6,14 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 
 use super::ClickHouseError;
+use tokentally_common::secret::SecretSource;
+
+/// The variable the password is read from when no `password_file` is set.
+pub const PASSWORD_ENV: &str = "TOKENTALLY_CLICKHOUSE_PASSWORD";
 
 /// ClickHouse settings (`[clickhouse]` in the config file). The password
 /// never comes from the config file or the command line: it is read from
-/// `TOKENTALLY_CLICKHOUSE_PASSWORD` or from `password_file`.
+/// `password_file`, or else from `TOKENTALLY_CLICKHOUSE_PASSWORD`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouseConfig {
@@ -69,22 +73,12 @@ impl ClickHouseConfig {
         Ok(client)
     }
 
+    /// From `password_file`, else `TOKENTALLY_CLICKHOUSE_PASSWORD` (see
+    /// [`tokentally_common::secret`]); the first line.
     fn password(&self) -> Result<Option<String>, ClickHouseError> {
-        if let Ok(p) = std::env::var("TOKENTALLY_CLICKHOUSE_PASSWORD") {
-            return Ok(Some(p));
-        }
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        // The error names the file, never its content.
-        let bytes =
-            crate::files::read_bounded(path, crate::files::SECRET_FILE_BYTES).map_err(|e| {
-                ClickHouseError::Config(format!(
-                    "reading the password file {}: {e}",
-                    path.display()
-                ))
-            })?;
-        let text = String::from_utf8_lossy(&bytes);
-        Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+        let secret = SecretSource::new(PASSWORD_ENV, self.password_file.as_deref())
+            .read()
+            .map_err(|e| ClickHouseError::Config(format!("the ClickHouse password: {e}")))?;
+        Ok(secret.map(|s| s.first_line().to_string()))
     }
 }

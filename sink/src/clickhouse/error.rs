@@ -2,11 +2,10 @@
 //! retry and timeout helpers every request goes through.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
-
-use rand::Rng;
+use std::time::Duration;
 
 use super::SinkMetrics;
+use tokentally_common::retry::{GaveUp, RetryPolicy, Retryable, Verdict};
 
 /// Errors of the ClickHouse sink.
 #[derive(Debug, thiserror::Error)]
@@ -89,8 +88,28 @@ const RETRIABLE_CODES: &[u32] = &[
     3, 159, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 394, 425, 999,
 ];
 
-/// Retry `op` on retriable errors with exponential backoff (100ms doubling
-/// to 5s) and full jitter, for at most `budget`.
+impl Retryable for ClickHouseError {
+    fn verdict(&self) -> Verdict {
+        if self.is_retriable() {
+            Verdict::Retry(None)
+        } else {
+            Verdict::Fail
+        }
+    }
+}
+
+/// The sink's retries: backoff from 100 ms doubling to 5 s, for at most
+/// `budget` (`[clickhouse] retry_for` for commits).
+pub fn retry_policy(budget: Duration) -> RetryPolicy {
+    RetryPolicy {
+        first: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+        give_up_after: budget,
+    }
+}
+
+/// Retry `op` on retriable errors under [`retry_policy`]`(budget)`,
+/// counting failures and retries in `metrics`.
 pub async fn with_retries<T, F, Fut>(
     what: &str,
     budget: Duration,
@@ -101,32 +120,30 @@ where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, ClickHouseError>>,
 {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    let mut attempt = 0;
-    loop {
-        let result = op(attempt).await;
-        if let (Err(_), Some(m)) = (&result, metrics) {
-            m.errors.inc();
-        }
-        match result {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retriable() && started.elapsed() < budget => {
+    retry_policy(budget)
+        .run(
+            |attempt| {
+                let attempt = op(attempt);
+                async move {
+                    let result = attempt.await;
+                    if let (Err(_), Some(m)) = (&result, metrics) {
+                        m.errors.inc();
+                    }
+                    result
+                }
+            },
+            |e, attempt, wait| {
                 if let Some(m) = metrics {
                     m.retries.inc();
                 }
-                let sleep = rand::rng().random_range(Duration::ZERO..=backoff);
-                tracing::warn!(what, attempt, error = %e, retry_in = ?sleep, "ClickHouse request failed, retrying");
-                tokio::time::sleep(sleep).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            Err(e) if e.is_retriable() => {
-                return Err(ClickHouseError::GaveUp(budget, Box::new(e)));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+                tracing::warn!(what, attempt, error = %e, retry_in = ?wait, "ClickHouse request failed, retrying");
+            },
+        )
+        .await
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Final(e) => e,
+            GaveUp::Exhausted { last, .. } => ClickHouseError::GaveUp(budget, Box::new(last)),
+        })
 }
 
 /// Run `fut` with the request timeout.
