@@ -137,6 +137,111 @@ fn simulate_to_kafka_matches_the_same_traffic_from_a_file() {
     assert_eq!(totals(&store), totals(&reference));
 }
 
+/// Every message of `topic`, sorted: (key, headers in order, payload).
+#[allow(clippy::type_complexity)]
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<(Option<String>, Vec<(String, Option<String>)>, String)> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let headers = m.headers().map_or_else(Vec::new, |h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(text)))
+                .collect()
+        });
+        out.push((m.key().map(text), headers, text(m.payload().unwrap())));
+    }
+    // Nothing more than expected.
+    assert!(consumer.poll(Duration::from_secs(2)).is_none());
+    out.sort();
+    out
+}
+
+#[test]
+fn produce_sends_lines_as_they_are_and_refused_ones_are_mirrored_to_the_dead_letter_topic() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("dlq");
+    let lines = [
+        r#"{"event_id":"ok-1","ts":1795737600000,"model":"m","provider":"p","prompt_tokens":1,"completion_tokens":2}"#,
+        r#"{"event_id":"bad-2","ts":1795737600000,"provider":"p","prompt_tokens":1,"completion_tokens":2}"#,
+        r#"{"event_id":"bad-3","ts":1795737600000,"model":"m","provider":"p","prompt_tokens":-1,"completion_tokens":2}"#,
+        "this is not json",
+        "[1,2]",
+    ];
+    let file = dir.path().join("mixed.ndjson");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    produce(&t, &file);
+
+    // Each line as it was, keyed by its event_id when one can be read.
+    let events = read_topic(&t.brokers, &t.name, lines.len());
+    let key = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["event_id"].as_str().map(str::to_owned))
+    };
+    let mut expected: Vec<_> = lines
+        .iter()
+        .map(|l| (key(l), vec![], l.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(events, expected);
+
+    // The aggregator keeps the refused lines in the store and mirrors each
+    // to the dead-letter topic: the line as read, no key, and the reason,
+    // field (null when none) and detail in headers.
+    let store = dir.path().join("store");
+    let summary = summary(&mut aggregate(&t, &store, "dlq"));
+    assert_eq!(
+        (summary["accepted"].as_u64(), summary["records"].as_u64()),
+        (Some(1), Some(5))
+    );
+    let mut kept = Vec::new();
+    for f in std::fs::read_dir(store.join("dead-letter")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        kept.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    let field = |d: &serde_json::Value, name: &str| d[name].as_str().map(str::to_owned);
+    let mut expected: Vec<_> = kept
+        .iter()
+        .map(|d| {
+            let headers = vec![
+                ("reason".to_owned(), field(d, "reason")),
+                ("field".to_owned(), field(d, "field")),
+                ("detail".to_owned(), field(d, "detail")),
+            ];
+            (None, headers, field(d, "raw").unwrap())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 4);
+    assert!(expected.iter().any(|(_, h, _)| h[1].1.is_none()));
+    assert!(expected.iter().any(|(_, h, _)| h[1].1.is_some()));
+    assert_eq!(read_topic(&t.brokers, &t.dlq(), 4), expected);
+}
+
 #[test]
 fn a_missing_topic_is_a_clear_error() {
     let _serial = serial();
