@@ -17,6 +17,31 @@
 //! returned [`PendingDelivery`] resolves once the broker acknowledged it —
 //! or with [`EmitError::Unacknowledged`] when it could not within the
 //! delivery timeout.
+//!
+//! The emitter is tokentally's one Kafka producer. Besides nodes it serves
+//! the HTTP gateway (validated events, with the caller's `source`),
+//! `tokentally produce` and `simulate --kafka`, which send lines as they
+//! are so that invalid ones reach the aggregator's dead-letter path, and
+//! the aggregator's dead-letter mirror (refused records with their reason
+//! in headers): the last two through [`Emitter::enqueue_raw`], which
+//! queues a record without validating it.
+//!
+//! **A full local queue** (the broker is slower than the sender, or
+//! unreachable) has one policy, [`Emitter::wait_for_room`]: retry after
+//! 1 ms, doubling to 50 ms with jitter (a [`RetryPolicy`]), until the
+//! record is queued or the caller's wait has passed since the first
+//! attempt; then [`EmitError::QueueFull`]. The `enqueue*` methods and
+//! `send*` never wait (a wait of zero): they fail at once with `QueueFull`.
+//! The callers' waits: the gateway 1 s (then 429), `produce` and `simulate`
+//! the delivery timeout and 5 s (by then every queued record has been
+//! acknowledged or has expired, so a queue still full is a stuck producer:
+//! they fail), and the dead-letter mirror none (it runs in the
+//! aggregator's commit callback, which must not wait; it is best-effort and
+//! logs what it drops).
+//!
+//! Whether topics exist is checked in one place too,
+//! [`Emitter::check_topics`]: by the gateway at start and on `/readyz`,
+//! and by the aggregator at start.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +51,7 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokentally_common::retry::{RetryPolicy, Retryable, Verdict};
 use tokentally_schemas::{Limits, Rejection, TokenEvent, decode};
 
 use crate::kafka::{KafkaConfig, event_key};
@@ -33,6 +59,13 @@ use crate::kafka::{KafkaConfig, event_key};
 /// Kafka message header naming who sent an event (the gateway writes the
 /// name of the caller's token there).
 pub const SOURCE_HEADER: &str = "source";
+
+/// The first pause of [`Emitter::wait_for_room`]; it doubles after each
+/// attempt that finds the queue full, up to [`QUEUE_FULL_MAX_PAUSE`].
+const QUEUE_FULL_FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// The longest pause of [`Emitter::wait_for_room`]: a queue that has room
+/// again is used within this.
+const QUEUE_FULL_MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why an event was not (or may not have been) delivered.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +75,8 @@ pub enum EmitError {
     #[error("invalid event ({}): {}", .0.reason, .0.detail)]
     Invalid(Rejection),
     /// The local producer queue is full (the broker is slower than the
-    /// sender, or unreachable). Nothing was sent; retry after a pause.
+    /// sender, or unreachable), and stayed full for the caller's wait
+    /// ([`Emitter::wait_for_room`]). Nothing was sent; retry after a pause.
     #[error("the local Kafka producer queue is full; retry later")]
     QueueFull,
     /// The broker did not acknowledge the event within the delivery
@@ -77,8 +111,10 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// Sends validated token events to the events topic. Cheap to share: all
-/// methods take `&self` (wrap it in an `Arc` to share it between tasks).
+/// Sends validated token events (or, with [`Emitter::enqueue_raw`], records
+/// as they are) to one topic, the events topic of its [`KafkaConfig`].
+/// Cheap to share: all methods take `&self` (wrap it in an `Arc` to share
+/// it between tasks).
 ///
 /// ```no_run
 /// use tokentally_ingest::emitter::{EmitError, Emitter};
@@ -137,7 +173,7 @@ impl Emitter {
         self
     }
 
-    /// The events topic.
+    /// The topic it sends to (`config.topic`).
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -188,14 +224,34 @@ impl Emitter {
         source: Option<&str>,
     ) -> Result<PendingDelivery, EmitError> {
         debug_assert_eq!(event_key(json).as_deref(), Some(key));
-        let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
-            .payload(json)
-            .key(key);
-        if let Some(name) = source {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: SOURCE_HEADER,
-                value: Some(name),
-            }));
+        let source = source.map(|name| (SOURCE_HEADER, Some(name)));
+        self.enqueue_raw(json, Some(key), source.as_slice())
+    }
+
+    /// Queue one record as it is, without validating it and without
+    /// waiting: `payload`, `key` (without one the partitioner spreads
+    /// records) and `headers` (name and value; `None` is a null value), in
+    /// this order, and nothing else (not the emitter's source). For records
+    /// that must reach the topic whatever they hold: lines replayed by
+    /// `produce`, refused records mirrored to the dead-letter topic. Fails
+    /// at once with [`EmitError::QueueFull`]; the returned future resolves
+    /// when the broker acknowledged the record.
+    pub fn enqueue_raw(
+        &self,
+        payload: &[u8],
+        key: Option<&str>,
+        headers: &[(&str, Option<&str>)],
+    ) -> Result<PendingDelivery, EmitError> {
+        let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if !headers.is_empty() {
+            let headers = headers.iter().fold(
+                OwnedHeaders::new_with_capacity(headers.len()),
+                |h, &(key, value)| h.insert(Header { key, value }),
+            );
+            record = record.headers(headers);
         }
         match self.producer.send_result(record) {
             Ok(inner) => Ok(PendingDelivery {
@@ -209,6 +265,43 @@ impl Emitter {
         }
     }
 
+    /// The queue-full policy (see the module documentation): run `enqueue`
+    /// (one of the `enqueue*` methods) until it queues the record, pausing
+    /// while it fails with [`EmitError::QueueFull`] — 1 ms, doubling to
+    /// 50 ms, jittered — for at most `wait` after the first attempt (a
+    /// pause may end up to 50 ms past it); then `QueueFull`. Other errors
+    /// are returned at once; a `wait` of zero is a single attempt.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use tokentally_ingest::emitter::{EmitError, Emitter};
+    /// # async fn node(emitter: &Emitter, line: &[u8]) -> Result<(), EmitError> {
+    /// let pending = emitter
+    ///     .wait_for_room(Duration::from_secs(1), |e| e.enqueue_json(line))
+    ///     .await?;
+    /// pending.await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for_room(
+        &self,
+        wait: Duration,
+        mut enqueue: impl FnMut(&Self) -> Result<PendingDelivery, EmitError>,
+    ) -> Result<PendingDelivery, EmitError> {
+        let policy = RetryPolicy {
+            first: QUEUE_FULL_FIRST_PAUSE,
+            max: QUEUE_FULL_MAX_PAUSE,
+            give_up_after: wait,
+        };
+        policy
+            .run(
+                |_| std::future::ready(enqueue(self).map_err(Attempt)),
+                |_, _, _| {},
+            )
+            .await
+            .map_err(|gave_up| gave_up.into_inner().0)
+    }
+
     /// Wait until every queued event is acknowledged or `timeout` passes.
     /// Blocking: from async code, call it in `spawn_blocking`.
     pub fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
@@ -220,38 +313,55 @@ impl Emitter {
         })
     }
 
-    /// Ask the broker for the events topic's metadata, waiting at most
-    /// `timeout`: `Ok` when the broker answered and the topic exists.
+    /// Ask the broker, on this emitter's connection, for the metadata of
+    /// each of `topics`, waiting at most `timeout` for each: `Ok` when it
+    /// answered and every one exists. The one topic check: the gateway
+    /// checks its events topic at start and on `/readyz`, the aggregator
+    /// the events and dead-letter topics at start.
     /// Blocking: from async code, call it in `spawn_blocking`.
-    pub fn check_topic(&self, timeout: Duration) -> Result<(), NotReady> {
-        let md = self
-            .producer
-            .client()
-            .fetch_metadata(Some(&self.topic), timeout)
-            .map_err(|e| NotReady::Unreachable {
-                timeout,
-                error: e.to_string(),
-            })?;
-        let usable = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
-        if usable {
-            Ok(())
-        } else {
-            Err(NotReady::MissingTopic(self.topic.clone()))
+    pub fn check_topics(&self, topics: &[&str], timeout: Duration) -> Result<(), NotReady> {
+        for &topic in topics {
+            let md = self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| NotReady::Unreachable {
+                    timeout,
+                    error: e.to_string(),
+                })?;
+            let usable = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+            if !usable {
+                return Err(NotReady::MissingTopic(topic.to_owned()));
+            }
         }
+        Ok(())
     }
 }
 
-/// Why the events topic cannot be produced to right now.
+/// Why a topic cannot be produced to right now.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NotReady {
     #[error("Kafka did not answer within {timeout:?}: {error}")]
     Unreachable { timeout: Duration, error: String },
     #[error("topic {0} does not exist; create it with `tokentally topics create`")]
     MissingTopic(String),
+}
+
+/// An error of an enqueue attempt, as [`Emitter::wait_for_room`] sees it:
+/// only a full queue is worth another attempt.
+struct Attempt(EmitError);
+
+impl Retryable for Attempt {
+    fn verdict(&self) -> Verdict {
+        match self.0 {
+            EmitError::QueueFull => Verdict::Retry(None),
+            _ => Verdict::Fail,
+        }
+    }
 }
 
 /// An event in the local queue; resolves when the broker acknowledged it.
@@ -318,7 +428,87 @@ mod tests {
                 .contains("broker unreachable for longer than 300ms"),
             "{err}"
         );
-        assert!(emitter.check_topic(Duration::from_millis(200)).is_err());
+        let err = emitter
+            .check_topics(&[emitter.topic()], Duration::from_millis(200))
+            .unwrap_err();
+        assert!(matches!(err, NotReady::Unreachable { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn raw_records_are_queued_as_they_are() {
+        let emitter = Emitter::new(&unreachable()).unwrap();
+        // Not an event, yet queued; with no broker it is not acknowledged.
+        let pending = emitter
+            .enqueue_raw(
+                b"{nope",
+                None,
+                &[("reason", Some("invalid_json")), ("field", None)],
+            )
+            .unwrap();
+        let err = pending.await.unwrap_err();
+        assert!(matches!(err, EmitError::Unacknowledged { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_retried_until_there_is_room() {
+        let emitter = Emitter::new(&unreachable()).unwrap();
+        let mut attempts = 0;
+        let queued = emitter
+            .wait_for_room(Duration::from_secs(10), |e| {
+                attempts += 1;
+                if attempts < 4 {
+                    Err(EmitError::QueueFull)
+                } else {
+                    e.enqueue_raw(b"x", None, &[])
+                }
+            })
+            .await;
+        assert!(queued.is_ok());
+        assert_eq!(attempts, 4);
+    }
+
+    #[tokio::test]
+    async fn a_queue_full_for_the_whole_wait_is_an_error_and_other_errors_are_not_retried() {
+        let emitter = Emitter::new(&unreachable()).unwrap();
+        let wait = Duration::from_millis(30);
+        let started = std::time::Instant::now();
+        let mut attempts = 0;
+        let err = emitter
+            .wait_for_room(wait, |_| {
+                attempts += 1;
+                Err(EmitError::QueueFull)
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, EmitError::QueueFull), "{err:?}");
+        assert!(started.elapsed() >= wait);
+        assert!(attempts > 1);
+
+        // No wait: one attempt.
+        attempts = 0;
+        let err = emitter
+            .wait_for_room(Duration::ZERO, |_| {
+                attempts += 1;
+                Err(EmitError::QueueFull)
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, EmitError::QueueFull), "{err:?}");
+        assert_eq!(attempts, 1);
+
+        attempts = 0;
+        let err = emitter
+            .wait_for_room(Duration::from_secs(10), |e| {
+                attempts += 1;
+                e.enqueue_json(b"{nope")
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(err.rejection().is_some(), "{err:?}");
+        assert_eq!(attempts, 1);
     }
 
     #[test]

@@ -154,9 +154,11 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
 
     // A missing topic is a configuration error; an unreachable broker is
     // not (it may come up later): /readyz reports it meanwhile.
-    let (check, emitter) =
-        tokio::task::spawn_blocking(move || (emitter.check_topic(Duration::from_secs(3)), emitter))
-            .await?;
+    let (check, emitter) = tokio::task::spawn_blocking(move || {
+        let check = emitter.check_topics(&[emitter.topic()], Duration::from_secs(3));
+        (check, emitter)
+    })
+    .await?;
     match check {
         Ok(()) => {}
         Err(e @ NotReady::MissingTopic(_)) => anyhow::bail!("{e} (on {})", config.kafka.brokers),

@@ -14,7 +14,7 @@
 //! | 401 | no bearer token, or an unknown one | `{"error": ...}` |
 //! | 408 | the body did not arrive within `body_read_timeout` (the connection is closed) | `{"error": ...}` |
 //! | 413 | the body is larger than the limit | `{"error": ...}` |
-//! | 429 + `Retry-After` | too many bytes in flight, or the producer queue stayed full | `{"error": ...}` |
+//! | 429 + `Retry-After` | too many bytes in flight, or the producer queue stayed full for 1 s | `{"error": ...}` |
 //! | 431 | the request head is larger than `max_header_bytes` (the connection is closed) | empty |
 //! | 503 + `Retry-After` | Kafka did not acknowledge within the delivery timeout, or (on arrival, then closed) `max_connections` are being served | `{"error": ...}` |
 //!
@@ -67,7 +67,8 @@ use crate::emitter::{EmitError, Emitter, NotReady, PendingDelivery};
 
 /// How long a request may wait for room among the bytes in flight.
 const ADMISSION_WAIT: Duration = Duration::from_secs(1);
-/// How long a request may wait for room in the producer queue.
+/// How long an event may wait for room in the producer queue (the
+/// emitter's [`Emitter::wait_for_room`]) before the request is answered 429.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(1);
 /// `Retry-After` of a 429, in seconds.
 const RETRY_AFTER_BUSY_S: u64 = 1;
@@ -533,53 +534,44 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
                 continue;
             }
         };
-        let queued_at = Instant::now();
-        loop {
-            match gw
-                .emitter
-                .enqueue_valid(raw, &event.event_id, source.as_deref())
-            {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err(EmitError::QueueFull) if queued_at.elapsed() < QUEUE_FULL_WAIT => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(EmitError::QueueFull) => {
-                    tracing::warn!(
-                        queued = pending.len(),
-                        "the producer queue is full; answering 429"
-                    );
-                    return retry_later(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        RETRY_AFTER_BUSY_S,
-                        "the Kafka producer queue is full; retry later (events of this \
-                         request may have been sent: resending them is safe)",
-                    );
-                }
-                Err(EmitError::Kafka(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageSizeTooLarge,
-                ))) => {
-                    reject(Rejected {
-                        index,
-                        reason: "message_too_large",
-                        field: None,
-                        detail: format!(
-                            "the event is {} bytes, more than the broker accepts in one message",
-                            raw.len()
-                        ),
-                    });
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "producing failed; answering 503");
-                    return retry_later(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        RETRY_AFTER_UNAVAILABLE_S,
-                        format!("{e}; retry later"),
-                    );
-                }
+        let queued = gw
+            .emitter
+            .wait_for_room(QUEUE_FULL_WAIT, |e| {
+                e.enqueue_valid(raw, &event.event_id, source.as_deref())
+            })
+            .await;
+        match queued {
+            Ok(delivery) => pending.push(delivery),
+            Err(EmitError::QueueFull) => {
+                tracing::warn!(
+                    queued = pending.len(),
+                    "the producer queue is full; answering 429"
+                );
+                return retry_later(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    RETRY_AFTER_BUSY_S,
+                    "the Kafka producer queue is full; retry later (events of this \
+                     request may have been sent: resending them is safe)",
+                );
+            }
+            Err(EmitError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            ))) => reject(Rejected {
+                index,
+                reason: "message_too_large",
+                field: None,
+                detail: format!(
+                    "the event is {} bytes, more than the broker accepts in one message",
+                    raw.len()
+                ),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "producing failed; answering 503");
+                return retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    RETRY_AFTER_UNAVAILABLE_S,
+                    format!("{e}; retry later"),
+                );
             }
         }
     }
@@ -635,7 +627,10 @@ async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Respon
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     let timeout = gw.config.readiness_timeout;
-    let check = tokio::task::spawn_blocking(move || gw.emitter.check_topic(timeout)).await;
+    let check = tokio::task::spawn_blocking(move || {
+        gw.emitter.check_topics(&[gw.emitter.topic()], timeout)
+    })
+    .await;
     match check {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => not_ready(&e),
