@@ -4,10 +4,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokentally_aggregate::source::EventSource;
 use tokentally_aggregate::source::file::{FileSource, Input};
+use tokentally_ingest::emitter::{EmitError, Emitter, PendingDelivery};
 use tokentally_ingest::kafka::{KafkaConfig, event_key};
 
 use super::kafka_args::KafkaArgs;
@@ -15,6 +14,13 @@ use tokentally::config::Config;
 
 /// Most sends awaiting the broker's acknowledgement at once.
 const IN_FLIGHT: usize = 50_000;
+
+/// How much longer than the delivery timeout a line waits for room in a
+/// full producer queue: every queued record is acknowledged or expired
+/// within the delivery timeout (librdkafka looks for expired ones every
+/// second), so by then the queue has room; still full, the producer is
+/// stuck.
+const QUEUE_FULL_GRACE: Duration = Duration::from_secs(5);
 
 /// Send NDJSON lines to the events topic exactly as they are, without
 /// validating them (invalid lines reach the aggregator's dead-letter path).
@@ -29,25 +35,22 @@ pub struct ProduceArgs {
     pub kafka: KafkaArgs,
 }
 
-/// Sends lines to a topic with many deliveries in flight, and reports
-/// whether Kafka acknowledged every one.
-pub struct LineProducer {
-    producer: FutureProducer,
-    topic: String,
-    pending: VecDeque<DeliveryFuture>,
+/// Sends lines as they are through an [`Emitter`] with many deliveries in
+/// flight, and reports whether Kafka acknowledged every one.
+pub struct LineSender {
+    emitter: Emitter,
+    queue_full_wait: Duration,
+    pending: VecDeque<PendingDelivery>,
     sent: u64,
     failed: u64,
-    first_error: Option<KafkaError>,
+    first_error: Option<EmitError>,
 }
 
-impl LineProducer {
+impl LineSender {
     pub fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
-        Ok(LineProducer {
-            producer: config
-                .producer()
-                .create()
-                .context("creating the Kafka producer")?,
-            topic: config.topic.clone(),
+        Ok(LineSender {
+            emitter: Emitter::new(config).context("creating the Kafka producer")?,
+            queue_full_wait: config.delivery_timeout + QUEUE_FULL_GRACE,
             pending: VecDeque::with_capacity(IN_FLIGHT),
             sent: 0,
             failed: 0,
@@ -61,40 +64,26 @@ impl LineProducer {
     }
 
     async fn settle_one(&mut self) {
-        if let Some(f) = self.pending.pop_front() {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    self.failed += 1;
-                    self.first_error.get_or_insert(e);
-                }
-                Err(_) => self.failed += 1,
-            }
+        if let Some(delivery) = self.pending.pop_front()
+            && let Err(e) = delivery.await
+        {
+            self.failed += 1;
+            self.first_error.get_or_insert(e);
         }
     }
 
-    /// Queue one line (waiting while the producer's queue is full).
-    pub async fn send(&mut self, line: &[u8], key: Option<&str>) -> anyhow::Result<()> {
-        loop {
-            let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            match self.producer.send_result(record) {
-                Ok(f) => {
-                    self.pending.push_back(f);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    if self.pending.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    } else {
-                        self.settle_one().await;
-                    }
-                }
-                Err((e, _)) => anyhow::bail!("producing to {} failed: {e}", self.topic),
-            }
-        }
+    /// Queue one line, keyed by its `event_id` when readable (waiting while
+    /// the producer's queue is full, see [`Emitter::wait_for_room`]).
+    pub async fn send(&mut self, line: &[u8]) -> anyhow::Result<()> {
+        let key = event_key(line);
+        let delivery = self
+            .emitter
+            .wait_for_room(self.queue_full_wait, |e| {
+                e.enqueue_raw(line, key.as_deref(), &[])
+            })
+            .await
+            .with_context(|| format!("producing to {} failed", self.emitter.topic()))?;
+        self.pending.push_back(delivery);
         self.sent += 1;
         if self.pending.len() >= IN_FLIGHT {
             self.settle_one().await;
@@ -107,15 +96,12 @@ impl LineProducer {
         while !self.pending.is_empty() {
             self.settle_one().await;
         }
-        self.producer.flush(Duration::from_secs(30))?;
-        if self.failed > 0 {
+        self.emitter.flush(Duration::from_secs(30))?;
+        if let Some(e) = self.first_error {
             anyhow::bail!(
-                "{} of {} lines were not acknowledged by Kafka (first error: {})",
+                "{} of {} lines were not acknowledged by Kafka (first error: {e})",
                 self.failed,
                 self.sent,
-                self.first_error
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "delivery future dropped".into())
             );
         }
         Ok(self.sent)
@@ -124,12 +110,12 @@ impl LineProducer {
 
 pub async fn run(mut config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     args.kafka.apply(&mut config);
-    let mut out = LineProducer::new(&config.kafka)?;
+    let mut out = LineSender::new(&config.kafka)?;
     let mut source = FileSource::open(Input::parse(&args.file), 8192)?;
     let started = Instant::now();
     while let Some(batch) = source.next_batch().await.map_err(|e| anyhow::anyhow!(e))? {
         for line in batch.iter() {
-            out.send(line, event_key(line).as_deref()).await?;
+            out.send(line).await?;
         }
     }
     let topic = config.kafka.topic.clone();

@@ -8,9 +8,8 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokentally_ingest::Fleet;
-use tokentally_ingest::kafka::event_key;
 
-use super::produce::LineProducer;
+use super::produce::LineSender;
 
 use super::metrics::{MetricsArgs, registry};
 use tokentally::config::{Config, FleetArgs};
@@ -90,7 +89,7 @@ async fn to_kafka(
         anyhow::ensure!(r > 0.0, "--rate must be positive, got {r}");
     }
     let total = config.simulator.events;
-    let mut out = LineProducer::new(&config.kafka)?;
+    let mut out = LineSender::new(&config.kafka)?;
     let mut fleet = Fleet::new(config.simulator);
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -102,7 +101,7 @@ async fn to_kafka(
     let started = Instant::now();
     let mut line = Vec::with_capacity(512);
     while fleet.next_line(&mut line).is_some() {
-        out.send(&line, event_key(&line).as_deref()).await?;
+        out.send(&line).await?;
         line.clear();
         let sent = out.sent();
         if sent % 1024 == 0 {
