@@ -2,14 +2,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokentally_aggregate::core::{BatchOutcome, BatchStats};
 use tokentally_aggregate::metrics::PipelineMetrics;
 use tokentally_aggregate::pipeline;
 use tokentally_aggregate::sink::UsageSink;
 use tokentally_aggregate::source::kafka::{KafkaSource, KafkaSourceConfig};
-use tokentally_ingest::kafka::ensure_topics_exist;
+use tokentally_ingest::emitter::Emitter;
+use tokentally_ingest::kafka::KafkaConfig;
 use tokentally_sink::clickhouse::{ClickHouseSink, SinkMetrics};
 use tokentally_sink::embedded::EmbeddedStore;
 
@@ -67,6 +66,9 @@ pub struct AggregateCmdArgs {
     pub json: bool,
 }
 
+/// How long the broker may take to answer whether a topic exists.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SinkKind {
     /// The local Parquet store (one aggregator process per store directory).
@@ -85,7 +87,13 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
         config.kafka.group = g.clone();
     }
     let k = config.kafka.clone();
-    ensure_topics_exist(&k, &[&k.topic, &k.dlq_topic]).map_err(anyhow::Error::msg)?;
+    let dlq = Emitter::new(&KafkaConfig {
+        topic: k.dlq_topic.clone(),
+        ..k.clone()
+    })
+    .context("creating the dead-letter producer")?;
+    dlq.check_topics(&[&k.topic, &k.dlq_topic], TOPIC_CHECK_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("{e} (on {})", k.brokers))?;
     let registry = registry();
     let metrics = PipelineMetrics::register(&registry)?;
     match args.sink {
@@ -93,7 +101,7 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
             let store = EmbeddedStore::open(config.store.clone())?;
             let at = store.dir().display().to_string();
             args.metrics.serve(&registry).await?;
-            consume(&config, &args, store, &at, metrics).await
+            consume(&config, &args, store, &at, metrics, dlq).await
         }
         SinkKind::Clickhouse => {
             let ch = config.clickhouse.clone();
@@ -107,18 +115,20 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
                 sink.server().version
             );
             args.metrics.serve(&registry).await?;
-            consume(&config, &args, sink, &at, metrics).await
+            consume(&config, &args, sink, &at, metrics, dlq).await
         }
     }
 }
 
-/// Run the consumer-group pipeline into `sink` until idle or a signal.
+/// Run the consumer-group pipeline into `sink` until idle or a signal,
+/// mirroring dead letters through `dlq`.
 async fn consume<K: UsageSink + Send + 'static>(
     config: &Config,
     args: &AggregateCmdArgs,
     sink: K,
     sink_name: &str,
     metrics: PipelineMetrics,
+    dlq: Emitter,
 ) -> anyhow::Result<()> {
     let k = &config.kafka;
     let mut source = KafkaSource::connect(KafkaSourceConfig {
@@ -132,10 +142,6 @@ async fn consume<K: UsageSink + Send + 'static>(
         lag: Some(metrics.consumer_lag.clone()),
     })
     .map_err(|e| anyhow::anyhow!("connecting to Kafka at {}: {e}", k.brokers))?;
-    let dlq: FutureProducer = k
-        .producer()
-        .create()
-        .context("creating the dead-letter producer")?;
     tracing::info!(brokers = %k.brokers, topic = %k.topic, group = %k.group, sink = sink_name, "aggregating");
 
     let started = Instant::now();
@@ -153,7 +159,7 @@ async fn consume<K: UsageSink + Send + 'static>(
         Some(metrics),
         |outcome| {
             tracing::debug!(records = outcome.stats.records, accepted = outcome.stats.accepted, progress = ?outcome.progress, "committed batch");
-            mirror_dead_letters(&dlq, &k.dlq_topic, outcome);
+            mirror_dead_letters(&dlq, outcome);
         },
         stop,
     )
@@ -195,27 +201,19 @@ async fn consume<K: UsageSink + Send + 'static>(
 
 /// Copy a committed batch's refused records to the dead-letter topic, with
 /// the reason, field and detail in headers. The sink keeps every dead
-/// letter; the topic is a mirror for tools that watch Kafka.
-fn mirror_dead_letters(dlq: &FutureProducer, topic: &str, outcome: &BatchOutcome) {
+/// letter; the topic is a mirror for tools that watch Kafka, best-effort:
+/// this runs in the commit callback, which must not wait, so a record that
+/// finds the producer's queue full is dropped (logged), and deliveries are
+/// not awaited (the flush on exit waits for what is queued).
+fn mirror_dead_letters(dlq: &Emitter, outcome: &BatchOutcome) {
     for dl in &outcome.dead_letters {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(dl.rejection.reason.as_str()),
-            })
-            .insert(Header {
-                key: "field",
-                value: dl.rejection.field,
-            })
-            .insert(Header {
-                key: "detail",
-                value: Some(dl.rejection.detail.as_str()),
-            });
-        let record = FutureRecord::<(), [u8]>::to(topic)
-            .payload(&dl.raw)
-            .headers(headers);
-        if let Err((e, _)) = dlq.send_result(record) {
-            tracing::warn!(error = %e, topic, "dead-letter mirror send failed");
+        let headers = [
+            ("reason", Some(dl.rejection.reason.as_str())),
+            ("field", dl.rejection.field),
+            ("detail", Some(dl.rejection.detail.as_str())),
+        ];
+        if let Err(e) = dlq.enqueue_raw(&dl.raw, None, &headers) {
+            tracing::warn!(error = %e, topic = dlq.topic(), "dead-letter mirror send failed");
         }
     }
 }

@@ -106,33 +106,6 @@ pub async fn create_topics(
         .collect()
 }
 
-/// Fail with an actionable message unless every topic exists.
-pub fn ensure_topics_exist(config: &KafkaConfig, topics: &[&str]) -> Result<(), String> {
-    use rdkafka::producer::{BaseProducer, Producer};
-    let client: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()
-        .map_err(|e| format!("connecting to Kafka at {}: {e}", config.brokers))?;
-    for topic in topics {
-        let md = client
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| format!("Kafka at {} did not answer: {e}", config.brokers))?;
-        let missing = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == *topic)
-            .is_none_or(|t| t.error().is_some() || t.partitions().is_empty());
-        if missing {
-            return Err(format!(
-                "topic {topic} does not exist on {}; create it with `tokentally topics create`",
-                config.brokers
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The message key of a raw event line: its `event_id` when one can be
 /// read, so retries of an event land on the partition (and the aggregator)
 /// that counted it, and load spreads evenly whatever the model. Lines
