@@ -15,9 +15,10 @@ use tokentally_sink::embedded::EmbeddedStore;
 use super::clickhouse_args::ClickHouseArgs;
 use super::ingest::Summary;
 use super::kafka_args::KafkaArgs;
-use super::metrics::{MetricsArgs, registry};
+use super::metrics::MetricsArgs;
 use super::shutdown_signal;
 use tokentally::config::{AggregateArgs, Config, StoreArgs};
+use tokentally::metrics::registry;
 
 /// Consume the events topic as a member of a consumer group and roll it up
 /// into a sink. Each micro-batch is committed to the sink atomically with

@@ -13,9 +13,10 @@ use tokentally_alerts::{
 use tokentally_common::secret::SecretSource;
 
 use super::clickhouse_args::ClickHouseArgs;
-use super::metrics::{MetricsArgs, registry};
+use super::metrics::MetricsArgs;
 use super::shutdown_signal;
 use tokentally::config::{Config, StoreArgs};
+use tokentally::metrics::registry;
 
 /// Milestone alerts: detect milestones on the authoritative totals (the
 /// ClickHouse database or an embedded store) and deliver each one, once, to

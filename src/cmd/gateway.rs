@@ -9,9 +9,10 @@ use tokentally_ingest::emitter::{Emitter, NotReady};
 use tokentally_ingest::gateway::{self, Auth, GatewayConfig, GatewayMetrics, Tokens};
 
 use super::kafka_args::KafkaArgs;
-use super::metrics::{MetricsArgs, registry};
+use super::metrics::MetricsArgs;
 use super::shutdown_signal;
 use tokentally::config::Config;
+use tokentally::metrics::registry;
 
 /// Tens of thousands of tokens; past this it is the wrong file.
 const TOKENS_FILE_BYTES: u64 = 1 << 20;

@@ -19,18 +19,6 @@ pub struct MetricsArgs {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// A registry with the process metrics (`process_resident_memory_bytes`,
-/// CPU, open files).
-pub fn registry() -> Registry {
-    let registry = Registry::new();
-    registry
-        .register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("the process collector registers once");
-    registry
-}
-
 impl MetricsArgs {
     /// Bind and serve `registry` in the background (if an address is set).
     pub async fn serve(&self, registry: &Registry) -> anyhow::Result<()> {

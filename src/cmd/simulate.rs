@@ -11,8 +11,9 @@ use tokentally_ingest::Fleet;
 
 use super::produce::LineSender;
 
-use super::metrics::{MetricsArgs, registry};
+use super::metrics::MetricsArgs;
 use tokentally::config::{Config, FleetArgs};
+use tokentally::metrics::{register_simulate, registry};
 
 /// Simulated fleet traffic: a seeded, deterministic mix of real-looking
 /// models (Zipf-like popularity), log-normal token counts and apps, with
@@ -47,11 +48,7 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
             config.kafka.topic = t.clone();
         }
         let registry = registry();
-        let produced = prometheus::IntCounter::new(
-            "tokentally_simulate_events_produced_total",
-            "Simulated events handed to the Kafka producer.",
-        )?;
-        registry.register(Box::new(produced.clone()))?;
+        let produced = register_simulate(&registry)?;
         args.metrics.serve(&registry).await?;
         return to_kafka(config, args.rate, produced).await;
     }
