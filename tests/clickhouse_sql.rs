@@ -5,19 +5,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::services::{analyst_database, clickhouse_sql, services};
-use common::{bin, run_ok};
+use common::services::{analyst_database, clickhouse_sql, modern_engine, services};
+use common::{bin, read, run_ok};
 
 /// The ```sql blocks of docs/SQL.md.
 fn doc_queries() -> Vec<String> {
-    let doc = std::fs::read_to_string(
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("docs/SQL.md"),
-    )
-    .unwrap();
+    let doc = read("docs/SQL.md");
     let mut queries = Vec::new();
     let mut current: Option<String> = None;
     for line in doc.lines() {
@@ -55,32 +48,7 @@ fn docs_sql_queries_run_on_the_real_server_and_return_rows() {
 
 #[test]
 fn modern_ddl_and_docs_sql_run_on_the_modern_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let ddl = run_ok(bin().args(["migrate", "--print-ddl", "modern", "--json"]));
-    let ddl_path = dir.path().join("ddl.json");
-    std::fs::write(&ddl_path, &ddl.stdout).unwrap();
-    let queries_path = dir.path().join("queries.json");
-    std::fs::write(&queries_path, serde_json::to_vec(&doc_queries()).unwrap()).unwrap();
-    let out = Command::new(
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("scripts/chdb/run"),
-    )
-    .arg(&ddl_path)
-    .arg(&queries_path)
-    .output()
-    .expect("run scripts/chdb/run");
-    assert!(
-        out.status.success(),
-        "modern engine check failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        report.matches("ok (").count(),
-        doc_queries().len(),
-        "{report}"
-    );
+    modern_engine(&doc_queries());
 }
 
 #[test]

@@ -2,17 +2,33 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod compose;
+pub mod dashboards;
 pub mod gateway;
 pub mod history;
 pub mod proxy;
 pub mod services;
 pub mod webhook;
+pub mod yaml;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tokentally"))
+}
+
+/// The work tree, read when the test runs (a test binary built from another
+/// checkout into a shared target directory keeps its compile-time path).
+pub fn root() -> PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .expect("cargo sets CARGO_MANIFEST_DIR")
+        .into()
+}
+
+/// A file of the work tree (`rel` to it), as text.
+pub fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// Poll `done` every `poll_ms` until it holds; fail with `what` after

@@ -1,7 +1,7 @@
 //! The real services of the integration tests: Kafka and ClickHouse started
 //! by `scripts/services up` (unless TOKENTALLY_KAFKA_BROKERS and
-//! TOKENTALLY_CLICKHOUSE_URL are set), topics, corpora, and SQL over
-//! ClickHouse's HTTP interface.
+//! TOKENTALLY_CLICKHOUSE_URL are set), topics, corpora, SQL over
+//! ClickHouse's HTTP interface, and SQL on the modern engine (chdb).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::{bin, run_ok};
+use super::{bin, root, run_ok};
 
 /// Addresses of the running services.
 pub struct Services {
@@ -108,10 +108,7 @@ impl Drop for Private {
 
 /// `scripts/services` (for `stop`/`start` of one service).
 pub fn script() -> Command {
-    Command::new(
-        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("scripts/services"),
-    )
+    Command::new(root().join("scripts/services"))
 }
 
 pub fn brokers() -> String {
@@ -271,6 +268,29 @@ pub fn migrated_database(url: &str, tag: &str) -> String {
         "{text}"
     );
     db
+}
+
+/// Run `queries` on the modern engine (chdb, ClickHouse 26.x) over the
+/// modern DDL (`scripts/chdb/run`); panics unless every one runs.
+pub fn modern_engine(queries: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    let ddl = run_ok(bin().args(["migrate", "--print-ddl", "modern", "--json"]));
+    let ddl_path = dir.path().join("ddl.json");
+    std::fs::write(&ddl_path, &ddl.stdout).unwrap();
+    let queries_path = dir.path().join("queries.json");
+    std::fs::write(&queries_path, serde_json::to_vec(queries).unwrap()).unwrap();
+    let out = Command::new(root().join("scripts/chdb/run"))
+        .arg(&ddl_path)
+        .arg(&queries_path)
+        .output()
+        .expect("run scripts/chdb/run");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "queries fail on the modern engine:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report.matches("ok (").count(), queries.len(), "{report}");
 }
 
 /// A migrated ClickHouse database holding a simulated day (2026-11-27) of a
