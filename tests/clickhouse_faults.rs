@@ -33,19 +33,17 @@ use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, corpus, migrated_database, produce, reference,
     services, topic_with,
 };
-use common::{append_report, assert_same_totals, run_ok, totals, wait_until};
+use common::{append_report, assert_same_totals, run_ok, serial, totals, wait_until};
 
-/// One case at a time under `cargo test`: they share the broker, the server
-/// and two cores. `scripts/chaos` sets `TOKENTALLY_CHAOS_PARALLEL` to run
-/// them side by side (each has its own topic and database, and the two that
-/// stop a service stop a private one), which also loads the machine.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> Option<std::sync::MutexGuard<'static, ()>> {
+/// One case at a time under `cargo test` ([`serial`]). `scripts/chaos`
+/// sets `TOKENTALLY_CHAOS_PARALLEL` to run them side by side (each has its
+/// own topic and database, and the two that stop a service stop a private
+/// one), which also loads the machine.
+fn serial_unless_parallel() -> Option<std::sync::MutexGuard<'static, ()>> {
     if std::env::var_os("TOKENTALLY_CHAOS_PARALLEL").is_some() {
         return None;
     }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+    Some(serial())
 }
 
 /// Events per round: a backlog that takes the debug build tens of seconds,
@@ -328,7 +326,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 #[test]
 fn a_paused_zombie_that_wakes_after_a_takeover_counts_nothing_twice() {
-    let _serial = serial();
+    let _serial = serial_unless_parallel();
     let s = services();
     each_round("zombie", |seed, rng| {
         let w = World::new(&s.brokers, &s.clickhouse, "zombie", seed);
@@ -354,7 +352,7 @@ fn a_paused_zombie_that_wakes_after_a_takeover_counts_nothing_twice() {
 
 #[test]
 fn a_second_aggregator_under_the_same_instance_id_counts_nothing_twice() {
-    let _serial = serial();
+    let _serial = serial_unless_parallel();
     let s = services();
     each_round("same_instance_id", |seed, rng| {
         let w = World::new(&s.brokers, &s.clickhouse, "same_id", seed);
@@ -379,7 +377,7 @@ fn a_second_aggregator_under_the_same_instance_id_counts_nothing_twice() {
 
 #[test]
 fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
-    let _serial = serial();
+    let _serial = serial_unless_parallel();
     let shared = services();
     // A private broker: the victim reaches it only through a proxy this
     // test cuts (its second listener advertises the proxy's port).
@@ -423,7 +421,7 @@ fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
 
 #[test]
 fn clickhouse_killed_mid_insert_twice_counts_nothing_twice() {
-    let _serial = serial();
+    let _serial = serial_unless_parallel();
     let shared = services();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("services");

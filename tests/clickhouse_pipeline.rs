@@ -12,12 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use common::history::{check_history, committed_all, partition_bounds};
 use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
     reference, services, topic, topic_on, unique,
 };
-use common::{assert_same_totals, bin, run_ok, totals};
+use common::{assert_same_totals, bin, run_ok, serial, summary, totals};
 
 /// The ledger's history is one story: gapless chains, each id once.
 fn assert_history(url: &str, db: &str, t: &Topic) {
@@ -26,25 +28,12 @@ fn assert_history(url: &str, db: &str, t: &Topic) {
         panic!("the ledger's history is inconsistent: {e}");
     }
 }
-use serde_json::Value;
-
-/// One test at a time: they share the broker, the server and two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn aggregate(t: &Topic, url: &str, db: &str, group: &str, idle_secs: &str) -> Command {
     let mut cmd = t.aggregate(group);
     cmd.args(["--sink", "clickhouse", "--clickhouse", url])
         .args(["--clickhouse-database", db, "--batch-records", "5000"])
         .args(["--exit-on-idle", idle_secs, "--json"]);
     cmd
-}
-
-fn summary(cmd: &mut Command) -> Value {
-    serde_json::from_slice(&run_ok(cmd).stdout).expect("summary JSON")
 }
 
 fn spawn_quiet(cmd: &mut Command) -> Child {

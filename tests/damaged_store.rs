@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{bin, run_ok, totals};
+use common::{bin, manifest, run_ok, totals};
 
 fn simulate(dir: &Path, events: u32) -> PathBuf {
     let input = dir.join("events.ndjson");
@@ -57,10 +57,6 @@ fn copy_store(from: &Path, to: &Path) {
     run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
-fn manifest(store: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(store.join("MANIFEST.json")).unwrap()).unwrap()
-}
-
 /// Cut a file in half.
 fn truncate(path: &Path) {
     let bytes = std::fs::read(path).unwrap();
@@ -92,7 +88,7 @@ fn every_damaged_file_is_named_and_nothing_crashes() {
     let (ok, report) = verify(&good);
     assert!(ok, "the intact store does not verify:\n{report}");
 
-    let m = manifest(&good);
+    let m = manifest(&good).expect("the intact store's manifest");
     let delta = m["tables"]["usage_daily"][0].as_str().unwrap().to_string();
     let segment = m["dedup_segments"][0].as_str().unwrap().to_string();
     let dead = m["dead_letters"][0].as_str().unwrap().to_string();

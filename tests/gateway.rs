@@ -11,22 +11,14 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
 use common::services::{Topic, brokers, corpus, reference, topic};
-use common::{bin, query, run_ok, usage_totals};
+use common::{bin, event, query, rejects, serial, summary, usage_totals};
 use tokentally_ingest::emitter::{EmitError, Emitter};
 use tokentally_ingest::kafka::KafkaConfig;
 use tokentally_schemas::{Limits, TokenEvent, decode};
-
-/// The Kafka tests share one broker and two cores: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A simulated corpus with duplicates, late events and malformed lines, and
 /// the same corpus ingested from the file into a reference store (the file
@@ -43,25 +35,6 @@ fn corpus_with_reference(dir: &Path, events: u32, seed: u32) -> (Vec<Vec<u8>>, P
         .collect();
     assert_eq!(lines.len(), events as usize);
     (lines, reference)
-}
-
-/// Aggregate the topic into `store`; the run's JSON summary.
-fn aggregate(t: &Topic, store: &Path, group: &str) -> serde_json::Value {
-    let out = run_ok(
-        t.aggregate(group)
-            .args(["--batch-records", "2000", "--exit-on-idle", "5", "--json"])
-            .arg("--store")
-            .arg(store),
-    );
-    serde_json::from_slice(&out.stdout).expect("summary JSON")
-}
-
-/// The reference store's reject counts, by reason.
-fn reject_counts(store: &Path) -> BTreeMap<String, u64> {
-    query(store, "SELECT reason, count FROM rejected")
-        .iter()
-        .map(|r| (common::s(r, "reason").to_owned(), common::u(r, "count")))
-        .collect()
 }
 
 /// How many records a store refused.
@@ -304,13 +277,13 @@ fn the_corpus_through_the_gateway_gives_the_totals_of_the_file_path() {
     let rejected: u64 = reasons.values().sum();
     assert!(rejected > 0, "the corpus has malformed lines");
     assert_eq!(accepted + rejected as usize, lines.len());
-    assert_eq!(reasons, reject_counts(&reference));
+    assert_eq!(reasons, rejects(&reference));
     assert!(gw.stop().success());
 
     // Everything the gateway answered 200 for is in Kafka: aggregated, it
     // gives exactly the reference totals. Rejected events never reached it.
     let store = dir.path().join("kafka");
-    let summary = aggregate(&t, &store, "gw");
+    let summary = summary(&mut t.aggregate_into(&store, "gw", "5"));
     assert_eq!(summary["records"], accepted as u64);
     assert_eq!(usage_totals(&store), usage_totals(&reference));
     assert_eq!(rejected_total(&store), 0);
@@ -362,10 +335,10 @@ fn the_corpus_through_the_emitter_gives_the_totals_of_the_file_path() {
         accepted as u64 + reasons.values().sum::<u64>(),
         lines.len() as u64
     );
-    assert_eq!(reasons, reject_counts(&reference));
+    assert_eq!(reasons, rejects(&reference));
 
     let store = dir.path().join("kafka");
-    let summary = aggregate(&t, &store, "emitter");
+    let summary = summary(&mut t.aggregate_into(&store, "emitter", "5"));
     assert_eq!(summary["records"], accepted as u64);
     assert_eq!(usage_totals(&store), usage_totals(&reference));
     assert_eq!(rejected_total(&store), 0);
@@ -405,12 +378,6 @@ fn read_topic(t: &Topic, expected: usize) -> Vec<(String, Option<String>, String
     }
     out.sort();
     out
-}
-
-fn event(id: &str) -> String {
-    format!(
-        r#"{{"event_id":"{id}","ts":1795737600000,"model":"m","provider":"p","app":"a","prompt_tokens":3,"completion_tokens":4}}"#
-    )
 }
 
 #[test]

@@ -38,8 +38,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
-use common::http_get;
 use common::services::topic;
+use common::{event, http_get};
 
 /// Floods (fleet-a).
 const ABUSER: &str = "tok-abuser-0123456789abcdef0123456789ab";
@@ -188,12 +188,6 @@ fn post(token: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     .into_bytes();
     request.extend_from_slice(body);
     request
-}
-
-fn event(id: &str) -> String {
-    format!(
-        r#"{{"event_id":"{id}","ts":1795737600000,"model":"m","provider":"p","app":"a","prompt_tokens":3,"completion_tokens":4}}"#
-    )
 }
 
 // ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::services::{ch_totals, clickhouse_rows, migrated_database, produce, services, topic};
-use common::{assert_same_totals, bin, query, run_ok, u, usage_totals};
+use common::{assert_same_totals, bin, rejects, run_ok, usage_totals};
 
 const VALID: &str = r#"{"event_id":"VALID","ts":1795737600000,"model":"m","provider":"p","prompt_tokens":1,"completion_tokens":1"#;
 
@@ -153,13 +153,6 @@ fn ingest(file: &Path, store: &Path) {
     );
 }
 
-fn store_rejects(store: &Path) -> BTreeMap<String, u64> {
-    query(store, "SELECT reason, count FROM rejected ORDER BY reason")
-        .iter()
-        .map(|r| (r["reason"].as_str().unwrap().to_string(), u(r, "count")))
-        .collect()
-}
-
 fn as_owned(expected: &BTreeMap<&'static str, u64>) -> BTreeMap<String, u64> {
     expected.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -177,7 +170,7 @@ fn hostile_records_become_dead_letters_and_everything_else_counts_on_every_path(
     let from_file = dir.path().join("from-file");
     ingest(&mixed, &from_file);
     assert_same_totals(&usage_totals(&from_file), &truth);
-    assert_eq!(store_rejects(&from_file), as_owned(&expected));
+    assert_eq!(rejects(&from_file), as_owned(&expected));
 
     // Kafka into the embedded store and into ClickHouse: the records a
     // broker takes with its default limit (1 MB).
@@ -194,7 +187,7 @@ fn hostile_records_become_dead_letters_and_everything_else_counts_on_every_path(
             .arg(&embedded),
     );
     assert_same_totals(&usage_totals(&embedded), &truth);
-    assert_eq!(store_rejects(&embedded), as_owned(&expected));
+    assert_eq!(rejects(&embedded), as_owned(&expected));
 
     let db = migrated_database(&s.clickhouse, "hostile");
     run_ok(

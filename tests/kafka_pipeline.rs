@@ -7,20 +7,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::services::{Topic, corpus, produce, reference, topic};
-use common::{bin, run_ok, totals, usage_totals};
-
-/// The tests share one broker and two cores: run them one at a time, so
-/// rebalance timing is not at the mercy of the other tests.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::{bin, run_ok, serial, summary, totals, usage_totals};
 
 /// A fresh topic holding a simulated corpus, and the same corpus ingested
 /// from the file into a reference store.
@@ -37,28 +29,6 @@ fn topic_with_reference(
     (t, file, reference)
 }
 
-fn aggregate(t: &Topic, store: &Path, group: &str) -> Command {
-    aggregate_idle(t, store, group, "3")
-}
-
-fn aggregate_idle(t: &Topic, store: &Path, group: &str, idle_secs: &str) -> Command {
-    let mut cmd = t.aggregate(group);
-    cmd.args([
-        "--batch-records",
-        "2000",
-        "--exit-on-idle",
-        idle_secs,
-        "--json",
-        "--store",
-    ])
-    .arg(store);
-    cmd
-}
-
-fn summary(cmd: &mut Command) -> serde_json::Value {
-    serde_json::from_slice(&run_ok(cmd).stdout).expect("summary JSON")
-}
-
 #[test]
 fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
     let _serial = serial();
@@ -66,18 +36,18 @@ fn kafka_to_embedded_store_is_exact_and_replays_change_nothing() {
     let (t, file, reference) = topic_with_reference(dir.path(), "exact", 40_000, 11);
 
     let store = dir.path().join("kafka");
-    let first = summary(&mut aggregate(&t, &store, "g1"));
+    let first = summary(&mut t.aggregate_into(&store, "g1", "3"));
     assert_eq!(first["records"], 40_000);
     assert_eq!(totals(&store), totals(&reference));
 
     // The same group again: nothing new to read.
-    let again = summary(&mut aggregate(&t, &store, "g1"));
+    let again = summary(&mut t.aggregate_into(&store, "g1", "3"));
     assert_eq!(again["records"], 0);
     // A whole replay of the same events (a botched backfill): they are new
     // records at new offsets, so they are read, but every valid event is a
     // duplicate; only the malformed lines count again, as rejects.
     produce(&t, &file);
-    let replay = summary(&mut aggregate(&t, &store, "g1"));
+    let replay = summary(&mut t.aggregate_into(&store, "g1", "3"));
     assert_eq!(replay["accepted"], 0);
     assert_eq!(usage_totals(&store), usage_totals(&reference));
 }
@@ -132,7 +102,7 @@ fn simulate_to_kafka_matches_the_same_traffic_from_a_file() {
             .arg(&reference),
     );
     let store = dir.path().join("kafka");
-    let s = summary(&mut aggregate(&t, &store, "sim"));
+    let s = summary(&mut t.aggregate_into(&store, "sim", "3"));
     assert_eq!(s["records"], 20_000);
     assert_eq!(totals(&store), totals(&reference));
 }
@@ -275,7 +245,8 @@ fn sigkilled_aggregator_resumes_from_the_store_offsets() {
     let store = dir.path().join("kafka");
     let mut kills = 0;
     for round in 0..5u64 {
-        let mut child = aggregate(&t, &store, "crash")
+        let mut child = t
+            .aggregate_into(&store, "crash", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -293,6 +264,6 @@ fn sigkilled_aggregator_resumes_from_the_store_offsets() {
     assert!(kills >= 1, "no aggregator was killed mid-stream");
     // A SIGKILLed member keeps its partitions until its 10s session times
     // out: the final run's idle exit must outlast that (see README).
-    run_ok(&mut aggregate_idle(&t, &store, "crash", "20"));
+    run_ok(&mut t.aggregate_into(&store, "crash", "20"));
     assert_eq!(totals(&store), totals(&reference));
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::services::{brokers, corpus, migrated_database, produce, services, topic};
-use common::{bin, http_get};
+use common::{bin, http_get, root};
 
 /// A command that prints `metrics on http://ADDR/metrics` on stderr.
 struct Served {
@@ -77,11 +77,7 @@ fn scrape_and_check(s: &Served, names: &[&str]) -> String {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let promtool = std::path::Path::new(
-        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    )
-    .join("scripts/promtool");
-    let mut promtool = Command::new(promtool)
+    let mut promtool = Command::new(root().join("scripts/promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::services::{Topic, corpus, produce, services, topic_with};
 use common::{
     append_report, assert_same_totals, bin, count_from_env, kill_after_commit, logged_fields,
-    logged_seconds, query, run_ok, totals, u,
+    logged_seconds, manifest, query, run_ok, totals, u,
 };
 
 const PARTITIONS: u32 = 12;
@@ -134,12 +134,6 @@ fn merges(log: &str) -> (u64, u64, f64) {
             secs.max(f["seconds"].as_f64().unwrap_or(0.0)),
         )
     })
-}
-
-/// The manifest of `store`, parsed; `None` while it cannot be read.
-fn manifest(store: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(store.join("MANIFEST.json")).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// The file of `usage_minute` with the highest compaction level (`-l<n>`

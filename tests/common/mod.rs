@@ -11,8 +11,10 @@ pub mod services;
 pub mod webhook;
 pub mod yaml;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tokentally"))
@@ -29,6 +31,14 @@ pub fn root() -> PathBuf {
 /// A file of the work tree (`rel` to it), as text.
 pub fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// One test at a time, for the tests of a binary that share the broker,
+/// the server and two cores (rebalance timing is then not at the mercy of
+/// the other tests).
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Poll `done` every `poll_ms` until it holds; fail with `what` after
@@ -129,6 +139,12 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// The JSON summary a command prints with `--json`; panics with its output
+/// unless it succeeds.
+pub fn summary(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(cmd).stdout).expect("summary JSON")
+}
+
 /// `tokentally query --format json` parsed as an array of objects.
 pub fn query(store: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
     let out = run_ok(
@@ -155,6 +171,28 @@ pub fn s<'a>(row: &'a serde_json::Map<String, serde_json::Value>, col: &str) -> 
     row[col]
         .as_str()
         .unwrap_or_else(|| panic!("{col} is not a string in {row:?}"))
+}
+
+/// A store's reject counts, by reason.
+pub fn rejects(store: &Path) -> BTreeMap<String, u64> {
+    query(store, "SELECT reason, count FROM rejected ORDER BY reason")
+        .iter()
+        .map(|r| (s(r, "reason").to_owned(), u(r, "count")))
+        .collect()
+}
+
+/// The manifest of `store`, parsed; `None` while it cannot be read.
+pub fn manifest(store: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(store.join("MANIFEST.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A valid event with id `id` (3 prompt and 4 completion tokens, on
+/// 2026-11-27).
+pub fn event(id: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","ts":1795737600000,"model":"m","provider":"p","app":"a","prompt_tokens":3,"completion_tokens":4}}"#
+    )
 }
 
 /// Every total a store exposes, in a fixed order: all `usage_daily` rows,

@@ -142,6 +142,23 @@ impl Topic {
             .args(["--dlq-topic", &self.dlq(), "--group", group]);
         cmd
     }
+
+    /// [`Topic::aggregate`] into the embedded store `store`, in
+    /// micro-batches of 2,000 records, exiting after `idle_secs` without
+    /// records, with its JSON summary on stdout.
+    pub fn aggregate_into(&self, store: &Path, group: &str, idle_secs: &str) -> Command {
+        let mut cmd = self.aggregate(group);
+        cmd.args([
+            "--batch-records",
+            "2000",
+            "--exit-on-idle",
+            idle_secs,
+            "--json",
+            "--store",
+        ])
+        .arg(store);
+        cmd
+    }
 }
 
 /// A fresh events topic (4 partitions) and its dead-letter topic.
