@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::history::{check_history, committed_all, partition_bounds};
+use common::history::{check_history, commits, committed_all, holders, partition_bounds};
 use common::proxy::Proxy;
 use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, corpus, migrated_database, produce, reference,
@@ -160,18 +160,6 @@ impl World {
         }
     }
 
-    /// Committed batches so far.
-    fn commits(&self) -> u64 {
-        let rows = clickhouse_rows(
-            &self.url,
-            &format!(
-                "SELECT uniqExact(batch_id) AS n FROM {}.usage_deltas WHERE kind = 'progress'",
-                self.db
-            ),
-        );
-        rows[0]["n"].as_u64().unwrap()
-    }
-
     /// Claims of partitions recorded so far (each assignment claims).
     fn claims(&self) -> u64 {
         let rows = clickhouse_rows(
@@ -184,26 +172,12 @@ impl World {
         rows[0]["n"].as_u64().unwrap()
     }
 
-    /// Writers that hold at least one partition now (their last word on it
-    /// was a claim).
-    fn holders(&self) -> u64 {
-        let rows = clickhouse_rows(
-            &self.url,
-            &format!(
-                "SELECT uniqExact(writer) AS n FROM (SELECT writer, argMax(action, seq) AS last \
-                 FROM {}.writers GROUP BY source, writer) WHERE last = 'claim'",
-                self.db
-            ),
-        );
-        rows[0]["n"].as_u64().unwrap()
-    }
-
     /// Wait (at most `limit`) until `n` writers hold partitions at once.
     fn wait_holders(&self, n: u64, limit: Duration) {
         wait_until(
             limit,
             100,
-            || self.holders() >= n,
+            || holders(&self.url, &self.db) >= n,
             || format!("{n} aggregators never held partitions at once within {limit:?}"),
         );
     }
@@ -224,7 +198,7 @@ impl World {
         wait_until(
             limit,
             50,
-            || self.commits() > n,
+            || commits(&self.url, &self.db) > n,
             || format!("no commit past {n} within {limit:?}"),
         );
     }
@@ -236,7 +210,10 @@ impl World {
         wait_until(
             limit,
             50,
-            || self.commits() > n || committed_all(&self.url, &self.db, &self.topic.name, &bounds),
+            || {
+                commits(&self.url, &self.db) > n
+                    || committed_all(&self.url, &self.db, &self.topic.name, &bounds)
+            },
             || format!("no commit past {n} within {limit:?}"),
         );
     }
@@ -334,7 +311,7 @@ fn a_paused_zombie_that_wakes_after_a_takeover_counts_nothing_twice() {
         w.wait_commits_above(0, LIMIT);
         sleep(rng.millis(0, 1_500));
         x.signal("-STOP");
-        let paused_at = w.commits();
+        let paused_at = commits(&w.url, &w.db);
         let claims = w.claims();
         // Y takes the partitions over once X's session has expired, and
         // commits; only then does X wake up, with its batches in flight.
@@ -404,7 +381,7 @@ fn a_network_cut_between_one_aggregator_and_kafka_counts_nothing_twice() {
         sleep(rng.millis(0, 2_000));
         let claims = w.claims();
         proxy.cut();
-        let cut_at = w.commits();
+        let cut_at = commits(&w.url, &w.db);
         // Y takes X's partitions once X's session expires, and commits on
         // (unless the backlog is already all committed).
         w.wait_claims_above(claims, LIMIT);
@@ -446,7 +423,7 @@ fn clickhouse_killed_mid_insert_twice_counts_nothing_twice() {
             run_ok(Command::new("kill").args(["-9", pid.trim()]));
             sleep(rng.millis(500, 3_000));
             private.run("start", "clickhouse");
-            seen = w.commits();
+            seen = commits(&w.url, &w.db);
         }
         let (status, log) = x.wait(LIMIT);
         assert!(status.success(), "the aggregator failed ({status}):\n{log}");

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::history::{check_history, committed_all, partition_bounds};
+use common::history::{check_history, commits, committed_all, partition_bounds};
 use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
     reference, services, topic, topic_on, unique,
 };
-use common::{assert_same_totals, bin, run_ok, serial, summary, totals};
+use common::{assert_same_totals, bin, logged_fields, run_ok, serial, summary, totals, wait_until};
 
 /// The ledger's history is one story: gapless chains, each id once.
 fn assert_history(url: &str, db: &str, t: &Topic) {
@@ -263,13 +263,27 @@ fn ten_sigkills_while_a_million_events_stream_lose_and_double_nothing() {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
     let mut kills = 0;
     while kills < 10 {
+        let before = commits(&s.clickhouse, &db);
         let mut child = spawn_quiet(
             aggregate(&t, &s.clickhouse, &db, "crash", "30").args(["--instance-id", "crash-1"]),
         );
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        sleep(Duration::from_millis(1_000 + seed % 3_000));
+        // A random moment after a batch was committed since it started.
+        wait_until(
+            Duration::from_secs(300),
+            50,
+            || {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "aggregator exited early"
+                );
+                commits(&s.clickhouse, &db) > before
+            },
+            || "no commit within 300 s".to_string(),
+        );
+        sleep(Duration::from_millis(seed % 1_500));
         assert!(
             child.try_wait().unwrap().is_none(),
             "aggregator exited early"
@@ -350,7 +364,7 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
         }
         !held.is_empty()
     };
-    common::wait_until(
+    wait_until(
         Duration::from_secs(180),
         100,
         || {
@@ -373,7 +387,7 @@ fn two_aggregators_in_one_group_one_killed_midstream_stay_exact() {
     // The survivor takes the victim's partitions over when its session
     // expires, and commits every partition to its end.
     let bounds = partition_bounds(&t.brokers, &t.name);
-    common::wait_until(
+    wait_until(
         Duration::from_secs(300),
         200,
         || committed_all(&s.clickhouse, &db, &t.name, &bounds),
@@ -400,20 +414,43 @@ fn aggregators_joining_and_leaving_on_sigterm_midstream_stay_exact() {
     let reference = reference(dir.path(), &file);
 
     // Each join and each SIGTERM moves partitions while the other
-    // aggregator has a batch being committed (commits overlap reading).
+    // aggregator has a batch being committed (commits overlap reading):
+    // a leaver joins once a batch was committed since the last one left,
+    // and leaves once it holds partitions and a batch was committed since.
+    let bounds = partition_bounds(&t.brokers, &t.name);
+    let commit_after = |n: u64, what: &str| {
+        wait_until(
+            Duration::from_secs(120),
+            50,
+            || {
+                commits(&s.clickhouse, &db) > n
+                    || committed_all(&s.clickhouse, &db, &t.name, &bounds)
+            },
+            || format!("no commit {what} within 120 s"),
+        )
+    };
     let stayer_log = dir.path().join("stayer.log");
     let stayer = spawn_logged(
         aggregate(&t, &s.clickhouse, &db, "join", "15").env("RUST_LOG", "info"),
         &stayer_log,
     );
     for round in 0..2 {
-        sleep(Duration::from_secs(2));
+        commit_after(commits(&s.clickhouse, &db), "before the join");
         let log = dir.path().join(format!("leaver-{round}.log"));
         let leaver = spawn_logged(
-            aggregate(&t, &s.clickhouse, &db, "join", "60").env("RUST_LOG", "info"),
+            aggregate(&t, &s.clickhouse, &db, "join", "60")
+                .args(["--log-format", "json"])
+                .env("RUST_LOG", "info"),
             &log,
         );
-        sleep(Duration::from_secs(4));
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until(
+            Duration::from_secs(120),
+            50,
+            || logged_fields(&read(), "partitions assigned").any(|f| f["partitions"] != "[]"),
+            || format!("the leaver held no partition within 120 s:\n{}", read()),
+        );
+        commit_after(commits(&s.clickhouse, &db), "after the join");
         let pid = leaver.id().to_string();
         run_ok(Command::new("kill").args(["-TERM", &pid]));
         wait_ok(leaver, &log, Duration::from_secs(60));
@@ -439,9 +476,10 @@ enum Outage {
     Kafka,
 }
 
-/// 300,000 events stream while a private `service` is stopped 3 s in and
-/// started again after `down`: nothing is lost or counted twice, and the
-/// aggregator's memory stays bounded meanwhile.
+/// 300,000 events stream while a private `service` is stopped once the
+/// first batch is committed and started again after `down`: nothing is
+/// lost or counted twice, and the aggregator's memory stays bounded
+/// meanwhile.
 fn an_outage_midstream_loses_nothing(service: Outage, down: Duration, seed: u32, idle: &str) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
@@ -486,7 +524,17 @@ fn an_outage_midstream_loses_nothing(service: Outage, down: Duration, seed: u32,
 
     let log = dir.path().join("aggregate.log");
     let child = spawn_logged(&mut aggregate(&t, &url, &db, name, idle), &log);
-    sleep(Duration::from_secs(3));
+    wait_until(
+        Duration::from_secs(120),
+        50,
+        || commits(&url, &db) > 0,
+        || {
+            format!(
+                "no commit within 120 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+    );
     private.run("stop", name);
     sleep(down);
     private.run("start", name);

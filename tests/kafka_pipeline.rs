@@ -8,11 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::services::{Topic, corpus, produce, reference, topic};
-use common::{bin, run_ok, serial, summary, totals, usage_totals};
+use common::{bin, manifest, run_ok, serial, summary, totals, usage_totals, wait_until};
 
 /// A fresh topic holding a simulated corpus, and the same corpus ingested
 /// from the file into a reference store.
@@ -27,6 +26,20 @@ fn topic_with_reference(
     produce(&t, &file);
     let reference = reference(dir, &file);
     (t, file, reference)
+}
+
+/// The Kafka offsets committed to `store`, summed over its partitions.
+fn committed(store: &Path) -> i64 {
+    manifest(store)
+        .and_then(|m| {
+            m["progress"].as_object().map(|p| {
+                p.iter()
+                    .filter(|(k, _)| k.starts_with("kafka:"))
+                    .filter_map(|(_, v)| v.as_i64())
+                    .sum()
+            })
+        })
+        .unwrap_or(0)
 }
 
 #[test]
@@ -244,22 +257,27 @@ fn sigkilled_aggregator_resumes_from_the_store_offsets() {
 
     let store = dir.path().join("kafka");
     let mut kills = 0;
-    for round in 0..5u64 {
+    for _ in 0..5 {
+        let before = committed(&store);
         let mut child = t
             .aggregate_into(&store, "crash", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Joining the group takes a moment; then kill mid-stream.
-        let started = Instant::now();
-        sleep(Duration::from_millis(1_500 + round * 300));
+        // Kill it mid-stream, once it has committed a batch of its own
+        // (unless it found nothing to read, or no partition, and exited).
+        wait_until(
+            Duration::from_secs(60),
+            20,
+            || committed(&store) > before || child.try_wait().unwrap().is_some(),
+            || "the aggregator neither committed nor exited within 60 s".to_string(),
+        );
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
         }
         child.wait().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(60));
     }
     assert!(kills >= 1, "no aggregator was killed mid-stream");
     // A SIGKILLed member keeps its partitions until its 10s session times

@@ -3,7 +3,9 @@
 //! gapless, non-overlapping chain from the first offset to the end of the
 //! partition; and no event id is counted by two committed batches, while
 //! every counted event has its id recorded. Cheap enough to run after every
-//! fault test; it names the first inconsistency it finds.
+//! fault test; it names the first inconsistency it finds. The ledger's
+//! commits and the writers holding partitions are counted here too, for
+//! the tests that wait for them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -39,6 +41,28 @@ pub fn partition_bounds(brokers: &str, topic: &str) -> BTreeMap<i32, (i64, i64)>
             (p, bounds)
         })
         .collect()
+}
+
+/// Batches committed to the ledger in `db` so far.
+pub fn commits(url: &str, db: &str) -> u64 {
+    let rows = clickhouse_rows(
+        url,
+        &format!("SELECT uniqExact(batch_id) AS n FROM {db}.usage_deltas WHERE kind = 'progress'"),
+    );
+    rows[0]["n"].as_u64().unwrap()
+}
+
+/// Writers of `db` that hold at least one partition now (their last word
+/// on it was a claim).
+pub fn holders(url: &str, db: &str) -> u64 {
+    let rows = clickhouse_rows(
+        url,
+        &format!(
+            "SELECT uniqExact(writer) AS n FROM (SELECT writer, argMax(action, seq) AS last \
+             FROM {db}.writers GROUP BY source, writer) WHERE last = 'claim'"
+        ),
+    );
+    rows[0]["n"].as_u64().unwrap()
 }
 
 /// Whether the ledger in `db` has every partition of `topic` committed to
