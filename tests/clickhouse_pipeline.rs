@@ -4,6 +4,10 @@
 //! ClickHouse must equal those of the file path over the same corpus,
 //! whatever happens: replays, SIGKILLed aggregators, two aggregators in one
 //! group, ClickHouse down for 20 s, the broker restarted.
+//!
+//! Over 600 lines: each case drives aggregators through one scenario (and
+//! waits for the commits, assignments and exits it needs), sharing the
+//! process helpers below.
 
 mod common;
 

@@ -4,6 +4,9 @@
 //! through either, then aggregated, gives exactly the totals of the file
 //! path, and the gateway answers the documented statuses — never 200 for an
 //! event Kafka did not acknowledge.
+//!
+//! Over 600 lines: the cases share the minimal HTTP/1.1 client and the
+//! topic read-back below, which serve no other test binary.
 
 mod common;
 

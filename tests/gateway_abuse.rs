@@ -28,6 +28,10 @@
 //! still run at the end, leak no connection, stop cleanly on SIGTERM, and
 //! keep its peak RSS (VmHWM) under 512 MiB. The success rate and the peak
 //! RSS are printed.
+//!
+//! Over 600 lines: every abuse needs a raw-socket client of its own (a
+//! trickle, a flood, oversized heads, pipelining), and they run together
+//! against one gateway, in one test.
 
 mod common;
 
