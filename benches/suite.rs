@@ -20,6 +20,10 @@
 //!   suite [--events 5000000] [--partitions 12] [--rounds 3] [--memory-events 20000000]
 //!         [--memory-max-ids 5000000] [--core PATH] [--freshness PATH]
 //!         [--out bench/results.json]
+//!
+//! Why one long file: every measure shares the pre-filled topic, the
+//! services and the one report, and reads as a step of one run; a measure
+//! that needs none of that gets a bench file of its own.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

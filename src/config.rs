@@ -102,6 +102,8 @@ pub fn parse_is_bounded(data: &[u8]) {
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Store directory [default: ./tokentally-data, or [store] dir].
+    // The doc is clap's help text, where brackets mean brackets.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, env = "TOKENTALLY_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
 }

@@ -6,8 +6,8 @@
 
 use prometheus::{IntCounter, Registry};
 use tokentally_aggregate::metrics::PipelineMetrics;
+use tokentally_alerts::AlertMetrics;
 use tokentally_ingest::gateway::GatewayMetrics;
-use tokentally_sink::alerts::AlertMetrics;
 use tokentally_sink::clickhouse::SinkMetrics;
 
 /// A registry with the process metrics (`process_resident_memory_bytes`,

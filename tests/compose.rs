@@ -4,7 +4,10 @@
 //! every `service_completed_successfully`, mounted paths that exist,
 //! distinct host ports, secrets as files (never values), and every
 //! tokentally command line parsed by the binary itself. The image they run
-//! is checked in tests/dockerfile.rs.
+//! is checked in tests/dockerfile.rs. What docker compose's own loader
+//! checks (the schema, references to volumes, secrets and env files,
+//! depends_on targets and cycles, each profile alone) is left to it:
+//! `scripts/compose-check/run`, which scripts/test runs.
 
 mod common;
 
@@ -13,9 +16,7 @@ use std::process::Command;
 
 use serde_json::{Map, Value};
 
-use common::compose::{
-    COMPOSE, compose, compose_services, metrics_port, tokentally_services, volumes,
-};
+use common::compose::{compose, compose_services, metrics_port, tokentally_services, volumes};
 use common::yaml::{obj, strings, text};
 use common::{bin, read, root, run_ok};
 
@@ -83,17 +84,6 @@ fn repo_path(rel: &str) -> std::path::PathBuf {
 #[test]
 fn compose_file_is_complete_and_consistent() {
     let doc = compose();
-    let top = obj(&doc, COMPOSE);
-    for key in top.keys() {
-        assert!(
-            [
-                "name", "services", "volumes", "secrets", "networks", "configs"
-            ]
-            .contains(&key.as_str())
-                || key.starts_with("x-"),
-            "unknown top-level key {key}"
-        );
-    }
     let services = compose_services(&doc);
     for required in [
         "kafka",
@@ -131,15 +121,6 @@ fn compose_file_is_complete_and_consistent() {
         text(&services["kafka"]["image"], "image"),
         format!("apache/kafka:{tested}")
     );
-    let declared_volumes: BTreeSet<&String> = top
-        .get("volumes")
-        .map(|v| obj(v, "volumes").keys().collect())
-        .unwrap_or_default();
-    let declared_secrets = top
-        .get("secrets")
-        .map(|v| obj(v, "secrets").clone())
-        .unwrap_or_default();
-
     let mut host_ports: BTreeMap<u16, String> = BTreeMap::new();
     let mut one_shots = BTreeSet::new();
     for (name, s) in services {
@@ -148,38 +129,34 @@ fn compose_file_is_complete_and_consistent() {
         if restart == "no" {
             one_shots.insert(name.clone());
         }
-        // An image or a build, and third-party images pinned to a version.
-        match (s.get("image"), s.get("build")) {
-            (None, None) => panic!("service {name} has neither image nor build"),
-            (_, Some(build)) => {
-                let (context, dockerfile) = match build {
-                    Value::String(c) => (c.clone(), "Dockerfile".to_string()),
-                    Value::Object(b) => (
-                        b.get("context")
-                            .map(|c| text(c, "context").to_string())
-                            .unwrap_or_else(|| ".".into()),
-                        b.get("dockerfile")
-                            .map(|d| text(d, "dockerfile").to_string())
-                            .unwrap_or_else(|| "Dockerfile".into()),
-                    ),
-                    other => panic!("{name}: unreadable build {other}"),
-                };
-                let dir = repo_path(&context);
-                assert!(
-                    dir.join(&dockerfile).is_file(),
-                    "{name}: no {dockerfile} in build context {context}"
-                );
-            }
-            (Some(image), None) => {
-                let image = text(image, "image");
-                let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
-                assert!(
-                    !tag.is_empty() && tag != "latest" && !tag.contains('/'),
-                    "{name}: pin the image version ({image})"
-                );
-            }
+        // A build has a Dockerfile; third-party images are pinned to a version.
+        if let Some(build) = s.get("build") {
+            let (context, dockerfile) = match build {
+                Value::String(c) => (c.clone(), "Dockerfile".to_string()),
+                Value::Object(b) => (
+                    b.get("context")
+                        .map(|c| text(c, "context").to_string())
+                        .unwrap_or_else(|| ".".into()),
+                    b.get("dockerfile")
+                        .map(|d| text(d, "dockerfile").to_string())
+                        .unwrap_or_else(|| "Dockerfile".into()),
+                ),
+                other => panic!("{name}: unreadable build {other}"),
+            };
+            let dir = repo_path(&context);
+            assert!(
+                dir.join(&dockerfile).is_file(),
+                "{name}: no {dockerfile} in build context {context}"
+            );
+        } else if let Some(image) = s.get("image") {
+            let image = text(image, "image");
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+                "{name}: pin the image version ({image})"
+            );
         }
-        // Bind mounts exist in the repository; named volumes are declared.
+        // Bind mounts exist in the repository.
         for (source, target) in volumes(s) {
             assert!(
                 target.starts_with('/'),
@@ -190,24 +167,7 @@ fn compose_file_is_complete_and_consistent() {
                     repo_path(&source).exists(),
                     "{name}: mounted path {source} does not exist in the repository"
                 );
-            } else {
-                assert!(
-                    declared_volumes.contains(&source),
-                    "{name}: volume {source} is not declared under volumes:"
-                );
             }
-        }
-        for env_file in strings(s.get("env_file")) {
-            assert!(
-                repo_path(&env_file).is_file(),
-                "{name}: env_file {env_file} does not exist"
-            );
-        }
-        for secret in strings(s.get("secrets")) {
-            assert!(
-                declared_secrets.contains_key(&secret),
-                "{name}: secret {secret} is not declared under secrets:"
-            );
         }
         for port in s
             .get("ports")
@@ -221,68 +181,33 @@ fn compose_file_is_complete_and_consistent() {
                 panic!("host port {p} is published by both {other} and {name}");
             }
         }
-        // Health checks are runnable commands.
+        // Health checks test something.
         if let Some(hc) = s.get("healthcheck") {
-            let test = strings(hc.get("test"));
-            assert!(!test.is_empty(), "{name}: healthcheck without test");
             assert!(
-                test.len() == 1 || ["CMD", "CMD-SHELL"].contains(&test[0].as_str()),
-                "{name}: healthcheck test must start with CMD or CMD-SHELL: {test:?}"
+                !strings(hc.get("test")).is_empty(),
+                "{name}: healthcheck without test"
             );
         }
     }
     assert!(!host_ports.is_empty(), "nothing is published");
 
-    // depends_on: targets exist, conditions are backed, no cycles, and
-    // nothing outside a profile waits for a service inside one.
+    // depends_on conditions are backed: a health check behind every
+    // service_healthy, a one-shot behind every service_completed_successfully.
     let profiles = |s: &Value| strings(s.get("profiles"));
     for (name, s) in services {
         for (target, condition) in depends_on(obj(s, name)) {
-            let t = services
-                .get(&target)
-                .unwrap_or_else(|| panic!("{name} depends on unknown service {target}"));
             match condition.as_str() {
                 "service_healthy" => assert!(
-                    t.get("healthcheck").is_some(),
+                    services[&target].get("healthcheck").is_some(),
                     "{name} waits for {target} to be healthy, but {target} has no healthcheck"
                 ),
                 "service_completed_successfully" => assert!(
                     one_shots.contains(&target),
                     "{name} waits for {target} to complete, but {target} restarts"
                 ),
-                "service_started" => {}
-                other => panic!("{name}: unknown depends_on condition {other}"),
+                _ => {}
             }
-            let tp = profiles(t);
-            assert!(
-                tp.is_empty() || profiles(s).iter().any(|p| tp.contains(p)),
-                "{name} depends on {target}, which only runs with profile {tp:?}"
-            );
         }
-    }
-    fn visit(
-        name: &str,
-        services: &Map<String, Value>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) {
-        if done.contains(name) {
-            return;
-        }
-        assert!(
-            !path.iter().any(|p| p == name),
-            "depends_on cycle: {path:?} -> {name}"
-        );
-        path.push(name.to_string());
-        for (t, _) in depends_on(obj(&services[name], name)) {
-            visit(&t, services, path, done);
-        }
-        path.pop();
-        done.insert(name.to_string());
-    }
-    let mut done = BTreeSet::new();
-    for name in services.keys() {
-        visit(name, services, &mut Vec::new(), &mut done);
     }
 
     // What the stack needs: schema and topics made once, before the rest.

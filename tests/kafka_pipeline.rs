@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::services::{Topic, corpus, produce, reference, topic};
 use common::{bin, manifest, run_ok, serial, summary, totals, usage_totals, wait_until};
@@ -193,7 +193,7 @@ fn produce_sends_lines_as_they_are_and_refused_ones_are_mirrored_to_the_dead_let
     // to the dead-letter topic: the line as read, no key, and the reason,
     // field (null when none) and detail in headers.
     let store = dir.path().join("store");
-    let summary = summary(&mut aggregate(&t, &store, "dlq"));
+    let summary = summary(&mut t.aggregate_into(&store, "dlq", "3"));
     assert_eq!(
         (summary["accepted"].as_u64(), summary["records"].as_u64()),
         (Some(1), Some(5))

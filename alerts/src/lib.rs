@@ -9,7 +9,7 @@
 //! - [`state`]: what the alerter remembers (`alerts.json`, replaced
 //!   atomically).
 //! - [`Alerter`]: detection and the delivery schedule (the shared
-//!   [`RetryPolicy`](tokentally_common::retry::RetryPolicy): exponential
+//!   [`tokentally_common::retry::RetryPolicy`]: exponential
 //!   backoff with jitter, `Retry-After`; 410 disables an endpoint, other
 //!   4xx are final).
 //! - [`webhook`]: Standard Webhooks signing, verification and one HTTP attempt.

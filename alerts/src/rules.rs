@@ -226,47 +226,38 @@ pub fn evaluate(
     let mut ladder = rules.daily_thresholds.clone();
     ladder.sort_unstable();
     ladder.dedup();
+    // Daily totals by scope, in the order milestones are listed: each
+    // model, each provider, the fleet.
+    let daily: Vec<(&str, &str, &str, u64)> = model_day
+        .iter()
+        .map(|((d, m), v)| ("model", m.as_str(), d.as_str(), *v))
+        .chain(
+            provider_day
+                .iter()
+                .map(|((d, p), v)| ("provider", p.as_str(), d.as_str(), *v)),
+        )
+        .chain(
+            fleet_day
+                .iter()
+                .map(|(d, v)| ("fleet", "all", d.as_str(), *v)),
+        )
+        .collect();
     for &t in &ladder {
-        for ((day, model), &v) in &model_day {
-            if v >= t {
-                let mut m = blank(
-                    id_threshold("model", model, day, t),
-                    Kind::Threshold,
-                    "model",
-                    v,
-                );
-                m.model = Some(model.clone());
-                m.day = Some(day.clone());
-                m.threshold = Some(t);
-                push(m);
+        for &(scope, subject, day, v) in daily.iter().filter(|e| e.3 >= t) {
+            let mut m = blank(
+                id_threshold(scope, subject, day, t),
+                Kind::Threshold,
+                scope,
+                v,
+            );
+            match scope {
+                "model" => m.model = Some(subject.to_string()),
+                "provider" => m.provider = Some(subject.to_string()),
+                _ => {}
             }
-        }
-        for ((day, provider), &v) in &provider_day {
-            if v >= t {
-                let mut m = blank(
-                    id_threshold("provider", provider, day, t),
-                    Kind::Threshold,
-                    "provider",
-                    v,
-                );
-                m.provider = Some(provider.clone());
-                m.day = Some(day.clone());
-                m.threshold = Some(t);
-                push(m);
-            }
-        }
-        for (day, &v) in &fleet_day {
-            if v >= t {
-                let mut m = blank(
-                    id_threshold("fleet", "all", day, t),
-                    Kind::Threshold,
-                    "fleet",
-                    v,
-                );
-                m.day = Some(day.clone());
-                m.threshold = Some(t);
-                push(m);
-            }
+            m.day = Some(day.to_string());
+            m.threshold = Some(t);
+            push(m);
         }
     }
     let mut all_time = rules.all_time_thresholds.clone();

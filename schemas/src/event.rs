@@ -4,6 +4,10 @@
 //! [`Rejection`] that says, machine-readably, why it was refused. Decoding is
 //! the hot path, so strings borrow from the input whenever they contain no
 //! escapes, and the first problem found ends the parse.
+//!
+//! Why one long file: the contract, its streaming decoder and its
+//! validation must agree field by field, so they sit together; about 300 of
+//! its lines are the tests that hold them to each other.
 
 use std::borrow::Cow;
 use std::cell::Cell;

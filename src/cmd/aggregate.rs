@@ -13,10 +13,10 @@ use tokentally_sink::clickhouse::{ClickHouseSink, SinkMetrics};
 use tokentally_sink::embedded::EmbeddedStore;
 
 use super::clickhouse_args::ClickHouseArgs;
-use super::ingest::Summary;
 use super::kafka_args::KafkaArgs;
 use super::metrics::MetricsArgs;
 use super::shutdown_signal;
+use super::summary::Summary;
 use tokentally::config::{AggregateArgs, Config, StoreArgs};
 use tokentally::metrics::registry;
 
@@ -58,8 +58,11 @@ pub struct AggregateCmdArgs {
     pub max_wait_ms: u64,
     /// After SECS without new records, once every assigned partition has been
     /// read to its end: commit and exit 0 (backfills, tests). A broker outage
-    /// is not idleness: it waits until the broker is back. After a crash, use more than the 10s session
-    /// timeout, so the dead member's partitions are reassigned first.
+    /// is not idleness: it waits until the broker is back. Every rebalance
+    /// starts the SECS afresh. A member with no partitions is idle too, so
+    /// that members beyond the partition count leave. After a crash, use
+    /// more than the 10s session timeout, so that the dead member's
+    /// partitions are reassigned before the survivors leave.
     #[arg(long, value_name = "SECS")]
     pub exit_on_idle: Option<f64>,
     /// Print the final summary as JSON.
@@ -183,7 +186,10 @@ async fn consume<K: UsageSink + Send + 'static>(
     // idempotent producer again).
     dlq.flush(k.delivery_timeout + Duration::from_secs(5))
         .context("delivering the last dead letters to the dead-letter topic")?;
-    let summary = Summary::new(&stats, started, sink_name, 0);
+    let summary = Summary {
+        already_committed: Some(source.skipped_records()),
+        ..Summary::new(&stats, started, sink_name)
+    };
     let elapsed = summary.elapsed_s;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

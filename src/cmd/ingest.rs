@@ -3,12 +3,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Serialize;
-use tokentally_aggregate::BatchStats;
 use tokentally_aggregate::pipeline;
 use tokentally_aggregate::source::file::{FileSource, Input};
 use tokentally_sink::embedded::EmbeddedStore;
 
+use super::summary::Summary;
 use tokentally::config::{AggregateArgs, Config, StoreArgs};
 
 /// Read NDJSON events (one per line) through validation, dedup and roll-up
@@ -32,37 +31,6 @@ pub struct IngestArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-pub struct Summary<'a> {
-    #[serde(flatten)]
-    pub stats: &'a BatchStats,
-    pub rejected_total: u64,
-    /// Bytes of the input skipped because an earlier run committed them.
-    pub resumed_at_byte: u64,
-    pub elapsed_s: f64,
-    pub events_per_s: f64,
-    pub store: String,
-}
-
-impl<'a> Summary<'a> {
-    pub fn new(
-        stats: &'a BatchStats,
-        started: Instant,
-        store: impl std::fmt::Display,
-        resumed_at_byte: u64,
-    ) -> Self {
-        let elapsed = started.elapsed().as_secs_f64();
-        Summary {
-            stats,
-            rejected_total: stats.rejected_total(),
-            resumed_at_byte,
-            elapsed_s: elapsed,
-            events_per_s: stats.records as f64 / elapsed.max(1e-9),
-            store: store.to_string(),
-        }
-    }
-}
-
 pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     config.apply_store(&args.store);
     config.apply_aggregate(&args.aggregate);
@@ -80,7 +48,10 @@ pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
     )
     .await
     .context("ingest failed; the store keeps every batch committed before the failure")?;
-    let summary = Summary::new(&stats, started, dir.display(), source.skipped_bytes());
+    let summary = Summary {
+        resumed_at_byte: Some(source.skipped_bytes()),
+        ..Summary::new(&stats, started, dir.display())
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -90,11 +61,8 @@ pub async fn run(mut config: Config, args: IngestArgs) -> anyhow::Result<()> {
 }
 
 fn print_summary(s: &Summary<'_>) {
-    if s.resumed_at_byte > 0 {
-        println!(
-            "resumed after byte {} (committed by an earlier run)",
-            s.resumed_at_byte
-        );
+    if let Some(byte) = s.resumed_at_byte.filter(|b| *b > 0) {
+        println!("resumed after byte {byte} (committed by an earlier run)");
     }
     println!("records     {:>12}", s.stats.records);
     println!("accepted    {:>12}", s.stats.accepted);
@@ -109,8 +77,8 @@ fn print_summary(s: &Summary<'_>) {
         "elapsed     {:>11.2}s  ({:.0} events/s)",
         s.elapsed_s, s.events_per_s
     );
-    println!("store       {}", s.store);
+    println!("store       {}", s.sink);
     if s.rejected_total > 0 {
-        println!("dead letters: {}/dead-letter/*.ndjson", s.store);
+        println!("dead letters: {}/dead-letter/*.ndjson", s.sink);
     }
 }

@@ -11,6 +11,7 @@ pub mod produce;
 pub mod query;
 pub mod simulate;
 pub mod store;
+mod summary;
 pub mod topics;
 
 /// Resolves on SIGINT or SIGTERM.

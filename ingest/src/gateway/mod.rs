@@ -37,6 +37,12 @@
 //! `max_header_bytes` get 431, and a body that has not fully arrived
 //! `body_read_timeout` after its request was admitted gets 408. Pipelined
 //! requests are answered one after the other, in order.
+//!
+//! Why one long file (about 650 lines before its tests): a request's path
+//! (connection limits, head and body deadlines, admission by bytes in
+//! flight, framing, producing, the answer) reads top to bottom here, and each
+//! step shares the connection's state; tokens live in `auth.rs`. A second
+//! route (OTLP) is the point to split the route handlers out.
 
 mod auth;
 

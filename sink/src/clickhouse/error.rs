@@ -108,7 +108,7 @@ pub fn retry_policy(budget: Duration) -> RetryPolicy {
     }
 }
 
-/// Retry `op` on retriable errors under [`retry_policy`]`(budget)`,
+/// Retry `op` on retriable errors under `retry_policy(budget)`,
 /// counting failures and retries in `metrics`.
 pub async fn with_retries<T, F, Fut>(
     what: &str,
