@@ -336,9 +336,30 @@ fn months_of_ledger_history_keep_recovery_bounded_and_totals_exact() {
         y.status.success(),
         "the second aggregator failed:\n{y_text}"
     );
-    assert_same_totals(&ch_totals(&s.url, &s.db), &totals(&reference));
-
     let x_text = std::fs::read_to_string(&x_log).unwrap();
+    let (counted, expected) = (ch_totals(&s.url, &s.db), totals(&reference));
+    if counted != expected {
+        // What each aggregator recovered, claimed and committed, for
+        // whoever reads a failure: the logs go with the temporary directory.
+        for (name, text) in [("killed", &x_text), ("second", &y_text)] {
+            eprintln!("--- the {name} aggregator's recoveries, rebalances and warnings:");
+            let marks = [
+                "recovered",
+                "resumed",
+                "assigned",
+                "revoked",
+                "fenc",
+                "WARN",
+                "ERROR",
+            ];
+            text.lines()
+                .filter(|l| marks.iter().any(|m| l.contains(m)))
+                .take(200)
+                .for_each(|l| eprintln!("{l}"));
+        }
+    }
+    assert_same_totals(&counted, &expected);
+
     let startup: Vec<f64> = [&x_text, &y_text]
         .iter()
         .flat_map(|t| logged_seconds(t, "recovered from ClickHouse"))
