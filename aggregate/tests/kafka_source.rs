@@ -73,7 +73,7 @@ fn commit_group_offset(topic: &str, group: &str, offset: i64) {
 /// empty ledger (as the pipeline does before the first batch).
 fn member(topic: &str, batch_records: usize, max_wait: Duration) -> KafkaSource {
     let mut source = KafkaSource::connect(KafkaSourceConfig {
-        brokers: brokers(),
+        connection: tokentally_ingest::kafka::Connection::plaintext(brokers()),
         topic: topic.to_string(),
         group: topic.to_string(),
         batch_records,

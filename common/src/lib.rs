@@ -6,7 +6,10 @@
 //!   `Retry-After`, the give-up budget) for the ClickHouse sink, webhook
 //!   delivery and the Kafka producers.
 //! - [`files`]: bounded reads and atomic replacement of local files.
+//! - [`tls`]: rustls settings for HTTPS clients (system roots plus an
+//!   optional CA file) and for the gateway's listener.
 
 pub mod files;
 pub mod retry;
 pub mod secret;
+pub mod tls;

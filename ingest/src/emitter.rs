@@ -54,7 +54,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokentally_common::retry::{RetryPolicy, Retryable, Verdict};
 use tokentally_schemas::{Limits, Rejection, TokenEvent, decode};
 
-use crate::kafka::{KafkaConfig, event_key};
+use crate::kafka::{ErrorLog, KafkaConfig, SettingsError, event_key};
 
 /// Kafka message header naming who sent an event (the gateway writes the
 /// name of the caller's token there).
@@ -89,6 +89,10 @@ pub enum EmitError {
     /// The producer was closed before the event was acknowledged.
     #[error("the Kafka producer was closed before the event was acknowledged")]
     Closed,
+    /// `[kafka]` does not give a usable connection (a missing password, a
+    /// refused property).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// Any other Kafka error (configuration, a broker refusing the topic, …).
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
@@ -140,7 +144,8 @@ pub struct Delivered {
 /// # }
 /// ```
 pub struct Emitter {
-    producer: FutureProducer,
+    producer: FutureProducer<ErrorLog>,
+    errors: ErrorLog,
     topic: String,
     limits: Limits,
     delivery_timeout: Duration,
@@ -152,8 +157,10 @@ impl Emitter {
     /// contract's default [`Limits`]. Connecting happens in the background:
     /// this does not fail when the broker is down (sends then time out).
     pub fn new(config: &KafkaConfig) -> Result<Self, EmitError> {
+        let errors = ErrorLog::default();
         Ok(Emitter {
-            producer: config.producer().create()?,
+            producer: config.producer()?.create_with_context(errors.clone())?,
+            errors,
             topic: config.topic.clone(),
             limits: Limits::default(),
             delivery_timeout: config.delivery_timeout,
@@ -325,9 +332,12 @@ impl Emitter {
                 .producer
                 .client()
                 .fetch_metadata(Some(topic), timeout)
-                .map_err(|e| NotReady::Unreachable {
-                    timeout,
-                    error: e.to_string(),
+                .map_err(|e| match self.errors.refused() {
+                    Some(reason) => NotReady::Refused(reason),
+                    None => NotReady::Unreachable {
+                        timeout,
+                        error: self.errors.explain(e),
+                    },
                 })?;
             let usable = md
                 .topics()
@@ -347,6 +357,11 @@ impl Emitter {
 pub enum NotReady {
     #[error("Kafka did not answer within {timeout:?}: {error}")]
     Unreachable { timeout: Duration, error: String },
+    /// The brokers answer but refuse the connection's settings (a wrong
+    /// password, a certificate that does not verify, a plaintext client
+    /// at a TLS listener): waiting will not help.
+    #[error("Kafka refused the connection: {0}")]
+    Refused(String),
     #[error("topic {0} does not exist; create it with `tokentally topics create`")]
     MissingTopic(String),
 }

@@ -8,12 +8,12 @@ use tokentally_aggregate::pipeline;
 use tokentally_aggregate::sink::UsageSink;
 use tokentally_aggregate::source::kafka::{KafkaSource, KafkaSourceConfig};
 use tokentally_ingest::emitter::Emitter;
-use tokentally_ingest::kafka::KafkaConfig;
+use tokentally_ingest::kafka::{Connection, KafkaConfig};
 use tokentally_sink::clickhouse::{ClickHouseSink, SinkMetrics};
 use tokentally_sink::embedded::EmbeddedStore;
 
 use super::clickhouse_args::ClickHouseArgs;
-use super::kafka_args::KafkaArgs;
+use super::kafka_args::{KafkaArgs, TOPIC_CHECK_TIMEOUT};
 use super::metrics::MetricsArgs;
 use super::shutdown_signal;
 use super::summary::Summary;
@@ -70,9 +70,6 @@ pub struct AggregateCmdArgs {
     pub json: bool,
 }
 
-/// How long the broker may take to answer whether a topic exists.
-const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SinkKind {
     /// The local Parquet store (one aggregator process per store directory).
@@ -96,8 +93,9 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
         ..k.clone()
     })
     .context("creating the dead-letter producer")?;
+    let connection = k.connection()?;
     dlq.check_topics(&[&k.topic, &k.dlq_topic], TOPIC_CHECK_TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("{e} (on {})", k.brokers))?;
+        .map_err(|e| anyhow::anyhow!("{e} (on {connection})"))?;
     let registry = registry();
     let metrics = PipelineMetrics::register(&registry)?;
     match args.sink {
@@ -105,7 +103,7 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
             let store = EmbeddedStore::open(config.store.clone())?;
             let at = store.dir().display().to_string();
             args.metrics.serve(&registry).await?;
-            consume(&config, &args, store, &at, metrics, dlq).await
+            consume(&config, &args, connection, store, &at, metrics, dlq).await
         }
         SinkKind::Clickhouse => {
             let ch = config.clickhouse.clone();
@@ -119,7 +117,7 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
                 sink.server().version
             );
             args.metrics.serve(&registry).await?;
-            consume(&config, &args, sink, &at, metrics, dlq).await
+            consume(&config, &args, connection, sink, &at, metrics, dlq).await
         }
     }
 }
@@ -129,14 +127,16 @@ pub async fn run(mut config: Config, args: AggregateCmdArgs) -> anyhow::Result<(
 async fn consume<K: UsageSink + Send + 'static>(
     config: &Config,
     args: &AggregateCmdArgs,
+    connection: Connection,
     sink: K,
     sink_name: &str,
     metrics: PipelineMetrics,
     dlq: Emitter,
 ) -> anyhow::Result<()> {
     let k = &config.kafka;
+    let at = connection.to_string();
     let mut source = KafkaSource::connect(KafkaSourceConfig {
-        brokers: k.brokers.clone(),
+        connection,
         topic: k.topic.clone(),
         group: k.group.clone(),
         batch_records: config.source.batch_records,
@@ -145,8 +145,8 @@ async fn consume<K: UsageSink + Send + 'static>(
         instance_id: args.instance_id.clone(),
         lag: Some(metrics.consumer_lag.clone()),
     })
-    .map_err(|e| anyhow::anyhow!("connecting to Kafka at {}: {e}", k.brokers))?;
-    tracing::info!(brokers = %k.brokers, topic = %k.topic, group = %k.group, sink = sink_name, "aggregating");
+    .map_err(|e| anyhow::anyhow!("connecting to Kafka at {at}: {e}"))?;
+    tracing::info!(brokers = %at, topic = %k.topic, group = %k.group, sink = sink_name, "aggregating");
 
     let started = Instant::now();
     let stop = async {

@@ -7,7 +7,7 @@ use tokentally::config::Config;
 /// from a flag.
 #[derive(Debug, Clone, Args)]
 pub struct ClickHouseArgs {
-    /// ClickHouse HTTP URL [default: http://127.0.0.1:8123].
+    /// ClickHouse HTTP(S) URL [default: http://127.0.0.1:8123].
     #[arg(
         long = "clickhouse",
         env = "TOKENTALLY_CLICKHOUSE_URL",
@@ -20,6 +20,10 @@ pub struct ClickHouseArgs {
     /// ClickHouse user [default: default].
     #[arg(long, env = "TOKENTALLY_CLICKHOUSE_USER", value_name = "USER")]
     pub clickhouse_user: Option<String>,
+    /// CA certificates (PEM) trusted for an https:// URL, besides the
+    /// system's.
+    #[arg(long, env = "TOKENTALLY_CLICKHOUSE_CA_FILE", value_name = "FILE")]
+    pub clickhouse_ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClickHouseArgs {
@@ -32,6 +36,9 @@ impl ClickHouseArgs {
         }
         if let Some(u) = &self.clickhouse_user {
             config.clickhouse.user = u.clone();
+        }
+        if let Some(ca) = &self.clickhouse_ca_file {
+            config.clickhouse.ca_file = Some(ca.clone());
         }
         let db = &config.clickhouse.database;
         anyhow::ensure!(

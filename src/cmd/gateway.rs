@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokentally_common::secret::{Origin, SecretSource};
+use tokentally_common::tls;
 use tokentally_ingest::emitter::{Emitter, NotReady};
 use tokentally_ingest::gateway::{self, Auth, GatewayConfig, GatewayMetrics, Tokens};
 
@@ -55,9 +56,16 @@ to start, unless --no-auth is given.";
 #[command(after_help = GATEWAY_HELP)]
 pub struct GatewayArgs {
     /// Address to listen on; port 0 picks a free port. The address is printed
-    /// on stderr as `listening on http://ADDR`.
+    /// on stderr as `listening on http://ADDR` (https:// with --tls-cert).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, the server's
+    /// certificate first), for deployments without a TLS proxy in front.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -145,6 +153,13 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
         "--max-header-bytes must be at least 1024"
     );
     let auth = auth(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(gateway::TlsAcceptor::from(
+            tls::server_config(cert, key).context("the gateway's TLS certificate")?,
+        )),
+        _ => None,
+    };
+    let connection = config.kafka.connection()?;
     let emitter = Emitter::new(&config.kafka)
         .context("creating the Kafka producer")?
         .with_limits(config.aggregate.limits);
@@ -153,8 +168,9 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
         gateway::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
 
-    // A missing topic is a configuration error; an unreachable broker is
-    // not (it may come up later): /readyz reports it meanwhile.
+    // A missing topic or refused credentials are configuration errors; an
+    // unreachable broker is not (it may come up later): /readyz reports
+    // it meanwhile.
     let (check, emitter) = tokio::task::spawn_blocking(move || {
         let check = emitter.check_topics(&[emitter.topic()], Duration::from_secs(3));
         (check, emitter)
@@ -162,9 +178,11 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
     .await?;
     match check {
         Ok(()) => {}
-        Err(e @ NotReady::MissingTopic(_)) => anyhow::bail!("{e} (on {})", config.kafka.brokers),
+        Err(e @ (NotReady::MissingTopic(_) | NotReady::Refused(_))) => {
+            anyhow::bail!("{e} (on {connection})")
+        }
         Err(e) => tracing::warn!(
-            brokers = %config.kafka.brokers,
+            brokers = %connection,
             "{e}; starting anyway, /readyz answers 503 until Kafka answers"
         ),
     }
@@ -185,23 +203,25 @@ pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
             t.len(),
             t.names().collect::<Vec<_>>().join(", "),
             config.kafka.topic,
-            config.kafka.brokers
+            connection
         ),
         Auth::Disabled => eprintln!(
             "gateway: authentication disabled (--no-auth), producing to {} at {}",
-            config.kafka.topic, config.kafka.brokers
+            config.kafka.topic, connection
         ),
     }
     let registry = registry();
     let metrics = GatewayMetrics::register(&registry)?;
     args.metrics.serve(&registry).await?;
-    eprintln!("listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("listening on {scheme}://{addr}");
     gateway::serve(
         listener,
         emitter,
         auth,
         gateway_config,
         Some(metrics),
+        tls,
         shutdown_signal(),
     )
     .await

@@ -9,7 +9,7 @@ use tokentally_aggregate::source::file::{FileSource, Input};
 use tokentally_ingest::emitter::{EmitError, Emitter, PendingDelivery};
 use tokentally_ingest::kafka::{KafkaConfig, event_key};
 
-use super::kafka_args::KafkaArgs;
+use super::kafka_args::{KafkaArgs, TOPIC_CHECK_TIMEOUT};
 use tokentally::config::Config;
 
 /// Most sends awaiting the broker's acknowledgement at once.
@@ -47,9 +47,17 @@ pub struct LineSender {
 }
 
 impl LineSender {
+    /// A producer to `config.topic`, once the brokers answered that the
+    /// topic exists: a wrong password, a refused certificate or a missing
+    /// topic is one error at start, not a delivery timeout per line.
     pub fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
+        let connection = config.connection()?;
+        let emitter = Emitter::new(config).context("creating the Kafka producer")?;
+        emitter
+            .check_topics(&[emitter.topic()], TOPIC_CHECK_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("{e} (on {connection})"))?;
         Ok(LineSender {
-            emitter: Emitter::new(config).context("creating the Kafka producer")?,
+            emitter,
             queue_full_wait: config.delivery_timeout + QUEUE_FULL_GRACE,
             pending: VecDeque::with_capacity(IN_FLIGHT),
             sent: 0,

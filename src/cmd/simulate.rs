@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokentally_ingest::Fleet;
 
+use super::kafka_args::KafkaSecurityArgs;
 use super::produce::LineSender;
 
 use super::metrics::MetricsArgs;
@@ -35,6 +36,8 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "EVENTS_PER_S", requires = "kafka")]
     pub rate: Option<f64>,
     #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
+    #[command(flatten)]
     pub fleet: FleetArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -44,6 +47,7 @@ pub async fn run(mut config: Config, args: SimulateArgs) -> anyhow::Result<()> {
     config.apply_fleet(&args.fleet)?;
     if let Some(brokers) = &args.kafka {
         config.kafka.brokers = brokers.clone();
+        args.kafka_security.apply(&mut config);
         if let Some(t) = &args.topic {
             config.kafka.topic = t.clone();
         }

@@ -68,6 +68,7 @@ use serde::Serialize;
 use tokentally_schemas::{Limits, decode};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+pub use tokio_rustls::TlsAcceptor;
 
 use crate::emitter::{EmitError, Emitter, NotReady, PendingDelivery};
 
@@ -263,16 +264,19 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// HTTP/1.1 with the connection bounds of [`GatewayConfig`] (`axum::serve`
 /// cannot set them): at most `max_connections` at once, each closed when
 /// it does not deliver a request head within `header_read_timeout`, heads
-/// of at most `max_header_bytes`.
+/// of at most `max_header_bytes`. With `tls`, HTTPS: the handshake too
+/// must finish within `header_read_timeout`.
 pub async fn serve(
     listener: TcpListener,
     emitter: Emitter,
     auth: Auth,
     config: GatewayConfig,
     metrics: Option<GatewayMetrics>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max_connections = config.max_connections;
+    let handshake_timeout = config.header_read_timeout;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
@@ -306,16 +310,26 @@ pub async fn serve(
         // only delays pipelined ones.
         let _ = stream.set_nodelay(true);
         let slot = Slot::new(permit, metrics.as_ref());
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
-        let mut stopped = stopped.clone();
+        let (http, service, stopped, tls) =
+            (http.clone(), service.clone(), stopped.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let mut connection = pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopped.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let result = match tls {
+                None => serve_connection(&http, stream, service, stopped).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(&http, stream, service, stopped).await,
+                        Ok(Err(e)) => {
+                            // Scanners, plain HTTP at the TLS port, clients
+                            // that do not trust the certificate.
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(e) = result {
@@ -330,6 +344,28 @@ pub async fn serve(
     // Every slot back: every connection has closed.
     let _all = slots.acquire_many(max_connections).await;
     Ok(())
+}
+
+/// One connection, plain or TLS, until it closes or, after `stopped`
+/// fires, its request in flight is answered.
+async fn serve_connection<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+    mut stopped: watch::Receiver<()>,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(io), service);
+    let mut connection = pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 /// A served connection's place among `max_connections`, counted in the

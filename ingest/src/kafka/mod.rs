@@ -1,13 +1,21 @@
-//! Kafka plumbing shared by everything that produces events: production
-//! producer settings, topic creation, and the message key.
+//! Kafka plumbing shared by every client: the connection (TLS, SASL,
+//! pass-through properties; [`connection`]), production producer
+//! settings, topic creation, and the message key.
 
+mod connection;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde::{Deserialize, Serialize};
+
+pub use connection::{
+    Connection, ErrorLog, PASSWORD_ENV, SaslMechanism, SecurityProtocol, SettingsError,
+};
 
 /// Kafka settings (`[kafka]` in the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +38,29 @@ pub struct KafkaConfig {
     /// fails. Default 30s.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`. Also
+    /// `TOKENTALLY_KAFKA_SECURITY_PROTOCOL`.
+    pub security_protocol: SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; needed with SASL. Also
+    /// `TOKENTALLY_KAFKA_SASL_MECHANISM`.
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// Also `TOKENTALLY_KAFKA_SASL_USERNAME`.
+    pub sasl_username: Option<String>,
+    /// File holding the SASL password (first line); without it the
+    /// password comes from `TOKENTALLY_KAFKA_PASSWORD`. Never from this
+    /// file or a flag.
+    pub sasl_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the brokers' certificates; default
+    /// the system's. Also `TOKENTALLY_KAFKA_SSL_CA_LOCATION`.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `ssl_key_location`.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted).
+    pub ssl_key_location: Option<PathBuf>,
+    /// Any other librdkafka property, passed through (`[kafka.properties]`),
+    /// on top of tokentally's own settings; see [`Connection::configure`]
+    /// for what is refused.
+    pub properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -42,6 +73,14 @@ impl Default for KafkaConfig {
             replication: 1,
             group: "tokentally-aggregator".into(),
             delivery_timeout: Duration::from_secs(30),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_file: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            properties: BTreeMap::new(),
         }
     }
 }
@@ -49,10 +88,9 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     /// Producer settings for events: idempotent, acknowledged by all
     /// in-sync replicas, LZ4-compressed, batched, with bounded memory.
-    pub fn producer(&self) -> ClientConfig {
+    pub fn producer(&self) -> Result<ClientConfig, SettingsError> {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", "true")
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
@@ -63,7 +101,7 @@ impl KafkaConfig {
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),
             );
-        c
+        Ok(self.connection()?.configure(c))
     }
 }
 
@@ -74,14 +112,28 @@ pub enum TopicOutcome {
     AlreadyExists,
 }
 
+/// Why topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The broker refused, or did not answer; with the reason librdkafka
+    /// gave for the connection, when it gave one.
+    #[error("{0}")]
+    Kafka(String),
+}
+
 /// Create `topics` (name, partitions); existing topics are left as they are.
 pub async fn create_topics(
     config: &KafkaConfig,
     topics: &[(&str, i32)],
-) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()?;
+) -> Result<Vec<(String, TopicOutcome)>, TopicError> {
+    let errors = ErrorLog::default();
+    let admin: AdminClient<ErrorLog> = config
+        .connection()?
+        .configure(ClientConfig::new())
+        .create_with_context(errors.clone())
+        .map_err(|e| TopicError::Kafka(e.to_string()))?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions)| {
@@ -93,7 +145,10 @@ pub async fn create_topics(
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &opts).await?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| TopicError::Kafka(errors.explain(e)))?;
     results
         .into_iter()
         .map(|r| match r {
@@ -101,7 +156,7 @@ pub async fn create_topics(
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 Ok((name, TopicOutcome::AlreadyExists))
             }
-            Err((_, code)) => Err(KafkaError::AdminOp(code)),
+            Err((_, code)) => Err(TopicError::Kafka(errors.explain(KafkaError::AdminOp(code)))),
         })
         .collect()
 }

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::ClickHouseError;
 use tokentally_common::secret::SecretSource;
+use tokentally_common::tls;
+
+/// Idle pooled connections are closed after this, before the server's
+/// keep-alive timeout (3 s by default) closes them under a request (as the
+/// `clickhouse` crate's own client does).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The variable the password is read from when no `password_file` is set.
 pub const PASSWORD_ENV: &str = "TOKENTALLY_CLICKHOUSE_PASSWORD";
@@ -17,8 +23,13 @@ pub const PASSWORD_ENV: &str = "TOKENTALLY_CLICKHOUSE_PASSWORD";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint. Also `--clickhouse` or `TOKENTALLY_CLICKHOUSE_URL`.
+    /// HTTP endpoint, `http://` or `https://`. Also `--clickhouse` or
+    /// `TOKENTALLY_CLICKHOUSE_URL`.
     pub url: String,
+    /// CA certificates (PEM) trusted for an `https://` URL besides the
+    /// system's (a private CA, a self-signed server). Also
+    /// `--clickhouse-ca-file` or `TOKENTALLY_CLICKHOUSE_CA_FILE`.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Database of tokentally's tables. Default `tokentally`.
     pub database: String,
     /// User. Also `TOKENTALLY_CLICKHOUSE_USER`. Default `default`.
@@ -48,6 +59,7 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
+            ca_file: None,
             database: "tokentally".into(),
             user: "default".into(),
             password_file: None,
@@ -60,9 +72,12 @@ impl Default for ClickHouseConfig {
 
 impl ClickHouseConfig {
     /// A client for this server: RowBinary without schema validation (old
-    /// servers lack what validation needs), LZ4, and the credentials.
+    /// servers lack what validation needs), LZ4, the credentials, and TLS
+    /// for `https://` URLs (system roots plus `ca_file`).
     pub fn client(&self) -> Result<Client, ClickHouseError> {
-        let mut client = Client::default()
+        let http = tls::http_client(self.ca_file.as_deref(), POOL_IDLE_TIMEOUT)
+            .map_err(|e| ClickHouseError::Config(format!("ClickHouse TLS settings: {e}")))?;
+        let mut client = Client::with_http_client(http)
             .with_url(&self.url)
             .with_user(&self.user)
             .with_validation(false)

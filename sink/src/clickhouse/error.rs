@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use super::SinkMetrics;
 use tokentally_common::retry::{GaveUp, RetryPolicy, Retryable, Verdict};
+use tokentally_common::tls;
 
 /// Errors of the ClickHouse sink.
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
     // The client error is part of the message, not a `source`, so that
     // error chains do not print it twice.
-    #[error("ClickHouse: {context}: {error}")]
+    #[error("ClickHouse: {context}: {}", tls::error_chain(.error))]
     Request {
         context: String,
         error: clickhouse::error::Error,
@@ -59,12 +60,14 @@ impl ClickHouseError {
     }
 
     /// Worth retrying: network trouble, timeouts, an overloaded or
-    /// restarting server. Not: bad SQL, a missing table, fencing.
+    /// restarting server. Not: bad SQL, a missing table, fencing, a
+    /// certificate that does not verify, a wrong password.
     pub fn is_retriable(&self) -> bool {
         use clickhouse::error::Error as E;
         match self {
             ClickHouseError::Timeout(..) => true,
             ClickHouseError::Request { error, .. } => match error {
+                E::Network(_) if tls::is_tls_failure(error) => false,
                 E::Network(_) | E::TimedOut => true,
                 E::BadResponse(msg) => RETRIABLE_CODES.iter().any(|c| has_code(msg, *c)),
                 _ => false,

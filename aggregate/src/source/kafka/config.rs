@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use tokentally_ingest::kafka::Connection;
 
 /// How a [`KafkaSource`](super::KafkaSource) reads.
 #[derive(Debug, Clone)]
 pub struct KafkaSourceConfig {
-    pub brokers: String,
+    /// Brokers and security, shared with every other client
+    /// (`KafkaConfig::connection`).
+    pub connection: Connection,
     pub topic: String,
     pub group: String,
     /// Most records per micro-batch.
@@ -39,7 +42,6 @@ impl KafkaSourceConfig {
             client.set("statistics.interval.ms", "5000");
         }
         client
-            .set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -60,6 +62,6 @@ impl KafkaSourceConfig {
             // partition is at its end. Data is never held back by it.
             .set("fetch.wait.max.ms", "100")
             .set("max.partition.fetch.bytes", "4194304");
-        client
+        self.connection.configure(client)
     }
 }

@@ -407,7 +407,7 @@ fn a_recycled_batch_is_filled_afresh() {
 fn config() -> KafkaSourceConfig {
     KafkaSourceConfig {
         // Never contacted: nothing is subscribed.
-        brokers: "127.0.0.1:9".into(),
+        connection: tokentally_ingest::kafka::Connection::plaintext("127.0.0.1:9"),
         topic: T.into(),
         group: "g".into(),
         batch_records: 10,
