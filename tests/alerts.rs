@@ -18,7 +18,7 @@ use common::services::{migrated_database, produce, services, topic};
 use common::webhook::{SECRET, Seen, receiver};
 use common::{bin, run_ok};
 use serde_json::Value;
-use tokentally_alerts::webhook::Secret;
+use tokentally_alerts::webhook::{Secret, webhook_id};
 
 const DAY_MS: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
 const T1: u64 = 1_000_000_000_000;
@@ -41,12 +41,17 @@ struct Procs {
     alerter: Child,
 }
 
+/// Wait until the milestones `ids` were delivered (the receiver keys
+/// them by `webhook-id`).
 fn wait_for(seen: &Mutex<Seen>, ids: &[&str], limit: Duration) {
     let started = Instant::now();
     loop {
         {
             let s = seen.lock().unwrap();
-            if ids.iter().all(|id| s.delivered.contains_key(*id)) {
+            if ids
+                .iter()
+                .all(|id| s.delivered.contains_key(&webhook_id(id)))
+            {
                 return;
             }
             assert!(
@@ -159,16 +164,23 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     let s = seen.lock().unwrap();
     assert_eq!(s.bad_signatures, 0, "every request is signed");
     assert!(s.requests >= 3, "the receiver's failures were exercised");
-    // One id per crossing: a redelivery (if any) carries the same id and the
-    // same milestone.
+    // One id per crossing: a redelivery (if any) carries the same
+    // webhook-id, derived from the milestone id in the body, and the same
+    // milestone.
     for (id, bodies) in &s.delivered {
         assert!(
             bodies.iter().all(|b| b == &bodies[0]),
             "{id} changed between deliveries"
         );
-        assert_eq!(bodies[0]["id"], id.as_str());
+        assert_eq!(&webhook_id(bodies[0]["id"].as_str().unwrap()), id);
     }
-    let body = |id: &str| &s.delivered[id][0];
+    let body = |id: &str| &s.delivered[&webhook_id(id)][0];
+    let firsts: Vec<&Value> = s
+        .delivered
+        .values()
+        .map(|b| &b[0])
+        .filter(|b| b["id"].as_str().unwrap().starts_with("first:model:"))
+        .collect();
     assert_eq!(
         body(&first)["model"],
         "model-a",
@@ -176,19 +188,11 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     );
     assert_eq!(body(&first)["type"], "first");
     assert_eq!(
-        s.delivered
-            .keys()
-            .filter(|k| k.starts_with("first:model:"))
-            .count(),
+        firsts.len(),
         4,
         "one first per threshold A reached (1B..1T)"
     );
-    assert!(
-        s.delivered
-            .keys()
-            .filter(|k| k.starts_with("first:"))
-            .all(|k| body(k)["model"] == "model-a")
-    );
+    assert!(firsts.iter().all(|b| b["model"] == "model-a"));
     assert!(body(&b_1t)["value"].as_u64().unwrap() >= T1);
     let r = body(&record);
     assert_eq!(r["type"], "record");

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{bin, query, run_ok, s, u};
+use tokentally_alerts::webhook::webhook_id;
 
 #[test]
 fn demo_crosses_one_trillion_and_the_store_agrees() {
@@ -67,7 +68,7 @@ fn demo_delivers_signed_milestones_to_a_webhook() {
     let text = String::from_utf8(out.stdout).unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.bad_signatures, 0);
-    let first = &seen.delivered["first:model:1000000000000"][0];
+    let first = &seen.delivered[&webhook_id("first:model:1000000000000")][0];
     assert_eq!(first["model"], "qwen/qwen3.6-plus");
     assert!(
         text.contains(&format!(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::state::{AlertState, Delivery, Recorded, Status};
-use crate::webhook::{Attempt, Secret, Sender};
+use crate::webhook::{Attempt, Secret, Sender, webhook_id};
 use crate::{AlertError, AlertsConfig, Milestone, Totals, WebhookConfig, evaluate};
 
 /// Prometheus metrics of the alerter.
@@ -224,7 +224,7 @@ impl Alerter {
                 .unwrap_or(now);
             let attempt = self
                 .sender
-                .send(&url, &endpoint.secrets, &id, now / 1000, &body)
+                .send(&url, &endpoint.secrets, &webhook_id(&id), now / 1000, &body)
                 .await;
             let since_detected =
                 Duration::from_millis(now.saturating_sub(detected_ms).max(0) as u64);

@@ -88,7 +88,8 @@ impl Kind {
 /// One milestone, as recorded and delivered (the webhook body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Milestone {
-    /// Deterministic: the receiver's idempotency key (`webhook-id`).
+    /// Deterministic: the receiver's idempotency key. The `webhook-id`
+    /// header carries its ASCII digest, [`crate::webhook::webhook_id`].
     pub id: String,
     #[serde(rename = "type")]
     pub kind: Kind,

@@ -1,21 +1,39 @@
 //! Webhook delivery following the Standard Webhooks conventions
-//! (<https://www.standardwebhooks.com>): headers `webhook-id` (the
-//! milestone id, the receiver's idempotency key), `webhook-timestamp` (Unix
-//! seconds) and `webhook-signature` (`v1,` + base64 HMAC-SHA256 of
-//! `{id}.{timestamp}.{body}`, keyed with the base64 part of a `whsec_`
-//! secret; several space-separated signatures while keys rotate).
+//! (<https://www.standardwebhooks.com>): headers `webhook-id` (derived
+//! from the milestone id by [`webhook_id`], the receiver's idempotency
+//! key), `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,`
+//! + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`, keyed with the base64
+//! part of a `whsec_` secret; several space-separated signatures while keys
+//! rotate).
 
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
+use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+
+/// The `webhook-id` of a milestone: `msg_` + the first 20 bytes of the
+/// SHA-256 of its id, in lowercase unpadded base32 (RFC 4648), 36 ASCII
+/// characters. A milestone id holds the model name as it came, any UTF-8,
+/// but an HTTP header is read as Latin-1 by receivers (the Standard
+/// Webhooks reference libraries then reject the signature), so the header
+/// carries this digest instead. It depends on the milestone id alone, so
+/// every retry and every restart sends the same one; the readable id stays
+/// in the body.
+pub fn webhook_id(milestone_id: &str) -> String {
+    let digest = Sha256::digest(milestone_id.as_bytes());
+    format!(
+        "msg_{}",
+        BASE32_NOPAD.encode(&digest[..20]).to_ascii_lowercase()
+    )
+}
 
 /// Errors about secrets and signatures.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -213,6 +231,34 @@ mod tests {
     const TS: i64 = 1_614_265_330;
     const BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    #[test]
+    fn webhook_ids_are_short_ascii_digests_of_the_milestone_id() {
+        // Checked against Python: "msg_" + base64.b32encode(
+        // hashlib.sha256(id.encode()).digest()[:20]).decode().lower().
+        assert_eq!(
+            webhook_id("first:model:1000000000000"),
+            "msg_oj2cy43bev7ix5zhdfhr7p4k23jo3woj"
+        );
+        let hostile = "threshold:model:通义/qwen-max-中文:2026-11-27:1000000000000";
+        let id = webhook_id(hostile);
+        assert_eq!(id, "msg_5uuz4ttejpvmq6p2hhr2tpsrugkcm62n");
+        assert_eq!(id, webhook_id(hostile), "deterministic");
+        for id in [id, webhook_id(""), webhook_id(&"x".repeat(100_000))] {
+            assert_eq!(id.len(), 36, "{id}");
+            assert!(id.starts_with("msg_"), "{id}");
+            assert!(
+                id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+                "{id}"
+            );
+        }
+        assert_ne!(
+            webhook_id("first:model:1000000000000"),
+            webhook_id("first:model:1000000000001")
+        );
+    }
 
     #[test]
     fn signs_like_the_reference_implementation() {

@@ -18,7 +18,7 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub struct Seen {
     pub requests: u32,
     pub bad_signatures: u32,
-    /// Accepted (answered 200): id → bodies.
+    /// Accepted (answered 200): `webhook-id` → bodies.
     pub delivered: BTreeMap<String, Vec<Value>>,
 }
 
