@@ -230,6 +230,36 @@ mod tests {
     }
 
     #[test]
+    fn the_example_webhooks_parse() {
+        let text = include_str!("../tokentally.example.toml");
+        let start = text
+            .find("# [[alerts.webhooks]]")
+            .expect("webhook examples");
+        let end = text.find("webhooks = []").expect("webhooks key");
+        let uncommented: String = text[start..end]
+            .lines()
+            .map(|l| l.strip_prefix('#').unwrap_or(l).trim_start())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = Config::parse(&uncommented).expect("the commented webhooks are valid");
+        let formats: Vec<_> = cfg.alerts.webhooks.iter().map(|w| w.format).collect();
+        use tokentally_alerts::Format;
+        assert_eq!(
+            formats,
+            [
+                Format::Standard,
+                Format::Slack,
+                Format::Discord,
+                Format::PagerDuty
+            ]
+        );
+        assert_eq!(
+            cfg.alerts.webhooks[3].severity,
+            Some(tokentally_alerts::Severity::Info)
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = Config::parse("[store]\ndirr = \"x\"\n").unwrap_err();
         assert!(err.contains("line 2") && err.contains("dirr"), "{err}");

@@ -18,6 +18,7 @@ use common::services::{migrated_database, produce, services, topic};
 use common::webhook::{SECRET, Seen, receiver};
 use common::{bin, run_ok};
 use serde_json::Value;
+use tokentally_alerts::display_url;
 use tokentally_alerts::webhook::{Secret, webhook_id};
 
 const DAY_MS: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
@@ -219,8 +220,16 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     );
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(
-        list["milestones"][&record]["deliveries"][&url]["status"],
+        list["milestones"][&record]["deliveries"][&display_url(&url)]["status"],
         "delivered"
+    );
+    // Endpoint URLs are shown without their path, where Slack and Discord
+    // keep the token.
+    let text = run_ok(bin().args(["alerts", "list", "--state"]).arg(&state)).stdout;
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(&display_url(&url)) && !text.contains("/hook"),
+        "{text}"
     );
     let secret = Secret::parse(SECRET).unwrap();
     let payload = br#"{"id":"x"}"#;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::state::{AlertState, Delivery, Recorded, Status};
-use crate::webhook::{Attempt, Secret, Sender, webhook_id};
-use crate::{AlertError, AlertsConfig, Milestone, Totals, WebhookConfig, evaluate};
+use crate::webhook::{DeliveryError, Sender};
+use crate::{AlertError, AlertsConfig, Endpoint, Milestone, Totals, display_url, evaluate};
 
 /// Prometheus metrics of the alerter.
 #[derive(Clone)]
@@ -50,12 +50,6 @@ impl AlertMetrics {
     }
 }
 
-/// An endpoint ready to send to.
-struct Endpoint {
-    config: WebhookConfig,
-    secrets: Vec<Secret>,
-}
-
 /// Detects milestones and delivers them; one per state directory.
 pub struct Alerter {
     dir: PathBuf,
@@ -75,8 +69,8 @@ fn now_ms() -> i64 {
 }
 
 impl Alerter {
-    /// Open (or create) the state directory and resolve every endpoint's
-    /// secrets.
+    /// Open (or create) the state directory and resolve every endpoint
+    /// (its format's keys).
     pub fn open(dir: &Path, config: AlertsConfig) -> Result<Alerter, AlertError> {
         let io = |source| AlertError::State {
             dir: dir.display().to_string(),
@@ -90,12 +84,7 @@ impl Alerter {
         let endpoints = config
             .webhooks
             .iter()
-            .map(|w| {
-                Ok(Endpoint {
-                    secrets: w.secrets()?,
-                    config: w.clone(),
-                })
-            })
+            .map(|w| w.resolve())
             .collect::<Result<Vec<_>, AlertError>>()?;
         let loaded = AlertState::load(dir)?;
         Ok(Alerter {
@@ -210,6 +199,9 @@ impl Alerter {
             })
             .collect();
         for (id, url) in due {
+            // Never the URL itself in a log: for Slack and Discord it is
+            // the credential.
+            let shown = display_url(&url);
             if self.state.disabled.contains(&url) {
                 self.set(&id, &url, |d| d.status = Status::Disabled);
                 continue;
@@ -218,56 +210,56 @@ impl Alerter {
                 continue; // endpoint removed from the config: stays pending
             };
             let recorded = &self.state.milestones[&id];
-            let body = serde_json::to_vec(&recorded.milestone).expect("milestones serialize");
+            let message = endpoint.message(&recorded.milestone, now / 1000);
             let detected_ms = chrono::DateTime::parse_from_rfc3339(&recorded.milestone.detected_at)
                 .map(|t| t.timestamp_millis())
                 .unwrap_or(now);
-            let attempt = self
-                .sender
-                .send(&url, &endpoint.secrets, &webhook_id(&id), now / 1000, &body)
-                .await;
+            let attempt = self.sender.send(&url, &message).await;
             let since_detected =
                 Duration::from_millis(now.saturating_sub(detected_ms).max(0) as u64);
             let give_up = self.config.retry_policy().gives_up(since_detected);
             match attempt {
-                Attempt::Delivered => {
+                Ok(status) => {
                     self.count("delivered");
-                    tracing::info!(id, url, "milestone delivered");
+                    tracing::info!(id, endpoint = shown, status, "milestone delivered");
                     self.set(&id, &url, |d| {
                         d.status = Status::Delivered;
                         d.attempts += 1;
                         d.last_error = None;
                     });
                 }
-                Attempt::Gone => {
-                    tracing::warn!(url, "webhook endpoint answered 410 Gone: disabled");
+                Err(e @ DeliveryError::Gone) => {
+                    tracing::warn!(
+                        endpoint = shown,
+                        "webhook endpoint answered 410 Gone: disabled"
+                    );
                     self.state.disabled.insert(url.clone());
                     self.count("gone");
                     self.set(&id, &url, |d| {
                         d.status = Status::Disabled;
                         d.attempts += 1;
-                        d.last_error = Some("HTTP 410".into());
+                        d.last_error = Some(e.to_string());
                     });
                 }
-                Attempt::Rejected { status } => {
+                Err(e @ (DeliveryError::Rejected { .. } | DeliveryError::Invalid(_))) => {
                     self.count("rejected");
                     tracing::error!(
                         id,
-                        url,
-                        status,
+                        endpoint = shown,
+                        error = %e,
                         "webhook rejected the milestone: not retried"
                     );
                     self.set(&id, &url, |d| {
                         d.status = Status::Failed;
                         d.attempts += 1;
-                        d.last_error = Some(format!("HTTP {status}"));
+                        d.last_error = Some(e.to_string());
                     });
                 }
-                Attempt::Retry { error, after } => {
+                Err(DeliveryError::Retry { error, after }) => {
                     self.count("retry");
                     let attempts = self.state.milestones[&id].deliveries[&url].attempts + 1;
                     let wait = self.config.retry_policy().delay(attempts, after);
-                    tracing::warn!(id, url, error, attempts, retry_in = ?wait, "webhook delivery failed");
+                    tracing::warn!(id, endpoint = shown, error, attempts, retry_in = ?wait, "webhook delivery failed");
                     self.set(&id, &url, |d| {
                         d.attempts = attempts;
                         d.last_error = Some(error.clone());

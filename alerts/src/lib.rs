@@ -1,5 +1,6 @@
 //! Milestone alerts: one rule set, fed by one source of totals, with a
-//! durable record of every milestone and signed webhook delivery.
+//! durable record of every milestone and webhook delivery (signed JSON,
+//! Slack, Discord or PagerDuty).
 //!
 //! - [`rules`]: the pure rules (thresholds, all-time, firsts, records) with
 //!   deterministic ids, over [`Totals`]; the demo and `alerts run` both use
@@ -12,107 +13,36 @@
 //!   [`tokentally_common::retry::RetryPolicy`]: exponential
 //!   backoff with jitter, `Retry-After`; 410 disables an endpoint, other
 //!   4xx are final).
-//! - [`webhook`]: Standard Webhooks signing, verification and one HTTP attempt.
+//! - [`endpoint`]: one endpoint's configuration, its keys, and its URL as
+//!   shown ([`display_url`]).
+//! - [`format`]: the body and headers of each format (standard signed
+//!   JSON, Slack, Discord, PagerDuty), one file each.
+//! - [`webhook`]: Standard Webhooks ids, signing and verification, and one
+//!   HTTP attempt.
 //! - [`text`]: milestones and token counts as people read them.
 
 pub mod alerter;
+pub mod endpoint;
+pub mod format;
 pub mod rules;
 pub mod source;
 pub mod state;
 pub mod text;
 pub mod webhook;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::alerter::{AlertMetrics, Alerter};
+pub use self::endpoint::{
+    Endpoint, PAGERDUTY_ROUTING_KEY_ENV, WEBHOOK_SECRET_ENV, WebhookConfig, display_url,
+};
+pub use self::format::{Format, Severity};
 pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
 pub use self::source::{ClickHouseTotals, StoreTotals, TotalsError, TotalsSource};
 pub use self::state::{AlertState, Delivery, Recorded, STATE, Status};
-use self::webhook::Secret;
 use tokentally_common::retry::RetryPolicy;
-use tokentally_common::secret::SecretSource;
-
-/// `[[alerts.webhooks]]`: one endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// Environment variable holding the `whsec_` secret(s), space-separated
-    /// while rotating keys. Default `TOKENTALLY_WEBHOOK_SECRET`.
-    #[serde(default = "default_secret_env")]
-    pub secret_env: String,
-    /// Or a file holding them (first line).
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// Only these milestone types (`threshold`, `all_time`, `first`,
-    /// `record`); empty: all.
-    #[serde(default)]
-    pub types: Vec<Kind>,
-    /// Only milestones about these models (fleet and provider milestones
-    /// always pass); empty: all.
-    #[serde(default)]
-    pub models: Vec<String>,
-}
-
-/// The variable webhook secrets are read from by default.
-pub const WEBHOOK_SECRET_ENV: &str = "TOKENTALLY_WEBHOOK_SECRET";
-
-fn default_secret_env() -> String {
-    WEBHOOK_SECRET_ENV.into()
-}
-
-impl WebhookConfig {
-    pub fn new(url: &str) -> Self {
-        WebhookConfig {
-            url: url.to_string(),
-            secret_env: default_secret_env(),
-            secret_file: None,
-            types: Vec::new(),
-            models: Vec::new(),
-        }
-    }
-
-    /// The secrets: from `secret_file` when it is set, else from the
-    /// `secret_env` variable (see [`tokentally_common::secret`]); never
-    /// from flags.
-    pub fn secrets(&self) -> Result<Vec<Secret>, AlertError> {
-        let text = SecretSource::new(&self.secret_env, self.secret_file.as_deref())
-            .read()
-            .map_err(|e| AlertError::Secret(format!("webhook {}: {e}", self.url)))?
-            .ok_or_else(|| {
-                AlertError::Secret(format!(
-                    "webhook {}: set {} to a whsec_ secret (or secret_file)",
-                    self.url, self.secret_env
-                ))
-            })?;
-        let secrets = text
-            .first_line()
-            .split_whitespace()
-            .map(|s| {
-                Secret::parse(s)
-                    .map_err(|e| AlertError::Secret(format!("webhook {}: {e}", self.url)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if secrets.is_empty() {
-            return Err(AlertError::Secret(format!(
-                "webhook {}: empty secret",
-                self.url
-            )));
-        }
-        Ok(secrets)
-    }
-
-    pub(crate) fn wants(&self, m: &Milestone) -> bool {
-        (self.types.is_empty() || self.types.contains(&m.kind))
-            && (self.models.is_empty()
-                || m.model
-                    .as_ref()
-                    .is_none_or(|model| self.models.contains(model)))
-    }
-}
 
 /// `[alerts]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +91,9 @@ impl Default for AlertsConfig {
 pub enum AlertError {
     #[error("{0}")]
     Secret(String),
+    /// A `[[alerts.webhooks]]` entry that cannot be used as it is.
+    #[error("{0}")]
+    Endpoint(String),
     #[error("alert state in {dir}: {source}")]
     State {
         dir: String,

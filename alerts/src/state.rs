@@ -87,4 +87,31 @@ impl AlertState {
             source,
         })
     }
+
+    /// The state as `alerts list` shows it: every endpoint URL as
+    /// [`crate::display_url`] shows it (a Slack or Discord URL is a
+    /// credential; the file itself keeps them whole, as the config does).
+    pub fn shown(&self) -> AlertState {
+        let shown = |url: &String| crate::display_url(url);
+        AlertState {
+            milestones: self
+                .milestones
+                .iter()
+                .map(|(id, r)| {
+                    let deliveries = r
+                        .deliveries
+                        .iter()
+                        .map(|(url, d)| (shown(url), d.clone()))
+                        .collect();
+                    let recorded = Recorded {
+                        milestone: r.milestone.clone(),
+                        deliveries,
+                        mirrored: r.mirrored,
+                    };
+                    (id.clone(), recorded)
+                })
+                .collect(),
+            disabled: self.disabled.iter().map(shown).collect(),
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! Milestones and token counts as people read them (the demo's lines,
-//! `alerts run`'s log).
+//! Milestones and token counts as people read them (the demo's lines, the
+//! chat and paging formats' text).
 
 use crate::{Kind, Milestone};
 
@@ -22,32 +22,39 @@ pub fn human_tokens(n: u64) -> String {
     n.to_string()
 }
 
-/// One line saying what happened, e.g. `2026-11-27  qwen/qwen3.6-plus
-/// crossed 1T tokens in a day (now 1.02T)`.
+/// One sentence saying what happened, e.g. `qwen/qwen3.6-plus crossed 1T
+/// tokens in a day on 2026-11-27, the first model ever (1.02T)`: the
+/// demo's lines, and the text of every chat and paging format, so that
+/// each kind of milestone reads the same wherever it is shown.
 pub fn headline(m: &Milestone) -> String {
     let day = m.day.as_deref().unwrap_or("");
     let subject = match m.scope.as_str() {
-        "fleet" => "the fleet".to_string(),
-        "provider" => format!("provider {}", m.provider.as_deref().unwrap_or("")),
+        "fleet" => "The fleet".to_string(),
+        "provider" => format!("Provider {}", m.provider.as_deref().unwrap_or("")),
         _ => m.model.clone().unwrap_or_default(),
     };
     let threshold = human_tokens(m.threshold.unwrap_or(0));
     let value = human_tokens(m.value);
     match m.kind {
         Kind::Threshold => {
-            format!("{day}  {subject} crossed {threshold} tokens in a day (now {value})")
+            format!("{subject} crossed {threshold} tokens in a day on {day} (now {value})")
         }
         Kind::AllTime => format!("{subject} crossed {threshold} tokens in all (now {value})"),
         Kind::First => format!(
-            "{day}  {subject} is the first model ever to cross {threshold} tokens in a day ({value})"
+            "{subject} crossed {threshold} tokens in a day on {day}, the first model ever ({value})"
         ),
         Kind::Record => {
             let previous = human_tokens(m.previous_record.unwrap_or(0));
             match (m.scope.as_str(), &m.previous_holder) {
                 ("top_model", Some(holder)) => format!(
-                    "{day}  {subject} set the highest daily total of any model: {value} (was {previous}, {holder})"
+                    "{subject} set the highest daily total of any model on {day}: {value} tokens (was {previous}, {holder})"
                 ),
-                _ => format!("{day}  {subject} set a daily record: {value} (was {previous})"),
+                ("model", _) => format!(
+                    "{subject} set its daily record on {day}: {value} tokens (was {previous})"
+                ),
+                _ => format!(
+                    "{subject} set a daily record on {day}: {value} tokens (was {previous})"
+                ),
             }
         }
     }
@@ -82,7 +89,32 @@ mod tests {
         };
         assert_eq!(
             headline(&m),
-            "2026-11-27  通义/qwen \"max\" <b> is the first model ever to cross 1T tokens in a day (1.02T)"
+            "通义/qwen \"max\" <b> crossed 1T tokens in a day on 2026-11-27, the first model ever (1.02T)"
+        );
+        let fleet = Milestone {
+            id: "record:fleet:2026-11-28".into(),
+            kind: Kind::Record,
+            scope: "fleet".into(),
+            model: None,
+            day: Some("2026-11-28".into()),
+            threshold: None,
+            value: 5_000_000_000_000,
+            previous_record: Some(4_800_000_000_000),
+            ..m.clone()
+        };
+        assert_eq!(
+            headline(&fleet),
+            "The fleet set a daily record on 2026-11-28: 5T tokens (was 4.8T)"
+        );
+        let top = Milestone {
+            scope: "top_model".into(),
+            model: Some("b".into()),
+            previous_holder: Some("a".into()),
+            ..fleet
+        };
+        assert_eq!(
+            headline(&top),
+            "b set the highest daily total of any model on 2026-11-28: 5T tokens (was 4.8T, a)"
         );
     }
 }

@@ -1,10 +1,11 @@
-//! Webhook delivery following the Standard Webhooks conventions
-//! (<https://www.standardwebhooks.com>): headers `webhook-id` (derived
-//! from the milestone id by [`webhook_id`], the receiver's idempotency
-//! key), `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,`
-//! + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`, keyed with the base64
-//! part of a `whsec_` secret; several space-separated signatures while keys
-//! rotate).
+//! Webhook delivery: one HTTP attempt of a [`Message`] ([`Sender`]), and
+//! the Standard Webhooks conventions (<https://www.standardwebhooks.com>)
+//! of the standard format: headers `webhook-id` (derived from the
+//! milestone id by [`webhook_id`], the receiver's idempotency key),
+//! `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,` +
+//! base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`, keyed with the base64
+//! part of a `whsec_` secret; several space-separated signatures while
+//! keys rotate).
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
+use tokentally_common::retry::{Retryable, Verdict};
 
 /// The `webhook-id` of a milestone: `msg_` + the first 20 bytes of the
 /// SHA-256 of its id, in lowercase unpadded base32 (RFC 4648), 36 ASCII
@@ -124,24 +126,66 @@ pub fn verify(
     Err(SignatureError::Mismatch)
 }
 
-/// How one delivery attempt ended.
+/// One request: a JSON body and the headers its format adds (the
+/// signature headers of the standard format, none for the others).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
-    /// 2xx.
-    Delivered,
-    /// Worth retrying (network error, timeout, 5xx, 429), after at least
-    /// this long if the receiver said so (`Retry-After`).
+pub struct Message {
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Message {
+    /// `value` as the body, with no headers of its own.
+    pub fn json(value: &serde_json::Value) -> Message {
+        Message {
+            body: serde_json::to_vec(value).expect("JSON values serialize"),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Why one delivery attempt did not deliver. Its text is the operator's
+/// (the `last_error` of `alerts list`, `alerts test`'s answer), so it says
+/// the cause, never the URL or a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying (network error, timeout, 5xx, 408, 429), after at
+    /// least this long if the receiver said so (`Retry-After`).
+    #[error("{error}")]
     Retry {
         error: String,
         after: Option<Duration>,
     },
     /// 410 Gone: the endpoint asks to be disabled.
+    #[error("HTTP 410 Gone: the endpoint asks not to be sent to again")]
     Gone,
     /// Another 4xx: final.
+    #[error("HTTP {status}: refused, not retried")]
     Rejected { status: u16 },
+    /// The request could not be made (a URL or header HTTP does not
+    /// allow): final.
+    #[error("the request cannot be sent: {0}")]
+    Invalid(String),
 }
 
-/// Sends signed webhook requests over HTTP.
+impl Retryable for DeliveryError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            DeliveryError::Retry { after, .. } => Verdict::Retry(*after),
+            DeliveryError::Gone | DeliveryError::Rejected { .. } | DeliveryError::Invalid(_) => {
+                Verdict::Fail
+            }
+        }
+    }
+}
+
+/// The client webhooks go out through: plain HTTP. Its connector is the
+/// one thing to change for HTTPS, so it is built here and nowhere else.
+fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends webhook requests over HTTP.
 #[derive(Clone)]
 pub struct Sender {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -151,53 +195,47 @@ pub struct Sender {
 impl Sender {
     pub fn new(timeout: Duration) -> Sender {
         Sender {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: http_client(),
             timeout,
         }
     }
 
-    /// One attempt to POST `body` to `url`, signed.
-    pub async fn send(
-        &self,
-        url: &str,
-        secrets: &[Secret],
-        id: &str,
-        timestamp: i64,
-        body: &[u8],
-    ) -> Attempt {
-        let request = hyper::Request::post(url)
+    /// One attempt to POST `message` to `url`; the HTTP status when it was
+    /// delivered (2xx). Every header value must be ASCII: receivers read
+    /// headers as Latin-1, so anything else would reach them garbled (and
+    /// a signature over it would not verify); such a message is refused
+    /// here rather than sent.
+    pub async fn send(&self, url: &str, message: &Message) -> Result<u16, DeliveryError> {
+        if let Some((name, _)) = message.headers.iter().find(|(_, v)| !v.is_ascii()) {
+            return Err(DeliveryError::Invalid(format!(
+                "the {name} header is not ASCII"
+            )));
+        }
+        let mut request = hyper::Request::post(url)
             .header("content-type", "application/json")
             .header(
                 "user-agent",
                 concat!("tokentally/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                signature_header(secrets, id, timestamp, body),
-            )
-            .body(Full::new(Bytes::copy_from_slice(body)));
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(url, error = %e, "webhook request could not be built");
-                return Attempt::Rejected { status: 0 };
-            }
-        };
+            );
+        for (name, value) in &message.headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(&message.body)))
+            .map_err(|e| DeliveryError::Invalid(e.to_string()))?;
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
         {
             Err(_) => {
-                return Attempt::Retry {
+                return Err(DeliveryError::Retry {
                     error: format!("no answer within {:?}", self.timeout),
                     after: None,
-                };
+                });
             }
             Ok(Err(e)) => {
-                return Attempt::Retry {
-                    error: e.to_string(),
+                return Err(DeliveryError::Retry {
+                    error: causes(&e),
                     after: None,
-                };
+                });
             }
             Ok(Ok(r)) => r,
         };
@@ -209,15 +247,29 @@ impl Sender {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         match status {
-            200..=299 => Attempt::Delivered,
-            410 => Attempt::Gone,
-            429 | 500..=599 | 408 => Attempt::Retry {
+            200..=299 => Ok(status),
+            410 => Err(DeliveryError::Gone),
+            429 | 500..=599 | 408 => Err(DeliveryError::Retry {
                 error: format!("HTTP {status}"),
                 after: retry_after,
-            },
-            _ => Attempt::Rejected { status },
+            }),
+            _ => Err(DeliveryError::Rejected { status }),
         }
     }
+}
+
+/// An error and its sources, `: `-separated: the client's own text is
+/// only `client error (Connect)`, the cause (`Connection refused`) is in
+/// its sources. None of them holds the URL.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -257,6 +309,24 @@ mod tests {
         assert_ne!(
             webhook_id("first:model:1000000000000"),
             webhook_id("first:model:1000000000001")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_that_is_not_ascii_is_never_sent() {
+        let message = Message {
+            body: b"{}".to_vec(),
+            headers: vec![("webhook-id", "first:model:通义".into())],
+        };
+        // Port 9 (discard): refused before any connection is tried.
+        let sent = Sender::new(Duration::from_secs(1))
+            .send("http://127.0.0.1:9/hook", &message)
+            .await;
+        assert_eq!(
+            sent,
+            Err(DeliveryError::Invalid(
+                "the webhook-id header is not ASCII".into()
+            ))
         );
     }
 

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use tokentally_alerts::source::mirror_to_clickhouse;
 use tokentally_alerts::webhook::{Secret, verify};
 use tokentally_alerts::{
-    AlertMetrics, AlertState, Alerter, ClickHouseTotals, Status, StoreTotals, TotalsSource,
+    AlertMetrics, AlertState, Alerter, ClickHouseTotals, Format, Status, StoreTotals, TotalsSource,
     WEBHOOK_SECRET_ENV, WebhookConfig,
 };
 use tokentally_common::secret::SecretSource;
@@ -20,9 +20,9 @@ use tokentally::metrics::registry;
 
 /// Milestone alerts: detect milestones on the authoritative totals (the
 /// ClickHouse database or an embedded store) and deliver each one, once, to
-/// signed webhooks (Standard Webhooks: webhook-id, webhook-timestamp,
-/// webhook-signature). Rules and endpoints are in `[alerts]` of the config
-/// file; see README "Milestone alerts".
+/// webhooks: signed JSON (Standard Webhooks: webhook-id, webhook-timestamp,
+/// webhook-signature), Slack, Discord or PagerDuty. Rules and endpoints are
+/// in `[alerts]` of the config file; see README "Milestone alerts".
 #[derive(Debug, Args)]
 pub struct AlertsArgs {
     #[command(subcommand)]
@@ -51,14 +51,34 @@ pub struct RunArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub state: StateArgs,
-    /// Deliver to this URL too (secret from TOKENTALLY_WEBHOOK_SECRET); repeatable.
+    /// Deliver to this URL too; repeatable. Endpoints with their own
+    /// settings are `[[alerts.webhooks]]` entries of the config file.
     #[arg(long, value_name = "URL")]
     pub webhook: Vec<String>,
+    #[command(flatten)]
+    pub webhook_format: WebhookFormatArgs,
     /// How often the totals are read, e.g. 500ms [default: [alerts] interval, 1s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// `--webhook-format`, beside `--webhook URL` flags.
+#[derive(Debug, Args)]
+pub struct WebhookFormatArgs {
+    /// Body and headers of the --webhook URLs: standard (signed JSON, the
+    /// whsec_ secret in TOKENTALLY_WEBHOOK_SECRET), slack, discord, or
+    /// pagerduty (the routing key in TOKENTALLY_PAGERDUTY_ROUTING_KEY).
+    #[arg(long, value_name = "FORMAT", default_value = "standard")]
+    pub webhook_format: Format,
+}
+
+impl WebhookFormatArgs {
+    /// The endpoint of a `--webhook URL` flag.
+    pub fn endpoint(&self, url: &str) -> WebhookConfig {
+        WebhookConfig::new(url).with_format(self.webhook_format)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -112,7 +132,7 @@ async fn run_alerts(mut config: Config, args: RunArgs) -> anyhow::Result<()> {
     let mut alerts = config.alerts.clone();
     alerts
         .webhooks
-        .extend(args.webhook.iter().map(|u| WebhookConfig::new(u)));
+        .extend(args.webhook.iter().map(|u| args.webhook_format.endpoint(u)));
     if let Some(i) = args.interval {
         alerts.interval = i;
     }
@@ -190,7 +210,11 @@ async fn rounds(
 }
 
 fn list(args: ListArgs) -> anyhow::Result<()> {
-    let state = AlertState::load(&args.state.state)?.unwrap_or_default();
+    // Endpoint URLs are shown without their path: for Slack and Discord it
+    // holds the token.
+    let state = AlertState::load(&args.state.state)?
+        .unwrap_or_default()
+        .shown();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&state)?);
         return Ok(());

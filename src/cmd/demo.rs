@@ -9,11 +9,12 @@ use tokentally_aggregate::pipeline;
 use tokentally_aggregate::source::simulated::SimulatedSource;
 use tokentally_alerts::text::{headline, human_tokens};
 use tokentally_alerts::{
-    Alerter, Milestone, Status, StoreTotals, Totals, TotalsSource, WebhookConfig,
+    Alerter, Milestone, Status, StoreTotals, Totals, TotalsSource, display_url,
 };
 use tokentally_ingest::Fleet;
 use tokentally_sink::embedded::{EmbeddedStore, StoreConfig};
 
+use super::alerts::WebhookFormatArgs;
 use tokentally::config::Config;
 
 /// Marker file that makes a directory a demo store (safe to reset).
@@ -53,10 +54,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub top: usize,
     /// Also deliver every milestone (thresholds, firsts, records) to this
-    /// webhook, signed with the whsec_ secret in TOKENTALLY_WEBHOOK_SECRET
-    /// (Standard Webhooks). Delivery state goes to DIR/alerts.
+    /// webhook, in --webhook-format. Delivery state goes to DIR/alerts.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    #[command(flatten)]
+    pub webhook_format: WebhookFormatArgs,
 }
 
 /// What the demo's milestone task ends with.
@@ -180,12 +182,20 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let mut source = SimulatedSource::start(fleet, args.batch_records, wall);
     let store = EmbeddedStore::open(config.store.clone())?;
     let mut alerts = config.alerts.clone();
-    alerts.webhooks = args.webhook.iter().map(|u| WebhookConfig::new(u)).collect();
+    alerts.webhooks = args
+        .webhook
+        .iter()
+        .map(|u| args.webhook_format.endpoint(u))
+        .collect();
     let mut alerter = Alerter::open(&args.store.join("alerts"), alerts)?;
     // A first look at the empty store, so that everything after is news.
     alerter.detect(&Totals::default())?;
     if let Some(url) = &args.webhook {
-        println!("  milestones are also delivered to {url} (signed webhooks)\n");
+        println!(
+            "  milestones are also delivered to {} ({} format)\n",
+            display_url(url),
+            args.webhook_format.webhook_format
+        );
     }
 
     let tty = std::io::stderr().is_terminal();
