@@ -4,14 +4,17 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::format::{Format, Formatter, RoutingKey, Severity};
-use crate::webhook::{Message, Secret};
+use crate::webhook::{DeliveryError, Message, Secret, Sender};
 use crate::{AlertError, Kind, Milestone};
+use tokentally_common::retry::{GaveUp, RetryPolicy};
 use tokentally_common::secret::{SecretSource, SecretText};
 
 /// The variable webhook secrets are read from by default.
@@ -233,6 +236,49 @@ impl Endpoint {
     /// at Unix second `timestamp`.
     pub fn message(&self, m: &Milestone, timestamp: i64) -> Message {
         self.formatter.message(m, timestamp)
+    }
+
+    /// Deliver `m` now, with the alerter's retries (the shared
+    /// [`RetryPolicy`], here from 1 s doubling to 5 s) until `budget` has
+    /// passed, then no longer: what `alerts test` does. Nothing is
+    /// recorded. The HTTP status when delivered; else the final error, or
+    /// the last one when the budget ran out.
+    pub async fn deliver_now(
+        &self,
+        sender: &Sender,
+        m: &Milestone,
+        budget: Duration,
+    ) -> Result<u16, GaveUp<DeliveryError>> {
+        let policy = RetryPolicy {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(5),
+            give_up_after: budget,
+        };
+        let last = Mutex::new(None);
+        let attempts = policy.run(
+            |_| {
+                let message = self.message(m, chrono::Utc::now().timestamp());
+                async move { sender.send(&self.config.url, &message).await }
+            },
+            |e: &DeliveryError, attempt, wait| {
+                tracing::info!(endpoint = display_url(&self.config.url), error = %e, attempt, retry_in = ?wait, "delivery failed");
+                *last.lock().expect("not poisoned") = Some(e.clone());
+            },
+        );
+        // A retry may start just before the budget runs out: the budget
+        // bounds the whole, not only when the last attempt starts.
+        match tokio::time::timeout(budget, attempts).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(GaveUp::Exhausted {
+                after: budget,
+                last: last.into_inner().expect("not poisoned").unwrap_or_else(|| {
+                    DeliveryError::Retry {
+                        error: format!("no answer within {budget:?}"),
+                        after: None,
+                    }
+                }),
+            }),
+        }
     }
 }
 

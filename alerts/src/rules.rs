@@ -72,6 +72,9 @@ pub enum Kind {
     First,
     /// A new highest daily total.
     Record,
+    /// A sample sent by `tokentally alerts test` ([`Milestone::sample`]);
+    /// the rules never fire it.
+    Test,
 }
 
 impl Kind {
@@ -81,6 +84,7 @@ impl Kind {
             Kind::AllTime => "all_time",
             Kind::First => "first",
             Kind::Record => "record",
+            Kind::Test => "test",
         }
     }
 }
@@ -109,6 +113,33 @@ pub struct Milestone {
     pub previous_holder: Option<String>,
     /// RFC 3339, when tokentally detected it.
     pub detected_at: String,
+}
+
+/// The model of [`Milestone::sample`].
+pub const SAMPLE_MODEL: &str = "tokentally/test-model";
+
+impl Milestone {
+    /// What `tokentally alerts test` sends: plainly not news (type
+    /// `test`, model [`SAMPLE_MODEL`], 1T tokens on the day of `now`),
+    /// with an id that says so and is new on every call
+    /// (`test:model:tokentally/test-model:<day>:<unix ms>`), so that a
+    /// receiver that deduplicates shows every test.
+    pub fn sample(now: chrono::DateTime<chrono::Utc>) -> Milestone {
+        let day = now.format("%Y-%m-%d").to_string();
+        Milestone {
+            id: format!("test:model:{SAMPLE_MODEL}:{day}:{}", now.timestamp_millis()),
+            kind: Kind::Test,
+            scope: "model".into(),
+            model: Some(SAMPLE_MODEL.into()),
+            provider: None,
+            day: Some(day),
+            threshold: Some(1_000_000_000_000),
+            value: 1_000_000_000_000,
+            previous_record: None,
+            previous_holder: None,
+            detected_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
 }
 
 /// Daily totals by (day, model, provider), as read from `usage_daily`.

@@ -43,6 +43,9 @@ pub fn headline(m: &Milestone) -> String {
         Kind::First => format!(
             "{subject} crossed {threshold} tokens in a day on {day}, the first model ever ({value})"
         ),
+        Kind::Test => format!(
+            "Test from tokentally: {subject} crossed {threshold} tokens in a day on {day} (a sample, not a real milestone)"
+        ),
         Kind::Record => {
             let previous = human_tokens(m.previous_record.unwrap_or(0));
             match (m.scope.as_str(), &m.previous_holder) {
@@ -70,6 +73,26 @@ mod tests {
         assert_eq!(human_tokens(2_500_000_000), "2.5B");
         assert_eq!(human_tokens(999), "999");
         assert_eq!(human_tokens(1_234_567), "1.23M");
+    }
+
+    #[test]
+    fn the_sample_says_it_is_a_test() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T08:00:00.5Z")
+            .unwrap()
+            .to_utc();
+        let m = Milestone::sample(now);
+        assert_eq!(
+            m.id,
+            "test:model:tokentally/test-model:2026-11-29:1795939200500"
+        );
+        assert_eq!(m.kind, Kind::Test);
+        assert_eq!(
+            headline(&m),
+            "Test from tokentally: tokentally/test-model crossed 1T tokens in a day on \
+             2026-11-29 (a sample, not a real milestone)"
+        );
+        let later = Milestone::sample(now + chrono::Duration::milliseconds(1));
+        assert_ne!(later.id, m.id, "every test is news to a receiver");
     }
 
     #[test]

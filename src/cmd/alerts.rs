@@ -5,10 +5,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokentally_alerts::source::mirror_to_clickhouse;
-use tokentally_alerts::webhook::{Secret, verify};
+use tokentally_alerts::webhook::{Secret, Sender, verify};
 use tokentally_alerts::{
-    AlertMetrics, AlertState, Alerter, ClickHouseTotals, Format, Status, StoreTotals, TotalsSource,
-    WEBHOOK_SECRET_ENV, WebhookConfig,
+    AlertMetrics, AlertState, Alerter, ClickHouseTotals, Format, Milestone, Severity, Status,
+    StoreTotals, TotalsSource, WEBHOOK_SECRET_ENV, WebhookConfig, display_url,
 };
 use tokentally_common::secret::SecretSource;
 
@@ -38,6 +38,20 @@ pub enum AlertsCommand {
     /// Check a webhook signature: body on stdin, secret from
     /// TOKENTALLY_WEBHOOK_SECRET or --secret-file. Exit 0 when valid.
     Verify(VerifyArgs),
+    /// Send one sample milestone to a webhook and say how it went.
+    ///
+    /// The sample is plainly a test: type "test", model
+    /// tokentally/test-model, today's date, and an id
+    /// test:model:tokentally/test-model:DAY:UNIX_MS, new on every run. It
+    /// goes through the same code as `alerts run`: the endpoint's format,
+    /// the standard format's signature, and the same retries (network
+    /// errors, timeouts, 5xx, 408, 429, honouring Retry-After) until
+    /// --give-up-after. Nothing is recorded in the alerter's state.
+    ///
+    /// Prints one line: the HTTP status when delivered; else the cause,
+    /// and the exit status is non-zero. Keys come from files or the
+    /// environment as for `alerts run`, never from flags.
+    Test(TestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +117,41 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The endpoint to send the sample to.
+    #[arg(long, value_name = "URL")]
+    pub webhook: String,
+    /// Body and headers: standard (signed JSON), slack, discord or
+    /// pagerduty.
+    #[arg(
+        long,
+        alias = "webhook-format",
+        value_name = "FORMAT",
+        default_value = "standard"
+    )]
+    pub format: Format,
+    /// Standard format: file holding the whsec_ secret (else
+    /// TOKENTALLY_WEBHOOK_SECRET).
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// PagerDuty format: file holding the routing key (else
+    /// TOKENTALLY_PAGERDUTY_ROUTING_KEY).
+    #[arg(long, value_name = "PATH")]
+    pub routing_key_file: Option<PathBuf>,
+    /// PagerDuty format: critical, error, warning or info [default: info].
+    #[arg(long, value_name = "SEVERITY")]
+    pub severity: Option<Severity>,
+    /// Stop retrying after this long, e.g. 5s.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub give_up_after: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The `webhook-id` header.
     #[arg(long)]
@@ -123,6 +172,34 @@ pub async fn run(config: Config, args: AlertsArgs) -> anyhow::Result<()> {
         AlertsCommand::Run(a) => run_alerts(config, a).await,
         AlertsCommand::List(a) => list(a),
         AlertsCommand::Verify(a) => verify_cmd(a),
+        AlertsCommand::Test(a) => test_cmd(&config, a).await,
+    }
+}
+
+async fn test_cmd(config: &Config, args: TestArgs) -> anyhow::Result<()> {
+    let endpoint = WebhookConfig {
+        secret_file: args.secret_file,
+        routing_key_file: args.routing_key_file,
+        severity: args.severity,
+        ..WebhookConfig::new(&args.webhook).with_format(args.format)
+    }
+    .resolve()?;
+    let sample = Milestone::sample(chrono::Utc::now());
+    let sender = Sender::new(config.alerts.request_timeout);
+    let shown = display_url(&args.webhook);
+    let format = args.format;
+    match endpoint
+        .deliver_now(&sender, &sample, args.give_up_after)
+        .await
+    {
+        Ok(status) => {
+            println!(
+                "delivered: HTTP {status} from {shown} ({format} format, sample milestone {})",
+                sample.id
+            );
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("not delivered to {shown} ({format} format): {e}"),
     }
 }
 

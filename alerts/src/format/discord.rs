@@ -33,6 +33,7 @@ fn title(m: &Milestone) -> String {
         (Kind::First, _) => format!("First model to {threshold} tokens in a day"),
         (Kind::Record, "top_model") => "Highest daily total of any model".into(),
         (Kind::Record, _) => "Daily record".into(),
+        (Kind::Test, _) => "Test from tokentally".into(),
     }
 }
 
