@@ -13,19 +13,66 @@ use tokentally_alerts::webhook::{Secret, verify};
 /// The secret of the Standard Webhooks reference examples.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Header names (lowercase) and their values as sent, byte for byte.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// A header's value, if it was sent (and is UTF-8).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
 /// What the receiver saw.
 #[derive(Default)]
 pub struct Seen {
     pub requests: u32,
+    /// Requests whose Standard Webhooks signature does not verify (every
+    /// request of a format that does not sign).
     pub bad_signatures: u32,
-    /// Accepted (answered 200): `webhook-id` → bodies.
+    /// Accepted (answered 200): `webhook-id` (empty when none) → bodies.
     pub delivered: BTreeMap<String, Vec<Value>>,
+    /// Every request, answered or not, in order.
+    pub received: Vec<Received>,
+}
+
+/// How the receiver answers its `n`th request (from 1).
+enum Answer {
+    Status(u16),
+    /// 200 after 4 s, past a 2 s sender timeout: not taken as delivered.
+    Stall,
 }
 
 /// A webhook receiver on a free port; verifies every signature. With
 /// `flaky`, it answers 500 twice, then stalls past a 2 s sender timeout
 /// once, then 200.
 pub fn receiver(flaky: bool) -> (String, Arc<Mutex<Seen>>) {
+    serve(move |n| match n {
+        _ if !flaky => Answer::Status(200),
+        1 | 2 => Answer::Status(500),
+        3 => Answer::Stall,
+        _ => Answer::Status(200),
+    })
+}
+
+/// A receiver that answers every request with `status`.
+pub fn answering(status: u16) -> (String, Arc<Mutex<Seen>>) {
+    serve(move |_| Answer::Status(status))
+}
+
+fn serve(answer: impl Fn(u32) -> Answer + Send + 'static) -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -35,30 +82,38 @@ pub fn receiver(flaky: bool) -> (String, Arc<Mutex<Seen>>) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = BTreeMap::new();
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 && line.trim() != "" {
-                if let Some((k, v)) = line.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            let mut headers = Vec::new();
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0
+                && !line.trim_ascii().is_empty()
+            {
+                if let Some(colon) = line.iter().position(|b| *b == b':') {
+                    let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
+                    headers.push((name, line[colon + 1..].trim_ascii().to_vec()));
                 }
                 line.clear();
             }
-            let len: usize = headers
-                .get("content-length")
+            let received = Received {
+                body: Vec::new(),
+                headers,
+            };
+            let len: usize = received
+                .header("content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let mut body = vec![0; len];
             if reader.read_exact(&mut body).is_err() {
                 continue;
             }
-            let h = |k: &str| headers.get(k).cloned().unwrap_or_default();
+            let received = Received { body, ..received };
+            let h = |k: &str| received.header(k).unwrap_or_default().to_string();
             let now = chrono::Utc::now().timestamp();
             let valid = verify(
                 &secret,
                 &h("webhook-id"),
                 &h("webhook-timestamp"),
                 &h("webhook-signature"),
-                &body,
+                &received.body,
                 now,
             )
             .is_ok();
@@ -68,27 +123,26 @@ pub fn receiver(flaky: bool) -> (String, Arc<Mutex<Seen>>) {
                 if !valid {
                     s.bad_signatures += 1;
                 }
+                s.received.push(received.clone());
                 s.requests
             };
-            let status = match n {
-                _ if !flaky => "200 OK",
-                1 | 2 => "500 Internal Server Error",
-                3 => {
+            let status = match answer(n) {
+                Answer::Status(status) => status,
+                Answer::Stall => {
                     sleep(Duration::from_secs(4)); // past the 2s request timeout
-                    "200 OK"
+                    continue; // the sender gave up: dropped unanswered
                 }
-                _ => "200 OK",
             };
-            if status.starts_with("200") && (n != 3 || !flaky) {
+            if status == 200 {
                 let mut s = shared.lock().unwrap();
                 s.delivered
                     .entry(h("webhook-id"))
                     .or_default()
-                    .push(serde_json::from_slice(&body).unwrap());
+                    .push(received.json());
             }
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                "HTTP/1.1 {status} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             );
         }
     });
