@@ -15,7 +15,7 @@
 //!   4xx are final).
 //! - [`endpoint`]: one endpoint's configuration, its keys, and its URL as
 //!   shown ([`display_url`]).
-//! - [`format`]: the body and headers of each format (standard signed
+//! - [`format`](mod@format): the body and headers of each format (standard signed
 //!   JSON, Slack, Discord, PagerDuty), one file each.
 //! - [`webhook`]: Standard Webhooks ids, signing and verification, and one
 //!   HTTP attempt.

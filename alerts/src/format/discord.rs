@@ -1,6 +1,6 @@
 //! The Discord format: a webhook body with the sentence as `content` and
 //! one embed (`title`, `description`, `fields` of the milestone's
-//! [`details`](super::details), `timestamp`), within Discord's documented
+//! [`details`], `timestamp`), within Discord's documented
 //! limits, cut on character boundaries with `…`: content 2000 characters,
 //! title 256, description 4096, 25 fields of at most 256 (name) and 1024
 //! (value), 6000 for the whole embed. Discord rejects a body past any of

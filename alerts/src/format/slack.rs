@@ -1,7 +1,7 @@
 //! The Slack format: an incoming-webhook body,
 //! `{"text": sentence, "blocks": [section, context]}`. `text` is what
 //! notifications show; the section holds the same sentence, the context
-//! block the milestone's [`details`](super::details).
+//! block the milestone's [`details`].
 //!
 //! Slack reads these texts as mrkdwn, where `<...>` is a link or a mention
 //! (`<!channel>`) and `&` starts an entity, so `&`, `<` and `>` are written
