@@ -86,10 +86,14 @@ impl Alerter {
             .iter()
             .map(|w| w.resolve())
             .collect::<Result<Vec<_>, AlertError>>()?;
+        let sender = Sender::new(
+            config.request_timeout,
+            endpoints.iter().map(|e| &e.config.ca_file),
+        )?;
         let loaded = AlertState::load(dir)?;
         Ok(Alerter {
             dir: dir.to_path_buf(),
-            sender: Sender::new(config.request_timeout),
+            sender,
             fresh: loaded.is_none(),
             state: loaded.unwrap_or_default(),
             endpoints,
@@ -214,7 +218,10 @@ impl Alerter {
             let detected_ms = chrono::DateTime::parse_from_rfc3339(&recorded.milestone.detected_at)
                 .map(|t| t.timestamp_millis())
                 .unwrap_or(now);
-            let attempt = self.sender.send(&url, &message).await;
+            let attempt = self
+                .sender
+                .send(&url, endpoint.config.ca_file.as_deref(), &message)
+                .await;
             let since_detected =
                 Duration::from_millis(now.saturating_sub(detected_ms).max(0) as u64);
             let give_up = self.config.retry_policy().gives_up(since_detected);

@@ -43,6 +43,10 @@ pub struct WebhookConfig {
     /// Standard format: or a file holding them (first line).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for this `https://` receiver besides
+    /// the system's (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// PagerDuty format: a file holding the routing key (first line); else
     /// `TOKENTALLY_PAGERDUTY_ROUTING_KEY`.
     #[serde(default)]
@@ -111,6 +115,7 @@ impl WebhookConfig {
             format: Format::default(),
             secret_env: default_secret_env(),
             secret_file: None,
+            ca_file: None,
             routing_key_file: None,
             severity: None,
             types: Vec::new(),
@@ -258,7 +263,11 @@ impl Endpoint {
         let attempts = policy.run(
             |_| {
                 let message = self.message(m, chrono::Utc::now().timestamp());
-                async move { sender.send(&self.config.url, &message).await }
+                async move {
+                    sender
+                        .send(&self.config.url, self.config.ca_file.as_deref(), &message)
+                        .await
+                }
             },
             |e: &DeliveryError, attempt, wait| {
                 tracing::info!(endpoint = display_url(&self.config.url), error = %e, attempt, retry_in = ?wait, "delivery failed");

@@ -7,6 +7,8 @@
 //! part of a `whsec_` secret; several space-separated signatures while
 //! keys rotate).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -15,9 +17,12 @@ use bytes::Bytes;
 use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use tokentally_common::tls;
+
+use crate::AlertError;
 use sha2::{Digest, Sha256};
 use tokentally_common::retry::{Retryable, Verdict};
 
@@ -179,25 +184,36 @@ impl Retryable for DeliveryError {
     }
 }
 
-/// The client webhooks go out through: plain HTTP. Its connector is the
-/// one thing to change for HTTPS, so it is built here and nowhere else.
-fn http_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Sends webhook requests over HTTP.
+/// Idle pooled connections to receivers are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends webhook requests over HTTP or HTTPS. An `https://` receiver is
+/// verified against the system's roots (`SSL_CERT_FILE` honoured) plus its
+/// endpoint's `ca_file`, if any: one client per CA file.
 #[derive(Clone)]
 pub struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    clients: HashMap<Option<PathBuf>, HttpsClient>,
     timeout: Duration,
 }
 
 impl Sender {
-    pub fn new(timeout: Duration) -> Sender {
-        Sender {
-            client: http_client(),
-            timeout,
+    /// A sender for endpoints with these CA files (`None`: the system's
+    /// roots only, always included).
+    pub fn new<'a>(
+        timeout: Duration,
+        ca_files: impl IntoIterator<Item = &'a Option<PathBuf>>,
+    ) -> Result<Sender, AlertError> {
+        let mut clients = HashMap::new();
+        for ca in std::iter::once(&None).chain(ca_files) {
+            if !clients.contains_key(ca) {
+                let client = tls::http_client(ca.as_deref(), POOL_IDLE_TIMEOUT)
+                    .map_err(|e| AlertError::Endpoint(format!("webhook TLS settings: {e}")))?;
+                clients.insert(ca.clone(), client);
+            }
         }
+        Ok(Sender { clients, timeout })
     }
 
     /// One attempt to POST `message` to `url`; the HTTP status when it was
@@ -205,7 +221,16 @@ impl Sender {
     /// headers as Latin-1, so anything else would reach them garbled (and
     /// a signature over it would not verify); such a message is refused
     /// here rather than sent.
-    pub async fn send(&self, url: &str, message: &Message) -> Result<u16, DeliveryError> {
+    pub async fn send(
+        &self,
+        url: &str,
+        ca_file: Option<&Path>,
+        message: &Message,
+    ) -> Result<u16, DeliveryError> {
+        let client = self
+            .clients
+            .get(&ca_file.map(Path::to_path_buf))
+            .expect("a client for every endpoint's CA file");
         if let Some((name, _)) = message.headers.iter().find(|(_, v)| !v.is_ascii()) {
             return Err(DeliveryError::Invalid(format!(
                 "the {name} header is not ASCII"
@@ -223,8 +248,7 @@ impl Sender {
         let request = request
             .body(Full::new(Bytes::copy_from_slice(&message.body)))
             .map_err(|e| DeliveryError::Invalid(e.to_string()))?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
+        let response = match tokio::time::timeout(self.timeout, client.request(request)).await {
             Err(_) => {
                 return Err(DeliveryError::Retry {
                     error: format!("no answer within {:?}", self.timeout),
@@ -233,7 +257,7 @@ impl Sender {
             }
             Ok(Err(e)) => {
                 return Err(DeliveryError::Retry {
-                    error: causes(&e),
+                    error: tls::error_chain(&e),
                     after: None,
                 });
             }
@@ -261,17 +285,6 @@ impl Sender {
 /// An error and its sources, `: `-separated: the client's own text is
 /// only `client error (Connect)`, the cause (`Connection refused`) is in
 /// its sources. None of them holds the URL.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,8 +332,9 @@ mod tests {
             headers: vec![("webhook-id", "first:model:通义".into())],
         };
         // Port 9 (discard): refused before any connection is tried.
-        let sent = Sender::new(Duration::from_secs(1))
-            .send("http://127.0.0.1:9/hook", &message)
+        let sent = Sender::new(Duration::from_secs(1), [])
+            .unwrap()
+            .send("http://127.0.0.1:9/hook", None, &message)
             .await;
         assert_eq!(
             sent,

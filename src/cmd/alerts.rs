@@ -138,6 +138,10 @@ pub struct TestArgs {
     /// TOKENTALLY_PAGERDUTY_ROUTING_KEY).
     #[arg(long, value_name = "PATH")]
     pub routing_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for an https:// receiver besides the
+    /// system's.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// PagerDuty format: critical, error, warning or info [default: info].
     #[arg(long, value_name = "SEVERITY")]
     pub severity: Option<Severity>,
@@ -181,11 +185,12 @@ async fn test_cmd(config: &Config, args: TestArgs) -> anyhow::Result<()> {
         secret_file: args.secret_file,
         routing_key_file: args.routing_key_file,
         severity: args.severity,
+        ca_file: args.ca_file,
         ..WebhookConfig::new(&args.webhook).with_format(args.format)
     }
     .resolve()?;
     let sample = Milestone::sample(chrono::Utc::now());
-    let sender = Sender::new(config.alerts.request_timeout);
+    let sender = Sender::new(config.alerts.request_timeout, [&endpoint.config.ca_file])?;
     let shown = display_url(&args.webhook);
     let format = args.format;
     match endpoint

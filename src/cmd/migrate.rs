@@ -1,6 +1,6 @@
 use clap::{Args, ValueEnum};
 use tokentally_sink::clickhouse::schema::{MIGRATIONS, bootstrap};
-use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, fence, migrate};
+use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, cannot_reach, fence, migrate};
 
 use super::clickhouse_args::ClickHouseArgs;
 use tokentally::config::Config;
@@ -70,7 +70,7 @@ pub async fn run(mut config: Config, args: MigrateArgs) -> anyhow::Result<()> {
         ClickHouseError::Request { error, .. }
             if matches!(error, clickhouse::error::Error::Network(_)) =>
         {
-            anyhow::anyhow!("cannot reach ClickHouse at {}: {error}", ch.url)
+            anyhow::anyhow!(cannot_reach(&ch.url, &error))
         }
         other => other.into(),
     })?;

@@ -21,12 +21,19 @@ impl Gateway {
     /// `tokentally gateway --listen 127.0.0.1:0 ARGS`, once it listens (and
     /// serves metrics, when ARGS hold `--metrics-addr`).
     pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_with(args, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment (which may override its
+    /// `RUST_LOG=warn`).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let with_metrics = args.contains(&"--metrics-addr");
         let mut child = bin()
             .args(["gateway", "--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("TOKENTALLY_GATEWAY_TOKENS")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -37,7 +44,10 @@ impl Gateway {
         let log = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
+                let listening = line
+                    .strip_prefix("listening on http://")
+                    .or_else(|| line.strip_prefix("listening on https://"));
+                if let Some(addr) = listening {
                     let _ = tx.send((false, addr.to_owned()));
                 } else if let Some(addr) = line.strip_prefix("metrics on http://") {
                     let _ = tx.send((true, addr.trim_end_matches("/metrics").to_owned()));

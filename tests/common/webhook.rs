@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::Duration;
@@ -72,79 +73,120 @@ pub fn answering(status: u16) -> (String, Arc<Mutex<Seen>>) {
     serve(move |_| Answer::Status(status))
 }
 
+/// A receiver over HTTPS with this certificate and key (PEM), answering
+/// every request with 200.
+pub fn tls_receiver(cert: &Path, key: &Path) -> (String, Arc<Mutex<Seen>>) {
+    let config = tokentally_common::tls::server_config(cert, key).unwrap();
+    serve_on(move |_| Answer::Status(200), Some(config))
+}
+
 fn serve(answer: impl Fn(u32) -> Answer + Send + 'static) -> (String, Arc<Mutex<Seen>>) {
+    serve_on(answer, None)
+}
+
+fn serve_on(
+    answer: impl Fn(u32) -> Answer + Send + 'static,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Seen::default()));
     let shared = seen.clone();
     std::thread::spawn(move || {
         let secret = Secret::parse(SECRET).unwrap();
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = Vec::new();
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0
-                && !line.trim_ascii().is_empty()
-            {
-                if let Some(colon) = line.iter().position(|b| *b == b':') {
-                    let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
-                    headers.push((name, line[colon + 1..].trim_ascii().to_vec()));
+            let Ok(stream) = stream else { continue };
+            match &tls {
+                None => handle(stream, &secret, &shared, &answer),
+                Some(config) => {
+                    let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+                    // A client that refuses the certificate ends the
+                    // handshake: the first read fails and nothing is seen.
+                    handle(
+                        rustls::StreamOwned::new(connection, stream),
+                        &secret,
+                        &shared,
+                        &answer,
+                    )
                 }
-                line.clear();
             }
-            let received = Received {
-                body: Vec::new(),
-                headers,
-            };
-            let len: usize = received
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let received = Received { body, ..received };
-            let h = |k: &str| received.header(k).unwrap_or_default().to_string();
-            let now = chrono::Utc::now().timestamp();
-            let valid = verify(
-                &secret,
-                &h("webhook-id"),
-                &h("webhook-timestamp"),
-                &h("webhook-signature"),
-                &received.body,
-                now,
-            )
-            .is_ok();
-            let n = {
-                let mut s = shared.lock().unwrap();
-                s.requests += 1;
-                if !valid {
-                    s.bad_signatures += 1;
-                }
-                s.received.push(received.clone());
-                s.requests
-            };
-            let status = match answer(n) {
-                Answer::Status(status) => status,
-                Answer::Stall => {
-                    sleep(Duration::from_secs(4)); // past the 2s request timeout
-                    continue; // the sender gave up: dropped unanswered
-                }
-            };
-            if status == 200 {
-                let mut s = shared.lock().unwrap();
-                s.delivered
-                    .entry(h("webhook-id"))
-                    .or_default()
-                    .push(received.json());
-            }
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
         }
     });
     (url, seen)
+}
+
+/// Read one request from `stream`, record it, answer it.
+fn handle(
+    stream: impl Read + Write,
+    secret: &Secret,
+    shared: &Mutex<Seen>,
+    answer: &impl Fn(u32) -> Answer,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut headers = Vec::new();
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 && !line.trim_ascii().is_empty() {
+        if let Some(colon) = line.iter().position(|b| *b == b':') {
+            let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
+            headers.push((name, line[colon + 1..].trim_ascii().to_vec()));
+        }
+        line.clear();
+    }
+    if headers.is_empty() {
+        return;
+    }
+    let received = Received {
+        body: Vec::new(),
+        headers,
+    };
+    let len: usize = received
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let received = Received { body, ..received };
+    let h = |k: &str| received.header(k).unwrap_or_default().to_string();
+    let now = chrono::Utc::now().timestamp();
+    let valid = verify(
+        secret,
+        &h("webhook-id"),
+        &h("webhook-timestamp"),
+        &h("webhook-signature"),
+        &received.body,
+        now,
+    )
+    .is_ok();
+    let n = {
+        let mut s = shared.lock().unwrap();
+        s.requests += 1;
+        if !valid {
+            s.bad_signatures += 1;
+        }
+        s.received.push(received.clone());
+        s.requests
+    };
+    let status = match answer(n) {
+        Answer::Status(status) => status,
+        Answer::Stall => {
+            sleep(Duration::from_secs(4)); // past the 2s request timeout
+            return; // the sender gave up: dropped unanswered
+        }
+    };
+    if status == 200 {
+        let mut s = shared.lock().unwrap();
+        s.delivered
+            .entry(h("webhook-id"))
+            .or_default()
+            .push(received.json());
+    }
+    let stream = reader.get_mut();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    let _ = stream.flush();
 }

@@ -144,7 +144,10 @@ pub async fn create_topics(
             )
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // Bounded also when the brokers never answer (or refuse the credentials).
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&new, &opts)
         .await

@@ -50,6 +50,15 @@ pub enum ClickHouseError {
     GaveUp(Duration, Box<ClickHouseError>),
 }
 
+/// "cannot reach ClickHouse at URL: why", with every cause (a TLS
+/// failure is several levels below the client's "client error (Connect)").
+pub fn cannot_reach(url: &str, error: &clickhouse::error::Error) -> String {
+    format!(
+        "cannot reach ClickHouse at {url}: {}",
+        tls::error_chain(error)
+    )
+}
+
 impl ClickHouseError {
     /// Wrap a client error with the statement it came from.
     pub fn query(sql: &str) -> impl FnOnce(clickhouse::error::Error) -> ClickHouseError + '_ {

@@ -53,7 +53,7 @@ pub mod schema;
 mod sink;
 
 pub use self::config::ClickHouseConfig;
-pub use self::error::{ClickHouseError, with_retries};
+pub use self::error::{ClickHouseError, cannot_reach, with_retries};
 pub use self::metrics::SinkMetrics;
 pub use self::schema::{MigrationReport, ServerInfo, migrate};
 pub use self::sink::ClickHouseSink;

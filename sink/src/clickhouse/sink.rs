@@ -14,7 +14,7 @@ use tokentally_aggregate::sink::{Recovered, UsageSink};
 use tokentally_aggregate::source::BoxError;
 
 use super::database::{Database, quote};
-use super::error::{timed, with_retries};
+use super::error::{cannot_reach, timed, with_retries};
 use super::fence::{self, CLAIM, RELEASE, Writer, WriterRow};
 use super::ledger::Ledger;
 use super::rows::{self, DeltaRow, HeadRow, IdSetRow, RejectedRow};
@@ -60,10 +60,9 @@ impl ClickHouseSink {
         )
         .await
         .map_err(|e| match e {
-            ClickHouseError::Request { error, .. } => ClickHouseError::Config(format!(
-                "cannot reach ClickHouse at {}: {error}",
-                config.url
-            )),
+            ClickHouseError::Request { error, .. } => {
+                ClickHouseError::Config(cannot_reach(&config.url, &error))
+            }
             other => other,
         })?;
         let db = &config.database;
