@@ -43,6 +43,7 @@
 //! [`Emitter::check_topics`]: by the gateway at start and on `/readyz`,
 //! and by the aggregator at start.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -240,9 +241,10 @@ impl Emitter {
     /// records) and `headers` (name and value; `None` is a null value), in
     /// this order, and nothing else (not the emitter's source). For records
     /// that must reach the topic whatever they hold: lines replayed by
-    /// `produce`, refused records mirrored to the dead-letter topic. Fails
-    /// at once with [`EmitError::QueueFull`]; the returned future resolves
-    /// when the broker acknowledged the record.
+    /// `produce`, refused records mirrored to the dead-letter topic. Header
+    /// values go out as ASCII ([`ascii_header`]). Fails at once with
+    /// [`EmitError::QueueFull`]; the returned future resolves when the
+    /// broker acknowledged the record.
     pub fn enqueue_raw(
         &self,
         payload: &[u8],
@@ -254,9 +256,16 @@ impl Emitter {
             record = record.key(key);
         }
         if !headers.is_empty() {
-            let headers = headers.iter().fold(
+            let values: Vec<Option<Cow<'_, str>>> =
+                headers.iter().map(|(_, v)| v.map(ascii_header)).collect();
+            let headers = headers.iter().zip(&values).fold(
                 OwnedHeaders::new_with_capacity(headers.len()),
-                |h, &(key, value)| h.insert(Header { key, value }),
+                |h, (&(key, _), value)| {
+                    h.insert(Header {
+                        key,
+                        value: value.as_deref(),
+                    })
+                },
             );
             record = record.headers(headers);
         }
@@ -352,6 +361,25 @@ impl Emitter {
     }
 }
 
+/// A header value as ASCII: other characters (a model name quoted in a
+/// dead letter's detail) and control characters become `\u{…}` escapes.
+/// Consumers of headers, like HTTP receivers, often read them as Latin-1
+/// or expect text without line breaks.
+pub fn ascii_header(value: &str) -> Cow<'_, str> {
+    if value.bytes().all(|b| b.is_ascii() && !b.is_ascii_control()) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 16);
+    for c in value.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Why a topic cannot be produced to right now.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NotReady {
@@ -408,6 +436,15 @@ impl Future for PendingDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_go_out_as_ascii() {
+        assert!(matches!(ascii_header("invalid_ts"), Cow::Borrowed(_)));
+        let detail = "`model` \"通义 <b>\"\n";
+        let ascii = ascii_header(detail);
+        assert!(ascii.is_ascii() && !ascii.contains('\n'), "{ascii}");
+        assert_eq!(ascii, "`model` \"\\u{901a}\\u{4e49} <b>\"\\u{a}");
+    }
     use tokentally_schemas::RejectReason;
 
     fn unreachable() -> KafkaConfig {
