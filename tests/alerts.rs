@@ -19,7 +19,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::services::{migrated_database, produce, services, topic};
-use common::webhook::{Received, SECRET, Seen, answering, receiver};
+use common::webhook::{Received, SECRET, Seen, answering, receiver, store_alerter};
 use common::{bin, run_ok, wait_until};
 use serde_json::Value;
 use tokentally_alerts::display_url;
@@ -461,26 +461,7 @@ fn a_hostile_model_name_reaches_receivers_with_ascii_headers_and_valid_signature
     )
     .unwrap();
     let state = dir.path().join("state");
-    let mut alerter = bin()
-        .arg("--config")
-        .arg(&config)
-        .args(["alerts", "run", "--webhook", &standard, "--store"])
-        .arg(&store)
-        .arg("--state")
-        .arg(&state)
-        .env("TOKENTALLY_WEBHOOK_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Its first look (an empty store) precedes the events, or they count
-    // as history.
-    wait_until(
-        Duration::from_secs(30),
-        100,
-        || state.join("alerts.json").exists(),
-        || "the alerter did not start".into(),
-    );
+    let mut alerter = store_alerter(&config, &store, &state, &standard);
     let events = dir.path().join("events.ndjson");
     let lines: Vec<String> = (0..6)
         .map(|i| {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
 use common::services::{Topic, ch_totals, clickhouse_sql, services, services_up, unique};
-use common::webhook::{SECRET, Seen, tls_receiver};
+use common::webhook::{SECRET, Seen, store_alerter, tls_receiver};
 use common::{assert_same_totals, bin, manifest, run_ok, serial, totals, wait_until};
 use serde_json::Value;
 
@@ -566,24 +566,7 @@ fn bad_clickhouse_and_receiver_certificates_fail_naming_the_cause() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let mut alerter = bin()
-        .arg("--config")
-        .arg(&config)
-        .args(["alerts", "run", "--webhook", &url, "--store"])
-        .arg(&store)
-        .arg("--state")
-        .arg(&state)
-        .env("TOKENTALLY_WEBHOOK_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(
-        Duration::from_secs(30),
-        100,
-        || state.join("alerts.json").exists(),
-        || "the alerter did not start".into(),
-    );
+    let mut alerter = store_alerter(&config, &store, &state, &url);
     let events = dir.path().join("events.ndjson");
     std::fs::write(&events, common::event("over-the-threshold") + "\n").unwrap();
     run_ok(

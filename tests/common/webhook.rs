@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::Duration;
@@ -71,6 +72,33 @@ pub fn receiver(flaky: bool) -> (String, Arc<Mutex<Seen>>) {
 /// A receiver that answers every request with `status`.
 pub fn answering(status: u16) -> (String, Arc<Mutex<Seen>>) {
     serve(move |_| Answer::Status(status))
+}
+
+/// `tokentally --config CONFIG alerts run` over the embedded store
+/// `store`, also sending to `webhook` (standard format, signed with
+/// [`SECRET`]), its state in `state`; returned once its first look is
+/// recorded, so that events ingested after count as new (what it finds at
+/// its first look is history).
+pub fn store_alerter(config: &Path, store: &Path, state: &Path, webhook: &str) -> Child {
+    let alerter = super::bin()
+        .arg("--config")
+        .arg(config)
+        .args(["alerts", "run", "--webhook", webhook, "--store"])
+        .arg(store)
+        .arg("--state")
+        .arg(state)
+        .env("TOKENTALLY_WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    super::wait_until(
+        Duration::from_secs(30),
+        100,
+        || state.join("alerts.json").exists(),
+        || "the alerter did not start".into(),
+    );
+    alerter
 }
 
 /// A receiver over HTTPS with this certificate and key (PEM), answering
