@@ -19,7 +19,9 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::services::{migrated_database, produce, services, topic};
-use common::webhook::{Received, SECRET, Seen, answering, receiver, store_alerter};
+use common::webhook::{
+    Received, SECRET, Seen, answering, receiver, store_alerter, verify_with_reference_library,
+};
 use common::{bin, run_ok, wait_until};
 use serde_json::Value;
 use tokentally_alerts::display_url;
@@ -524,6 +526,8 @@ fn a_hostile_model_name_reaches_receivers_with_ascii_headers_and_valid_signature
     }
     let first = &s.delivered[&webhook_id("first:model:1000")][0];
     assert_eq!(first["model"], HOSTILE, "the body keeps the name as it is");
+    // And a receiver in Python, with the reference library, agrees.
+    verify_with_reference_library(&s.received);
 
     let slack = seen_by_slack.lock().unwrap();
     for r in &slack.received {

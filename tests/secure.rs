@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
 use common::services::{Topic, ch_totals, clickhouse_sql, services, services_up, unique};
-use common::webhook::{SECRET, Seen, store_alerter, tls_receiver};
+use common::webhook::{SECRET, Seen, store_alerter, tls_receiver, verify_with_reference_library};
 use common::{assert_same_totals, bin, manifest, run_ok, serial, totals, wait_until};
 use serde_json::Value;
 
@@ -381,6 +381,7 @@ fn gateway_https_to_sasl_ssl_to_clickhouse_https_to_https_receivers_is_exact_and
         }
         if *format == "standard" {
             assert_eq!(seen.bad_signatures, 0, "signatures that do not verify");
+            verify_with_reference_library(&seen.received);
         }
     }
 

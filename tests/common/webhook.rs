@@ -101,6 +101,41 @@ pub fn store_alerter(config: &Path, store: &Path, state: &Path, webhook: &str) -
     alerter
 }
 
+/// Check the signatures of `requests` (as they arrived, byte for byte)
+/// with the Standard Webhooks reference library, as a receiver written in
+/// Python would (`scripts/standardwebhooks/run`); panics with its report
+/// unless every one verifies.
+pub fn verify_with_reference_library(requests: &[Received]) {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let messages: Vec<Value> = requests
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), Value::String(hex(value))))
+                .collect();
+            serde_json::json!({"headers_hex": headers, "body_hex": hex(&r.body)})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, file) = (dir.path().join("secret"), dir.path().join("messages.json"));
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::write(&file, serde_json::to_vec(&messages).unwrap()).unwrap();
+    let out = std::process::Command::new(super::root().join("scripts/standardwebhooks/run"))
+        .arg(&secret)
+        .arg(&file)
+        .output()
+        .expect("run scripts/standardwebhooks/run");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the reference library refuses signatures:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report.matches("ok ").count(), requests.len(), "{report}");
+}
+
 /// A receiver over HTTPS with this certificate and key (PEM), answering
 /// every request with 200.
 pub fn tls_receiver(cert: &Path, key: &Path) -> (String, Arc<Mutex<Seen>>) {
