@@ -3,6 +3,7 @@
 //! batches gives the roll-up of their union, so late events simply add to
 //! the day (or minute) they belong to.
 
+use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -12,6 +13,75 @@ use datafusion::datasource::MemTable;
 use datafusion::error::Result;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tokentally_schemas::arrow::{EventBatch, NAME_COLUMNS, event_schema};
+
+/// A column of the roll-ups' rows. [`Column::name`] is the one place each
+/// name is spelled: the schema, the delta and merge SQL and the readers of
+/// delta batches all go through it, so they cannot disagree on a name.
+/// The key columns and the summed measures are named as in
+/// [`event_schema`], which the delta SQL reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Column {
+    Day,
+    Minute,
+    Model,
+    Provider,
+    App,
+    Requests,
+    PromptTokens,
+    CompletionTokens,
+    TotalTokens,
+    CachedTokens,
+    ErrorRequests,
+}
+
+impl Column {
+    /// The column's name, in record batches, SQL and stores alike.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Column::Day => "day",
+            Column::Minute => "minute",
+            Column::Model => "model",
+            Column::Provider => "provider",
+            Column::App => "app",
+            Column::Requests => "requests",
+            Column::PromptTokens => "prompt_tokens",
+            Column::CompletionTokens => "completion_tokens",
+            Column::TotalTokens => "total_tokens",
+            Column::CachedTokens => "cached_tokens",
+            Column::ErrorRequests => "error_requests",
+        }
+    }
+
+    /// The column's type in a roll-up's rows (names as strings, not ids).
+    fn data_type(self) -> DataType {
+        match self {
+            Column::Day => DataType::Date32,
+            Column::Minute => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            Column::Model | Column::Provider | Column::App => DataType::Utf8,
+            Column::Requests
+            | Column::PromptTokens
+            | Column::CompletionTokens
+            | Column::TotalTokens
+            | Column::CachedTokens
+            | Column::ErrorRequests => DataType::UInt64,
+        }
+    }
+}
+
+impl fmt::Display for Column {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `columns`' names, comma-separated, for SQL.
+fn list(columns: &[Column]) -> String {
+    columns
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// One of the roll-ups tokentally maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,66 +107,59 @@ impl Rollup {
     }
 
     /// The grouping columns, in order.
-    pub fn keys(self) -> &'static [&'static str] {
+    pub fn keys(self) -> &'static [Column] {
         match self {
-            Rollup::Daily => &["day", "model", "provider"],
-            Rollup::Minute => &["minute", "model"],
-            Rollup::AppDaily => &["day", "app", "model"],
+            Rollup::Daily => &[Column::Day, Column::Model, Column::Provider],
+            Rollup::Minute => &[Column::Minute, Column::Model],
+            Rollup::AppDaily => &[Column::Day, Column::App, Column::Model],
         }
     }
 
     /// The summed measures, in order.
-    pub fn measures(self) -> &'static [&'static str] {
+    pub fn measures(self) -> &'static [Column] {
         match self {
             Rollup::Daily | Rollup::Minute => &[
-                "requests",
-                "prompt_tokens",
-                "completion_tokens",
-                "total_tokens",
-                "cached_tokens",
-                "error_requests",
+                Column::Requests,
+                Column::PromptTokens,
+                Column::CompletionTokens,
+                Column::TotalTokens,
+                Column::CachedTokens,
+                Column::ErrorRequests,
             ],
             Rollup::AppDaily => &[
-                "requests",
-                "prompt_tokens",
-                "completion_tokens",
-                "total_tokens",
+                Column::Requests,
+                Column::PromptTokens,
+                Column::CompletionTokens,
+                Column::TotalTokens,
             ],
         }
     }
 
+    /// The keys, then the measures: the columns of this roll-up's rows,
+    /// in order.
+    pub fn columns(self) -> impl Iterator<Item = Column> {
+        self.keys().iter().chain(self.measures()).copied()
+    }
+
     /// The schema of this roll-up's rows (deltas and totals alike).
     pub fn schema(self) -> SchemaRef {
-        let mut fields: Vec<Field> = self
-            .keys()
-            .iter()
-            .map(|k| {
-                let ty = match *k {
-                    "day" => DataType::Date32,
-                    "minute" => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    _ => DataType::Utf8,
-                };
-                Field::new(*k, ty, false)
-            })
+        let fields: Vec<Field> = self
+            .columns()
+            .map(|c| Field::new(c.name(), c.data_type(), false))
             .collect();
-        fields.extend(
-            self.measures()
-                .iter()
-                .map(|m| Field::new(*m, DataType::UInt64, false)),
-        );
         Arc::new(Schema::new(fields))
     }
 
     /// The SQL that computes this roll-up's delta from table `events`
     /// (schema [`event_schema`]); name columns come out as ids.
     pub fn delta_sql(self) -> String {
-        let keys = self.keys().join(", ");
+        let keys = list(self.keys());
         let measures: Vec<String> = self
             .measures()
             .iter()
-            .map(|m| match *m {
-                "requests" => "CAST(COUNT(*) AS BIGINT UNSIGNED) AS requests".to_string(),
-                "error_requests" => "SUM(is_error) AS error_requests".to_string(),
+            .map(|m| match m {
+                Column::Requests => format!("CAST(COUNT(*) AS BIGINT UNSIGNED) AS {m}"),
+                Column::ErrorRequests => format!("SUM(is_error) AS {m}"),
                 m => format!("SUM({m}) AS {m}"),
             })
             .collect();
@@ -108,7 +171,7 @@ impl Rollup {
 
     /// The SQL that folds deltas in table `name` into totals.
     pub fn merge_sql(self, name: &str) -> String {
-        let keys = self.keys().join(", ");
+        let keys = list(self.keys());
         let sums: Vec<String> = self
             .measures()
             .iter()
@@ -230,8 +293,8 @@ mod tests {
         b.finish()
     }
 
-    fn col(b: &RecordBatch, name: &str) -> UInt64Array {
-        b.column_by_name(name)
+    fn col(b: &RecordBatch, column: Column) -> UInt64Array {
+        b.column_by_name(column.name())
             .unwrap()
             .as_primitive::<UInt64Type>()
             .clone()
@@ -250,12 +313,12 @@ mod tests {
         let daily = arrow::compute::concat_batches(&Rollup::Daily.schema(), &d.daily).unwrap();
         assert_eq!(daily.num_rows(), 3);
         let sorted =
-            arrow::compute::sort_to_indices(&col(&daily, "total_tokens"), None, None).unwrap();
+            arrow::compute::sort_to_indices(&col(&daily, Column::TotalTokens), None, None).unwrap();
         let daily = arrow::compute::take_record_batch(&daily, &sorted).unwrap();
-        assert_eq!(col(&daily, "total_tokens").values(), &[10, 33, 300]);
-        assert_eq!(col(&daily, "requests").values(), &[1, 2, 1]);
-        assert_eq!(col(&daily, "error_requests").values(), &[0, 1, 0]);
-        assert_eq!(col(&daily, "cached_tokens").values(), &[0, 1, 0]);
+        assert_eq!(col(&daily, Column::TotalTokens).values(), &[10, 33, 300]);
+        assert_eq!(col(&daily, Column::Requests).values(), &[1, 2, 1]);
+        assert_eq!(col(&daily, Column::ErrorRequests).values(), &[0, 1, 0]);
+        assert_eq!(col(&daily, Column::CachedTokens).values(), &[0, 1, 0]);
         let minutes: usize = d.minute.iter().map(|b| b.num_rows()).sum();
         assert_eq!(
             minutes, 3,
@@ -263,6 +326,33 @@ mod tests {
         );
         let apps: usize = d.app_daily.iter().map(|b| b.num_rows()).sum();
         assert_eq!(apps, 2, "app '' for model a on two days");
+    }
+
+    /// The SQL text, spelled out: a change to how columns are named or
+    /// listed shows here first.
+    #[test]
+    fn delta_and_merge_sql() {
+        assert_eq!(
+            Rollup::Daily.delta_sql(),
+            "SELECT day, model, provider, CAST(COUNT(*) AS BIGINT UNSIGNED) AS requests, \
+             SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, \
+             SUM(total_tokens) AS total_tokens, SUM(cached_tokens) AS cached_tokens, \
+             SUM(is_error) AS error_requests FROM events GROUP BY day, model, provider"
+        );
+        assert_eq!(
+            Rollup::AppDaily.merge_sql("d"),
+            "SELECT day, app, model, CAST(SUM(requests) AS BIGINT UNSIGNED) AS requests, \
+             CAST(SUM(prompt_tokens) AS BIGINT UNSIGNED) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS BIGINT UNSIGNED) AS completion_tokens, \
+             CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS total_tokens FROM d GROUP BY day, app, model"
+        );
+        let minute = Rollup::Minute.schema();
+        assert_eq!(
+            minute.field(0).data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        );
+        assert_eq!(minute.field(1).name(), "model");
+        assert_eq!(minute.field(1).data_type(), &DataType::Utf8);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Date32Type, TimestampMillisecondType, UInt64Type};
 use proptest::prelude::*;
-use tokentally_aggregate::rollup::Rollup;
+use tokentally_aggregate::rollup::{Column, Rollup};
 use tokentally_aggregate::sink::Recovered;
 use tokentally_aggregate::source::RawBatch;
 use tokentally_aggregate::{Aggregator, AggregatorConfig};
@@ -162,11 +162,14 @@ fn fold_daily(batches: &[RecordBatch], into: &mut BTreeMap<Key, Measures>) {
     }
 }
 
-fn sum_column(batches: &[RecordBatch], col: &str) -> u64 {
+fn sum_column(batches: &[RecordBatch], col: Column) -> u64 {
     batches
         .iter()
         .map(|b| {
-            let c = b.column_by_name(col).unwrap().as_primitive::<UInt64Type>();
+            let c = b
+                .column_by_name(col.name())
+                .unwrap()
+                .as_primitive::<UInt64Type>();
             c.values().iter().sum::<u64>()
         })
         .sum()
@@ -212,8 +215,8 @@ fn run(lines: &[Line], cuts: &[usize]) -> Run {
             fold_daily(&out.deltas.daily, &mut r.daily);
             r.rejected += out.stats.rejected_total();
             assert_eq!(out.dead_letters.len() as u64, out.stats.rejected_total());
-            r.minute_total += sum_column(&out.deltas.minute, "total_tokens");
-            r.app_total += sum_column(&out.deltas.app_daily, "total_tokens");
+            r.minute_total += sum_column(&out.deltas.minute, Column::TotalTokens);
+            r.app_total += sum_column(&out.deltas.app_daily, Column::TotalTokens);
             for b in &out.deltas.minute {
                 let m = b.column(0).as_primitive::<TimestampMillisecondType>();
                 assert_eq!(m.null_count(), 0);

@@ -16,7 +16,7 @@
 //! - `schema_migrations`: the migrations applied.
 
 use clickhouse::Client;
-use tokentally_aggregate::rollup::Rollup;
+use tokentally_aggregate::rollup::{Column, Rollup};
 
 use super::ClickHouseError;
 
@@ -176,7 +176,7 @@ pub fn bootstrap(db: &str) -> Vec<String> {
     ]
 }
 
-fn sums(measures: &[&str]) -> String {
+fn sums(measures: &[Column]) -> String {
     measures
         .iter()
         .map(|m| format!("sum({m}) AS {m}"))
