@@ -8,7 +8,7 @@ use arrow::array::{
 use arrow::datatypes::Schema;
 use serde::Serialize;
 use tokentally_aggregate::core::{BatchOutcome, DeadLetter};
-use tokentally_aggregate::rollup::Rollup;
+use tokentally_aggregate::rollup::{Column, Rollup};
 
 use super::ClickHouseError;
 use super::schema::Kind;
@@ -181,7 +181,7 @@ struct DeltaColumns<'b> {
 
 impl<'b> DeltaColumns<'b> {
     /// The columns of `batch`, a delta of `rollup`. An error if its schema
-    /// is not the roll-up's, or has a column `usage_deltas` lacks.
+    /// is not the roll-up's.
     fn of(rollup: Rollup, batch: &'b RecordBatch) -> Result<Self, ClickHouseError> {
         let schema = rollup.schema();
         if batch.schema_ref() != &schema {
@@ -192,27 +192,24 @@ impl<'b> DeltaColumns<'b> {
             )));
         }
         // The schema matches, so each column has its field's type. The
-        // roll-ups name their columns after those of `usage_deltas`.
+        // roll-ups name their columns after those of `usage_deltas`, and
+        // the match is exhaustive: a new roll-up column does not compile
+        // until it has a place here.
         let mut c = DeltaColumns::default();
-        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        for (name, column) in rollup.columns().zip(batch.columns()) {
             let column = column.as_ref();
-            match field.name().as_str() {
-                "day" => c.day = Some(column.as_primitive()),
-                "minute" => c.minute = Some(column.as_primitive()),
-                "model" => c.model = Some(column.as_string()),
-                "provider" => c.provider = Some(column.as_string()),
-                "app" => c.app = Some(column.as_string()),
-                "requests" => c.requests = Some(column.as_primitive()),
-                "prompt_tokens" => c.prompt_tokens = Some(column.as_primitive()),
-                "completion_tokens" => c.completion_tokens = Some(column.as_primitive()),
-                "total_tokens" => c.total_tokens = Some(column.as_primitive()),
-                "cached_tokens" => c.cached_tokens = Some(column.as_primitive()),
-                "error_requests" => c.error_requests = Some(column.as_primitive()),
-                other => {
-                    return Err(ClickHouseError::Config(format!(
-                        "the {rollup:?} roll-up has a column {other}, which usage_deltas lacks"
-                    )));
-                }
+            match name {
+                Column::Day => c.day = Some(column.as_primitive()),
+                Column::Minute => c.minute = Some(column.as_primitive()),
+                Column::Model => c.model = Some(column.as_string()),
+                Column::Provider => c.provider = Some(column.as_string()),
+                Column::App => c.app = Some(column.as_string()),
+                Column::Requests => c.requests = Some(column.as_primitive()),
+                Column::PromptTokens => c.prompt_tokens = Some(column.as_primitive()),
+                Column::CompletionTokens => c.completion_tokens = Some(column.as_primitive()),
+                Column::TotalTokens => c.total_tokens = Some(column.as_primitive()),
+                Column::CachedTokens => c.cached_tokens = Some(column.as_primitive()),
+                Column::ErrorRequests => c.error_requests = Some(column.as_primitive()),
             }
         }
         Ok(c)
