@@ -31,7 +31,7 @@ use rand::Rng;
 use super::database::{quote, quote_all};
 use super::error::has_code;
 use super::rows::DeltaRow;
-use super::schema::ServerInfo;
+use super::schema::{ServerInfo, enum8};
 
 /// This aggregator, as a writer of partitions.
 #[derive(Debug)]
@@ -42,17 +42,54 @@ pub struct Writer {
     seq: AtomicU64,
 }
 
-/// A claim or a release, as `writers` stores it.
-pub const CLAIM: i8 = 1;
-pub const RELEASE: i8 = 2;
+/// What a row of `writers` records: its `action` column, an `Enum8`.
+///
+/// The codes are stored: never renumber one. Migration 4 created the
+/// column from [`Action::column_type`]; another action needs a migration
+/// that modifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The writer took partitions over and may write them.
+    Claim = 1,
+    /// The writer gave partitions up, its batches of them committed.
+    Release = 2,
+}
+
+impl Action {
+    pub const ALL: [Action; 2] = [Action::Claim, Action::Release];
+
+    /// The name SQL sees.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Claim => "claim",
+            Action::Release => "release",
+        }
+    }
+
+    /// The stored code.
+    pub fn code(self) -> i8 {
+        self as i8
+    }
+
+    /// The column's type: `Enum8('claim' = 1, 'release' = 2)`.
+    pub fn column_type() -> String {
+        enum8(Action::ALL.map(|a| (a.name(), a.code())))
+    }
+}
+
+/// Written as its code (RowBinary `Enum8`).
+impl serde::Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i8(self.code())
+    }
+}
 
 /// One row of `writers`.
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct WriterRow<'a> {
     pub source: &'a str,
     pub writer: &'a str,
-    /// Enum8: 1 claim, 2 release.
-    pub action: i8,
+    pub action: Action,
     pub seq: u64,
 }
 
@@ -75,7 +112,7 @@ impl Writer {
     }
 
     /// Rows recording `action` on `keys` by this writer.
-    pub fn rows<'a>(&'a self, keys: &'a [String], action: i8) -> Vec<WriterRow<'a>> {
+    pub fn rows<'a>(&'a self, keys: &'a [String], action: Action) -> Vec<WriterRow<'a>> {
         keys.iter()
             .map(|k| WriterRow {
                 source: k,
@@ -145,7 +182,8 @@ pub fn holders_sql(db: &str, keys: &[String], me: &str) -> String {
     format!(
         "SELECT DISTINCT writer FROM (SELECT writer, argMax(action, seq) AS last \
          FROM {db}.writers WHERE source IN ({keys}) GROUP BY source, writer) \
-         WHERE last = 'claim' AND writer != {}",
+         WHERE last = '{}' AND writer != {}",
+        Action::Claim.name(),
         quote(me)
     )
 }
@@ -166,8 +204,12 @@ mod tests {
         let w = Writer::new();
         assert_eq!(w.id.len(), 16);
         let keys = vec!["kafka:t:0".to_string(), "kafka:t:1".to_string()];
-        let claims: Vec<u64> = w.rows(&keys, CLAIM).iter().map(|r| r.seq).collect();
-        let releases: Vec<u64> = w.rows(&keys, RELEASE).iter().map(|r| r.seq).collect();
+        let claims: Vec<u64> = w.rows(&keys, Action::Claim).iter().map(|r| r.seq).collect();
+        let releases: Vec<u64> = w
+            .rows(&keys, Action::Release)
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(claims, vec![1, 2]);
         assert_eq!(releases, vec![3, 4]);
         assert_ne!(Writer::new().id, w.id);

@@ -19,6 +19,7 @@ use clickhouse::Client;
 use tokentally_aggregate::rollup::{Column, Rollup};
 
 use super::ClickHouseError;
+use super::fence::Action;
 
 /// What the server supports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +114,19 @@ impl Kind {
 
     /// The column's type: `Enum8('daily' = 1, ...)`.
     pub fn column_type() -> String {
-        let values: Vec<String> = Kind::ALL
-            .iter()
-            .map(|k| format!("'{}' = {}", k.name(), k.code()))
-            .collect();
-        format!("Enum8({})", values.join(", "))
+        enum8(Kind::ALL.map(|k| (k.name(), k.code())))
     }
+}
+
+/// An `Enum8` column type of these names and codes, in order: the DDL of
+/// an enum column is built from the Rust enum whose codes are stored, so
+/// that the two cannot drift apart.
+pub(super) fn enum8(values: impl IntoIterator<Item = (&'static str, i8)>) -> String {
+    let values: Vec<String> = values
+        .into_iter()
+        .map(|(name, code)| format!("'{name}' = {code}"))
+        .collect();
+    format!("Enum8({})", values.join(", "))
 }
 
 /// Written as its code (RowBinary `Enum8`).
@@ -317,6 +325,7 @@ fn v3(db: &str, _: &ServerInfo) -> Vec<String> {
 /// and `migrate` takes "already exists" for done.
 fn v4(db: &str, server: &ServerInfo) -> Vec<String> {
     let if_absent = if server.modern { "IF NOT EXISTS " } else { "" };
+    let actions = Action::column_type();
     vec![
         format!(
             "ALTER TABLE {db}.usage_deltas ADD COLUMN {if_absent}start_offset Int64 DEFAULT -1 \
@@ -324,7 +333,7 @@ fn v4(db: &str, server: &ServerInfo) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.writers (\
-             source String, writer String, action Enum8('claim' = 1, 'release' = 2), \
+             source String, writer String, action {actions}, \
              seq UInt64, at DateTime('UTC') DEFAULT now()) \
              ENGINE = MergeTree ORDER BY (source, writer, seq)"
         ),
@@ -519,6 +528,19 @@ mod tests {
         assert!(v1("db", &ServerInfo::from_version("26.1"))[0].contains(
             "kind Enum8('daily' = 1, 'minute' = 2, 'app_daily' = 3, 'rejected' = 4, 'progress' = 5), "
         ));
+    }
+
+    #[test]
+    fn writer_actions_keep_their_stored_codes() {
+        let stored: Vec<(i8, &str)> = Action::ALL.iter().map(|a| (a.code(), a.name())).collect();
+        assert_eq!(stored, [(1, "claim"), (2, "release")]);
+        for server in ["18.16.1", "26.1"] {
+            assert!(
+                v4("db", &ServerInfo::from_version(server))[1]
+                    .contains("action Enum8('claim' = 1, 'release' = 2), "),
+                "{server}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokentally_aggregate::source::BoxError;
 
 use super::database::{Database, quote};
 use super::error::{cannot_reach, timed, with_retries};
-use super::fence::{self, CLAIM, RELEASE, Writer, WriterRow};
+use super::fence::{self, Action, Writer, WriterRow};
 use super::ledger::Ledger;
 use super::rows::{self, DeltaRow, HeadRow, IdSetRow, RejectedRow};
 use super::schema::{self, ServerInfo};
@@ -135,7 +135,7 @@ impl ClickHouseSink {
     }
 
     /// Record that this writer claims or releases `keys`.
-    async fn record(&self, keys: &[String], action: i8) -> Result<(), ClickHouseError> {
+    async fn record(&self, keys: &[String], action: Action) -> Result<(), ClickHouseError> {
         self.db
             .insert_side_rows::<WriterRow>("writers", &self.writer.rows(keys, action))
             .await
@@ -156,7 +156,7 @@ impl ClickHouseSink {
         if exists.first() != Some(&1) {
             return Err(ClickHouseError::FencedOut);
         }
-        self.record(keys, CLAIM).await?;
+        self.record(keys, Action::Claim).await?;
         let holders = self
             .db
             .fetch::<String>(fence::holders_sql(&db, keys, &self.writer.id))
@@ -176,7 +176,7 @@ impl ClickHouseSink {
                 .map(|k| WriterRow {
                     source: k,
                     writer: &holder,
-                    action: RELEASE,
+                    action: Action::Release,
                     seq: u64::MAX,
                 })
                 .collect();
@@ -409,7 +409,7 @@ impl UsageSink for ClickHouseSink {
 
     async fn release(&mut self, keys: &[String]) -> Result<(), BoxError> {
         self.ledger.write_heads(&self.db).await?;
-        self.record(keys, RELEASE).await?;
+        self.record(keys, Action::Release).await?;
         tracing::info!(partitions = ?keys, "released partitions");
         Ok(())
     }
