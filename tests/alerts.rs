@@ -24,8 +24,8 @@ use common::webhook::{
 };
 use common::{bin, run_ok, wait_until};
 use serde_json::Value;
-use tokentally_alerts::display_url;
 use tokentally_alerts::webhook::{Secret, webhook_id};
+use tokentally_alerts::{AlertState, Status, display_url};
 
 const DAY_MS: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
 const T1: u64 = 1_000_000_000_000;
@@ -70,6 +70,16 @@ fn wait_for(seen: &Mutex<Seen>, ids: &[&str], limit: Duration) {
         }
         sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether the alerter whose state is in `dir` has settled: no delivery
+/// pending, every milestone copied to ClickHouse.
+fn settled(dir: &Path) -> bool {
+    AlertState::load(dir).unwrap().is_some_and(|s| {
+        s.milestones
+            .values()
+            .all(|r| r.mirrored && r.deliveries.values().all(|d| d.status != Status::Pending))
+    })
 }
 
 #[test]
@@ -162,7 +172,21 @@ fn milestones_are_delivered_once_signed_through_failures_and_restarts() {
     let b_1t = format!("threshold:model:model-b:2026-11-27:{T1}");
     let record = "record:top_model:2026-11-27:model-b".to_string();
     wait_for(&seen, &[&b_1t, &record], Duration::from_secs(90));
-    sleep(Duration::from_secs(2)); // anything else in flight
+    // The rest of what the alerter recorded (A's lower thresholds among
+    // them) may still be on its way: wait until its state says every
+    // delivery is done and every milestone is in ClickHouse, so that what
+    // the receiver and the table hold below is final.
+    wait_until(
+        Duration::from_secs(60),
+        200,
+        || settled(&state),
+        || {
+            format!(
+                "the alerter did not settle within 60 s: {:#?}",
+                AlertState::load(&state)
+            )
+        },
+    );
     for child in [&mut procs.aggregator, &mut procs.alerter] {
         child.kill().unwrap();
         child.wait().unwrap();

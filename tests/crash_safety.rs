@@ -63,7 +63,10 @@ fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
         let mut child = ingest(&crashed).spawn().unwrap();
         // Each restart resumes where the last commit ended, so a kill lands
         // after 2-10% of a full run's time: mid-batch, mid-commit or
-        // mid-compaction, wherever that is.
+        // mid-compaction, wherever that is. A sleep on purpose, not a wait
+        // for an event: waiting for a commit (as `kill_after_commit` does)
+        // would only ever kill between commits, and the points in between
+        // are what this test is for.
         sleep(full_run.mul_f64(0.02 + 0.08 * frac));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
