@@ -474,6 +474,46 @@ fn bad_kafka_settings_fail_at_start_naming_the_cause() {
 }
 
 #[test]
+fn mutual_tls_presents_the_client_certificate() {
+    let _serial = serial();
+    let s = secure();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("mtls").replace('_', "-");
+    // The SSL listener requires a client certificate of the test CA.
+    let config = |with_certificate: bool| {
+        let path = dir.path().join(format!("mtls-{with_certificate}.toml"));
+        let mut text = format!(
+            "[kafka]\nsecurity_protocol = \"ssl\"\nssl_ca_location = {:?}\n",
+            s.ca()
+        );
+        if with_certificate {
+            text.push_str(&format!(
+                "ssl_certificate_location = {:?}\nssl_key_location = {:?}\n",
+                s.file("client.pem").display().to_string(),
+                s.file("client.key").display().to_string()
+            ));
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let create = |with_certificate: bool| {
+        let mut cmd = bin();
+        cmd.arg("--config")
+            .arg(config(with_certificate))
+            .args(["topics", "create", "--kafka", &s.ssl, "--topic", &name])
+            .args(["--dlq-topic", &format!("{name}-dlq")]);
+        cmd
+    };
+    let refused = fails_within(&mut create(false), Duration::from_secs(90));
+    assert!(cause(&refused).contains("creating topics"), "{refused}");
+    let out = run_ok(&mut create(true));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("created {name}")),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn bad_clickhouse_and_receiver_certificates_fail_naming_the_cause() {
     let _serial = serial();
     let s = secure();
