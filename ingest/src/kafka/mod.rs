@@ -1,5 +1,5 @@
 //! Kafka plumbing shared by every client: the connection (TLS, SASL,
-//! pass-through properties; [`connection`]), production producer
+//! pass-through properties: [`Connection`]), production producer
 //! settings, topic creation, and the message key.
 
 mod connection;
