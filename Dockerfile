@@ -4,15 +4,18 @@
 #   docker run --rm tokentally --help
 #
 # Stage 1 builds with the Rust toolchain (the bundled librdkafka is compiled
-# with cc/make, against the image's zlib and OpenSSL, libssl-dev and
-# pkg-config); stage 2 keeps only the binary, OpenSSL's library (Kafka's
-# TLS and SASL), CA certificates (the roots every TLS client trusts) and
+# with cc/make, against the system's zlib, OpenSSL and libzstd); stage 2
+# keeps only the binary, the OpenSSL and zstd libraries (Kafka's TLS, SASL
+# and zstd compression), CA certificates (the roots every TLS client trusts) and
 # curl (for health checks), and runs as a non-root user.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl-dev libzstd-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -22,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 libzstd1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/tokentally tokentally \
     && mkdir -p /var/lib/tokentally/alerts /etc/tokentally \
