@@ -74,14 +74,21 @@ impl Secure {
             .to_string()
     }
 
-    /// `cmd` as a SASL_SSL (SCRAM-SHA-512) client of the broker, through
-    /// the environment only; nothing else of the shell's Kafka settings.
+    /// The environment of a SASL_SSL (SCRAM-SHA-512) client of the broker.
+    fn kafka_env(&self) -> [(&'static str, String); 5] {
+        [
+            ("TOKENTALLY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl".into()),
+            ("TOKENTALLY_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+            ("TOKENTALLY_KAFKA_SASL_USERNAME", self.kafka_user.clone()),
+            ("TOKENTALLY_KAFKA_PASSWORD", self.kafka_password.clone()),
+            ("TOKENTALLY_KAFKA_SSL_CA_LOCATION", self.ca()),
+        ]
+    }
+
+    /// `cmd` as a SASL_SSL client of the broker, through the environment
+    /// only; nothing else of the shell's Kafka settings.
     fn kafka<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        cmd.env("TOKENTALLY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
-            .env("TOKENTALLY_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
-            .env("TOKENTALLY_KAFKA_SASL_USERNAME", &self.kafka_user)
-            .env("TOKENTALLY_KAFKA_PASSWORD", &self.kafka_password)
-            .env("TOKENTALLY_KAFKA_SSL_CA_LOCATION", self.ca())
+        cmd.envs(self.kafka_env())
     }
 
     /// `cmd` as a client of ClickHouse over HTTPS, as the password-protected
@@ -257,6 +264,7 @@ fn gateway_https_to_sasl_ssl_to_clickhouse_https_to_https_receivers_is_exact_and
     let token = format!("gw-{}", unique("token"));
     let tokens = d.join("tokens");
     std::fs::write(&tokens, format!("node-1:{token}\n")).unwrap();
+    let kafka_env = s.kafka_env();
     let gateway = Gateway::start_with(
         &[
             "--kafka",
@@ -270,14 +278,10 @@ fn gateway_https_to_sasl_ssl_to_clickhouse_https_to_https_receivers_is_exact_and
             "--tls-key",
             key.to_str().unwrap(),
         ],
-        &[
-            ("RUST_LOG", "debug"),
-            ("TOKENTALLY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
-            ("TOKENTALLY_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
-            ("TOKENTALLY_KAFKA_SASL_USERNAME", &s.kafka_user),
-            ("TOKENTALLY_KAFKA_PASSWORD", &s.kafka_password),
-            ("TOKENTALLY_KAFKA_SSL_CA_LOCATION", &s.ca()),
-        ],
+        &[("RUST_LOG", "debug")]
+            .into_iter()
+            .chain(kafka_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .collect::<Vec<_>>(),
     );
     let headers = d.join("headers");
     std::fs::write(

@@ -20,7 +20,7 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokentally_common::tls;
+use tokentally_common::{error, tls};
 
 use crate::AlertError;
 use sha2::{Digest, Sha256};
@@ -257,7 +257,7 @@ impl Sender {
             }
             Ok(Err(e)) => {
                 return Err(DeliveryError::Retry {
-                    error: tls::error_chain(&e),
+                    error: error::chain(&e),
                     after: None,
                 });
             }

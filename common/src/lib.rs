@@ -5,10 +5,12 @@
 //! - [`retry`]: one retry policy (what is retried, backoff with jitter,
 //!   `Retry-After`, the give-up budget) for the ClickHouse sink, webhook
 //!   delivery and the Kafka producers.
+//! - [`error`]: an error with its causes, on one line.
 //! - [`files`]: bounded reads and atomic replacement of local files.
 //! - [`tls`]: rustls settings for HTTPS clients (system roots plus an
 //!   optional CA file) and for the gateway's listener.
 
+pub mod error;
 pub mod files;
 pub mod retry;
 pub mod secret;

@@ -186,24 +186,6 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
     Ok(Arc::new(config))
 }
 
-/// An error and its causes on one line, `outer: inner: innermost`. HTTP
-/// clients wrap the reason a connection failed ("invalid peer
-/// certificate: UnknownIssuer") several levels down, and their own
-/// message ("client error (Connect)") names none of it.
-pub fn error_chain(error: &(dyn Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,28 +204,5 @@ mod tests {
         assert!(err.to_string().contains("missing.pem"), "{err}");
         let err = private_key(&empty).unwrap_err();
         assert!(matches!(err, TlsError::NoKey(_)), "{err}");
-    }
-
-    #[test]
-    fn the_chain_names_every_cause_once() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("client error (Connect)")
-            }
-        }
-        impl Error for Outer {
-            fn source(&self) -> Option<&(dyn Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::other(
-            "invalid peer certificate: UnknownIssuer",
-        ));
-        assert_eq!(
-            error_chain(&e),
-            "client error (Connect): invalid peer certificate: UnknownIssuer"
-        );
     }
 }

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::SinkMetrics;
 use tokentally_common::retry::{GaveUp, RetryPolicy, Retryable, Verdict};
-use tokentally_common::tls;
+use tokentally_common::{error, tls};
 
 /// Errors of the ClickHouse sink.
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
     // The client error is part of the message, not a `source`, so that
     // error chains do not print it twice.
-    #[error("ClickHouse: {context}: {}", tls::error_chain(.error))]
+    #[error("ClickHouse: {context}: {}", error::chain(.error))]
     Request {
         context: String,
         error: clickhouse::error::Error,
@@ -53,10 +53,7 @@ pub enum ClickHouseError {
 /// "cannot reach ClickHouse at URL: why", with every cause (a TLS
 /// failure is several levels below the client's "client error (Connect)").
 pub fn cannot_reach(url: &str, error: &clickhouse::error::Error) -> String {
-    format!(
-        "cannot reach ClickHouse at {url}: {}",
-        tls::error_chain(error)
-    )
+    format!("cannot reach ClickHouse at {url}: {}", error::chain(error))
 }
 
 impl ClickHouseError {
