@@ -5,19 +5,18 @@
 //! path, and the gateway answers the documented statuses — never 200 for an
 //! event Kafka did not acknowledge.
 //!
-//! Over 600 lines: the cases share the minimal HTTP/1.1 client and the
-//! topic read-back below, which serve no other test binary.
+//! Over 500 lines: the cases share the topic read-back below, which serves
+//! no other test binary.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::gateway::Gateway;
-use common::services::{Topic, brokers, corpus, reference, topic};
+use common::http::{Response, http};
+use common::services::{brokers, corpus, read_topic, reference, topic};
 use common::{bin, event, query, rejects, serial, summary, usage_totals};
 use tokentally_ingest::emitter::{EmitError, Emitter};
 use tokentally_ingest::kafka::KafkaConfig;
@@ -59,7 +58,7 @@ fn reason_of(line: &[u8]) -> Option<&'static str> {
 }
 
 // ---------------------------------------------------------------------------
-// A gateway process and a minimal HTTP/1.1 client.
+// A gateway process and requests to it.
 
 const TOKEN_A: &str = "tok-fleet-a-0123456789abcdef0123456789";
 const TOKEN_B: &str = "tok-fleet-b-fedcba9876543210fedcba9876";
@@ -92,95 +91,6 @@ impl Requests for Gateway {
 
     fn get(&self, path: &str) -> Response {
         http(&self.addr, "GET", path, &[], b"")
-    }
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "{e}: status {} body {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect to the gateway");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut data = request.into_bytes();
-    data.extend_from_slice(body);
-    // The server may answer (413, 401) before reading the whole body.
-    let _ = stream.write_all(&data);
-    let mut raw = Vec::new();
-    let read = stream.read_to_end(&mut raw);
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response ({read:?}): {raw:?}"));
-    let head = std::str::from_utf8(&raw[..head_end]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[head_end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Response {
-        status: status.parse().unwrap(),
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size_text = std::str::from_utf8(&data[..eol]).unwrap();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
-        data = &data[eol + 2 + size + 2..];
     }
 }
 
@@ -347,42 +257,6 @@ fn the_corpus_through_the_emitter_gives_the_totals_of_the_file_path() {
     assert_eq!(rejected_total(&store), 0);
 }
 
-/// Kafka messages of a topic: (key, `source` header, payload).
-fn read_topic(t: &Topic, expected: usize) -> Vec<(String, Option<String>, String)> {
-    use rdkafka::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &t.brokers)
-        .set("group.id", format!("{}-reader", t.name))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&t.name]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while out.len() < expected && Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        let source = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == "source")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        out.push((
-            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            source,
-            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-        ));
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn the_gateway_answers_the_documented_statuses() {
     let _serial = serial();
@@ -515,10 +389,16 @@ fn the_gateway_answers_the_documented_statuses() {
 
     // What reached Kafka: exactly the accepted events, keyed by event_id,
     // with the token's name (or the emitter's source) as `source`.
-    let messages = read_topic(&t, 4);
+    let messages = read_topic(&t.brokers, &t.name, 4);
     let summary: Vec<(&str, Option<&str>)> = messages
         .iter()
-        .map(|(k, s, _)| (k.as_str(), s.as_deref()))
+        .map(|(k, headers, _)| {
+            let source = headers.iter().find(|(h, _)| h == "source");
+            (
+                k.as_deref().unwrap(),
+                source.and_then(|(_, v)| v.as_deref()),
+            )
+        })
         .collect();
     assert_eq!(
         summary,

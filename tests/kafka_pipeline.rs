@@ -8,9 +8,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::services::{Topic, corpus, produce, reference, topic};
+use common::services::{Topic, corpus, produce, read_topic, reference, topic};
 use common::{bin, manifest, run_ok, serial, summary, totals, usage_totals, wait_until};
 
 /// A fresh topic holding a simulated corpus, and the same corpus ingested
@@ -118,45 +118,6 @@ fn simulate_to_kafka_matches_the_same_traffic_from_a_file() {
     let s = summary(&mut t.aggregate_into(&store, "sim", "3"));
     assert_eq!(s["records"], 20_000);
     assert_eq!(totals(&store), totals(&reference));
-}
-
-/// Every message of `topic`, sorted: (key, headers in order, payload).
-#[allow(clippy::type_complexity)]
-fn read_topic(
-    brokers: &str,
-    topic: &str,
-    expected: usize,
-) -> Vec<(Option<String>, Vec<(String, Option<String>)>, String)> {
-    use rdkafka::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while out.len() < expected && Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        let headers = m.headers().map_or_else(Vec::new, |h| {
-            h.iter()
-                .map(|h| (h.key.to_owned(), h.value.map(text)))
-                .collect()
-        });
-        out.push((m.key().map(text), headers, text(m.payload().unwrap())));
-    }
-    // Nothing more than expected.
-    assert!(consumer.poll(Duration::from_secs(2)).is_none());
-    out.sort();
-    out
 }
 
 #[test]

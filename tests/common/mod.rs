@@ -6,6 +6,7 @@ pub mod compose;
 pub mod dashboards;
 pub mod gateway;
 pub mod history;
+pub mod http;
 pub mod proxy;
 pub mod services;
 pub mod webhook;

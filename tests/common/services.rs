@@ -376,3 +376,41 @@ pub fn ch_totals(url: &str, db: &str) -> Vec<serde_json::Map<String, serde_json:
     ));
     rows
 }
+
+/// A Kafka message as tests compare it: key, headers in order, payload.
+pub type Message = (Option<String>, Vec<(String, Option<String>)>, String);
+
+/// The `expected` messages of `topic` (waiting up to 60 s for them, and
+/// asserting that no more follow), sorted.
+pub fn read_topic(brokers: &str, topic: &str, expected: usize) -> Vec<Message> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(std::time::Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let headers = m.headers().map_or_else(Vec::new, |h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(text)))
+                .collect()
+        });
+        out.push((m.key().map(text), headers, text(m.payload().unwrap())));
+    }
+    // Nothing more than expected.
+    assert!(consumer.poll(std::time::Duration::from_secs(2)).is_none());
+    out.sort();
+    out
+}
