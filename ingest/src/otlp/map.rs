@@ -1,0 +1,728 @@
+//! Spans to events: the mapping of `docs/EVENTS.md` ("OpenTelemetry
+//! spans"), one pass over each span's attributes.
+
+use std::borrow::Cow;
+
+use data_encoding::HEXLOWER;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use tokentally_schemas::body::MAX_RECORDS;
+use tokentally_schemas::{Limits, RejectReason, Rejection, Status, TokenEvent, decode};
+
+/// A span's event: its contract JSON (validated) and its `event_id`, the
+/// record's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedEvent {
+    /// The span's position in the request, counting every span of every
+    /// resource and scope in order.
+    pub index: usize,
+    pub json: Vec<u8>,
+    pub event_id: String,
+}
+
+/// A span with GenAI usage that is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanRejection {
+    pub index: usize,
+    pub rejection: Rejection,
+}
+
+/// What a request's spans became.
+#[derive(Debug, Default)]
+pub struct Mapped {
+    pub events: Vec<MappedEvent>,
+    /// The first [`Mapped::LISTED`] rejected spans, in request order.
+    pub rejected: Vec<SpanRejection>,
+    /// Every rejected span, listed or not.
+    pub rejected_count: usize,
+    /// Spans without GenAI usage (HTTP, database, … spans, and model
+    /// spans without a token count).
+    pub skipped: usize,
+}
+
+impl Mapped {
+    /// Rejected spans kept with their reasons; the rest are only counted.
+    pub const LISTED: usize = 100;
+}
+
+/// The events of `request`'s spans, validated under `limits`. An error
+/// (for a 400) when the request holds more than [`MAX_RECORDS`] spans.
+pub fn events(request: &ExportTraceServiceRequest, limits: &Limits) -> Result<Mapped, String> {
+    let spans: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    if spans > MAX_RECORDS {
+        return Err(format!(
+            "the request holds {spans} spans, more than {MAX_RECORDS}; export smaller batches"
+        ));
+    }
+    let mut mapped = Mapped::default();
+    let mut index = 0;
+    for resource_spans in &request.resource_spans {
+        let resource = ResourceAttrs::of(
+            resource_spans
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| r.attributes.as_slice()),
+        );
+        for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
+            match event(span, &resource, limits) {
+                Ok(Some((json, event_id))) => mapped.events.push(MappedEvent {
+                    index,
+                    json,
+                    event_id,
+                }),
+                Ok(None) => mapped.skipped += 1,
+                Err(rejection) => {
+                    mapped.rejected_count += 1;
+                    if mapped.rejected.len() < Mapped::LISTED {
+                        mapped.rejected.push(SpanRejection { index, rejection });
+                    }
+                }
+            }
+            index += 1;
+        }
+    }
+    Ok(mapped)
+}
+
+/// The value of an attribute, if it has one.
+fn value(kv: &KeyValue) -> Option<&Value> {
+    kv.value.as_ref()?.value.as_ref()
+}
+
+/// The resource attributes the mapping reads: strings only (others are
+/// ignored, as absent).
+#[derive(Default)]
+struct ResourceAttrs<'a> {
+    service_name: Option<&'a str>,
+    app: Option<&'a str>,
+    host_name: Option<&'a str>,
+    instance_id: Option<&'a str>,
+    region: Option<&'a str>,
+}
+
+impl<'a> ResourceAttrs<'a> {
+    fn of(attributes: &'a [KeyValue]) -> Self {
+        let mut r = ResourceAttrs::default();
+        for kv in attributes {
+            let slot = match kv.key.as_str() {
+                "service.name" => &mut r.service_name,
+                "tokentally.app" => &mut r.app,
+                "host.name" => &mut r.host_name,
+                "service.instance.id" => &mut r.instance_id,
+                "cloud.region" => &mut r.region,
+                _ => continue,
+            };
+            if let (None, Some(Value::StringValue(s))) = (&slot, value(kv)) {
+                *slot = Some(s.as_str());
+            }
+        }
+        r
+    }
+}
+
+/// The span attributes the mapping reads: the first occurrence of each,
+/// with its name (for the details of rejections).
+#[derive(Default)]
+struct SpanAttrs<'a> {
+    response_model: Option<Attr<'a>>,
+    request_model: Option<Attr<'a>>,
+    provider_name: Option<Attr<'a>>,
+    system: Option<Attr<'a>>,
+    input_tokens: Option<Attr<'a>>,
+    prompt_tokens: Option<Attr<'a>>,
+    output_tokens: Option<Attr<'a>>,
+    completion_tokens: Option<Attr<'a>>,
+    cache_read: Option<Attr<'a>>,
+    cache_read_legacy: Option<Attr<'a>>,
+    reasoning: Option<Attr<'a>>,
+    app: Option<Attr<'a>>,
+}
+
+type Attr<'a> = (&'static str, &'a Value);
+
+impl<'a> SpanAttrs<'a> {
+    fn of(attributes: &'a [KeyValue]) -> Self {
+        let mut a = SpanAttrs::default();
+        for kv in attributes {
+            let (name, slot) = match kv.key.as_str() {
+                "gen_ai.response.model" => ("gen_ai.response.model", &mut a.response_model),
+                "gen_ai.request.model" => ("gen_ai.request.model", &mut a.request_model),
+                "gen_ai.provider.name" => ("gen_ai.provider.name", &mut a.provider_name),
+                "gen_ai.system" => ("gen_ai.system", &mut a.system),
+                "gen_ai.usage.input_tokens" => ("gen_ai.usage.input_tokens", &mut a.input_tokens),
+                "gen_ai.usage.prompt_tokens" => {
+                    ("gen_ai.usage.prompt_tokens", &mut a.prompt_tokens)
+                }
+                "gen_ai.usage.output_tokens" => {
+                    ("gen_ai.usage.output_tokens", &mut a.output_tokens)
+                }
+                "gen_ai.usage.completion_tokens" => {
+                    ("gen_ai.usage.completion_tokens", &mut a.completion_tokens)
+                }
+                "gen_ai.usage.cache_read.input_tokens" => {
+                    ("gen_ai.usage.cache_read.input_tokens", &mut a.cache_read)
+                }
+                "gen_ai.usage.cache_read_input_tokens" => (
+                    "gen_ai.usage.cache_read_input_tokens",
+                    &mut a.cache_read_legacy,
+                ),
+                "gen_ai.usage.reasoning.output_tokens" => {
+                    ("gen_ai.usage.reasoning.output_tokens", &mut a.reasoning)
+                }
+                "tokentally.app" => ("tokentally.app", &mut a.app),
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = value(kv).map(|v| (name, v));
+            }
+        }
+        a
+    }
+
+    fn has_usage(&self) -> bool {
+        [
+            &self.input_tokens,
+            &self.prompt_tokens,
+            &self.output_tokens,
+            &self.completion_tokens,
+            &self.cache_read,
+            &self.cache_read_legacy,
+            &self.reasoning,
+        ]
+        .iter()
+        .any(|a| a.is_some())
+    }
+}
+
+/// `span` as an event's JSON and `event_id`; `None` when it carries no
+/// GenAI usage (no token count).
+fn event(
+    span: &Span,
+    resource: &ResourceAttrs<'_>,
+    limits: &Limits,
+) -> Result<Option<(Vec<u8>, String)>, Rejection> {
+    let attrs = SpanAttrs::of(&span.attributes);
+    if !attrs.has_usage() {
+        return Ok(None);
+    }
+    let model = match first_text(&[attrs.response_model, attrs.request_model], "model")? {
+        Some(model) => model,
+        None => {
+            return Err(Rejection::new(
+                RejectReason::MissingField,
+                Some("model"),
+                "the span has token counts but neither gen_ai.response.model nor \
+                 gen_ai.request.model"
+                    .into(),
+            ));
+        }
+    };
+    let provider = match first_text(&[attrs.provider_name, attrs.system], "provider")? {
+        Some(provider) => provider,
+        None => {
+            return Err(Rejection::new(
+                RejectReason::MissingField,
+                Some("provider"),
+                "the span has neither gen_ai.provider.name nor gen_ai.system".into(),
+            ));
+        }
+    };
+    let app = match attrs.app {
+        Some(attr) => text(attr, "app")?,
+        None => resource.app.or(resource.service_name).unwrap_or(""),
+    };
+    let event_id = event_id(span)?;
+    if span.end_time_unix_nano == 0 {
+        return Err(Rejection::new(
+            RejectReason::MissingField,
+            Some("ts"),
+            "the span has no end time (endTimeUnixNano)".into(),
+        ));
+    }
+    let count = |attrs: [Option<Attr<'_>>; 2], field| -> Result<u64, Rejection> {
+        attrs
+            .into_iter()
+            .flatten()
+            .next()
+            .map_or(Ok(0), |attr| tokens(attr, field, limits.max_tokens))
+    };
+    let event = TokenEvent {
+        event_id: Cow::Borrowed(&event_id),
+        ts: (span.end_time_unix_nano / 1_000_000) as i64,
+        model: Cow::Borrowed(model),
+        provider: Cow::Borrowed(provider),
+        app: Cow::Borrowed(app),
+        node: resource
+            .host_name
+            .or(resource.instance_id)
+            .map(Cow::Borrowed),
+        region: resource.region.map(Cow::Borrowed),
+        prompt_tokens: count([attrs.input_tokens, attrs.prompt_tokens], "prompt_tokens")?,
+        completion_tokens: count(
+            [attrs.output_tokens, attrs.completion_tokens],
+            "completion_tokens",
+        )?,
+        cached_tokens: count([attrs.cache_read, attrs.cache_read_legacy], "cached_tokens")?,
+        reasoning_tokens: count([attrs.reasoning, None], "reasoning_tokens")?,
+        latency_ms: (span.start_time_unix_nano > 0
+            && span.end_time_unix_nano >= span.start_time_unix_nano)
+            .then(|| (span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000),
+        status: match span.status.as_ref().map(|s| s.code) {
+            Some(code) if code == StatusCode::Error as i32 => Status::Error,
+            _ => Status::Ok,
+        },
+    };
+    let json = serde_json::to_vec(&event).expect("a TokenEvent always serializes");
+    // The contract's own checks (lengths, the time's range, the bounds).
+    decode(&json, limits)?;
+    Ok(Some((json, event_id)))
+}
+
+/// `trace id-span id` in lowercase hex.
+fn event_id(span: &Span) -> Result<String, Rejection> {
+    let invalid =
+        |detail: String| Rejection::new(RejectReason::InvalidValue, Some("event_id"), detail);
+    if span.trace_id.is_empty() || span.span_id.is_empty() {
+        return Err(Rejection::new(
+            RejectReason::MissingField,
+            Some("event_id"),
+            "the span has no traceId or no spanId".into(),
+        ));
+    }
+    if span.trace_id.len() != 16 || span.span_id.len() != 8 {
+        return Err(invalid(format!(
+            "a traceId has 16 bytes and a spanId 8; this span's have {} and {}",
+            span.trace_id.len(),
+            span.span_id.len()
+        )));
+    }
+    if span.trace_id.iter().all(|b| *b == 0) || span.span_id.iter().all(|b| *b == 0) {
+        return Err(invalid("an all-zero traceId or spanId is invalid".into()));
+    }
+    let mut id = HEXLOWER.encode(&span.trace_id);
+    id.push('-');
+    id.push_str(&HEXLOWER.encode(&span.span_id));
+    Ok(id)
+}
+
+/// The first of `attrs` that is a non-empty string; an attribute of
+/// another type is `wrong_type`. `Some("")` when all present are empty
+/// (the contract then says `empty_value`).
+fn first_text<'a>(
+    attrs: &[Option<Attr<'a>>],
+    field: &'static str,
+) -> Result<Option<&'a str>, Rejection> {
+    let mut found = None;
+    for attr in attrs.iter().flatten() {
+        let s = text(*attr, field)?;
+        if !s.is_empty() {
+            return Ok(Some(s));
+        }
+        found = Some(s);
+    }
+    Ok(found)
+}
+
+fn text<'a>((name, value): Attr<'a>, field: &'static str) -> Result<&'a str, Rejection> {
+    match value {
+        Value::StringValue(s) => Ok(s),
+        other => Err(Rejection::new(
+            RejectReason::WrongType,
+            Some(field),
+            format!("{name} is {}, not a string", kind(other)),
+        )),
+    }
+}
+
+/// A token count: an integer, or a double holding a whole number, in
+/// `0..=max`.
+fn tokens((name, value): Attr<'_>, field: &'static str, max: u64) -> Result<u64, Rejection> {
+    let out_of_range = |shown: String| {
+        Rejection::new(
+            RejectReason::OutOfRange,
+            Some(field),
+            format!("{name} is {shown}, outside 0..={max}"),
+        )
+    };
+    let n = match value {
+        Value::IntValue(n) => u64::try_from(*n).map_err(|_| out_of_range(n.to_string()))?,
+        Value::DoubleValue(d) if d.is_finite() && d.fract() != 0.0 => {
+            return Err(Rejection::new(
+                RejectReason::NotAnInteger,
+                Some(field),
+                format!("{name} is {d}, not a whole number"),
+            ));
+        }
+        Value::DoubleValue(d) if d.is_finite() => {
+            if *d < 0.0 || *d > max as f64 {
+                return Err(out_of_range(d.to_string()));
+            }
+            *d as u64
+        }
+        other => {
+            return Err(Rejection::new(
+                RejectReason::WrongType,
+                Some(field),
+                format!("{name} is {}, not an integer", kind(other)),
+            ));
+        }
+    };
+    if n > max {
+        return Err(out_of_range(n.to_string()));
+    }
+    Ok(n)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::StringValue(_) => "a string",
+        Value::StringValueStrindex(_) => "a string-table reference",
+        Value::BoolValue(_) => "a boolean",
+        Value::IntValue(_) => "an integer",
+        Value::DoubleValue(d) if d.is_nan() => "NaN",
+        Value::DoubleValue(_) => "an infinite double",
+        Value::ArrayValue(_) => "an array",
+        Value::KvlistValue(_) => "a key-value list",
+        Value::BytesValue(_) => "bytes",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as SpanStatus};
+
+    pub(crate) fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::StringValue(v.into())
+    }
+
+    fn span(n: u8, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![0xab; 16],
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, n],
+            start_time_unix_nano: 1_795_737_600_000_000_000,
+            end_time_unix_nano: 1_795_737_601_250_999_999,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn json(m: &MappedEvent) -> serde_json::Value {
+        serde_json::from_slice(&m.json).unwrap()
+    }
+
+    #[test]
+    fn current_and_legacy_names_map_to_the_same_event() {
+        let resource = vec![
+            kv("service.name", s("chat-ui")),
+            kv("host.name", s("node-7")),
+            kv("cloud.region", s("eu-central")),
+        ];
+        let current = span(
+            1,
+            vec![
+                kv("gen_ai.request.model", s("qwen-plus")),
+                kv("gen_ai.response.model", s("通义/qwen-max-中文")),
+                kv("gen_ai.provider.name", s("alibaba")),
+                kv("gen_ai.usage.input_tokens", Value::IntValue(5210)),
+                kv("gen_ai.usage.output_tokens", Value::DoubleValue(830.0)),
+                kv(
+                    "gen_ai.usage.cache_read.input_tokens",
+                    Value::IntValue(4096),
+                ),
+                kv("gen_ai.usage.reasoning.output_tokens", Value::IntValue(300)),
+                kv("http.method", s("POST")),
+            ],
+        );
+        let mut legacy = span(
+            2,
+            vec![
+                kv("gen_ai.request.model", s("通义/qwen-max-中文")),
+                kv("gen_ai.system", s("alibaba")),
+                kv("gen_ai.usage.prompt_tokens", Value::IntValue(5210)),
+                kv("gen_ai.usage.completion_tokens", Value::IntValue(830)),
+                kv(
+                    "gen_ai.usage.cache_read_input_tokens",
+                    Value::IntValue(4096),
+                ),
+                kv("gen_ai.usage.reasoning.output_tokens", Value::IntValue(300)),
+            ],
+        );
+        legacy.status = Some(SpanStatus {
+            code: StatusCode::Error as i32,
+            ..Default::default()
+        });
+        let m = events(
+            &request(resource, vec![current, legacy]),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!((m.rejected_count, m.skipped), (0, 0));
+        let [a, b] = [json(&m.events[0]), json(&m.events[1])];
+        assert_eq!(
+            m.events[0].event_id,
+            format!("{}-0000000000000001", "ab".repeat(16))
+        );
+        assert_eq!(a["event_id"], m.events[0].event_id.as_str());
+        assert_eq!(a["ts"], 1_795_737_601_250i64);
+        assert_eq!(a["latency_ms"], 1250);
+        for (k, v) in [
+            ("model", "通义/qwen-max-中文"),
+            ("provider", "alibaba"),
+            ("app", "chat-ui"),
+            ("node", "node-7"),
+            ("region", "eu-central"),
+        ] {
+            assert_eq!((a[k].as_str(), b[k].as_str()), (Some(v), Some(v)), "{k}");
+        }
+        for (k, v) in [
+            ("prompt_tokens", 5210),
+            ("completion_tokens", 830),
+            ("cached_tokens", 4096),
+            ("reasoning_tokens", 300),
+        ] {
+            assert_eq!((a[k].as_u64(), b[k].as_u64()), (Some(v), Some(v)), "{k}");
+        }
+        assert_eq!(
+            (a["status"].as_str(), b["status"].as_str()),
+            (Some("ok"), Some("error"))
+        );
+    }
+
+    #[test]
+    fn spans_without_usage_are_skipped_and_the_app_can_be_overridden() {
+        let spans = vec![
+            span(
+                1,
+                vec![kv("http.method", s("GET")), kv("gen_ai.system", s("x"))],
+            ),
+            span(2, vec![kv("gen_ai.request.model", s("m"))]),
+            span(
+                3,
+                vec![
+                    kv("gen_ai.request.model", s("m")),
+                    kv("gen_ai.system", s("p")),
+                    kv("gen_ai.usage.output_tokens", Value::IntValue(7)),
+                    kv("tokentally.app", s("billing <b>\"x\"</b>")),
+                ],
+            ),
+        ];
+        let resource = vec![
+            kv("service.name", s("svc")),
+            kv("tokentally.app", s("from-resource")),
+            kv("service.instance.id", s("i-1")),
+        ];
+        let m = events(
+            &request(resource.clone(), spans.clone()),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!((m.events.len(), m.skipped, m.rejected_count), (1, 2, 0));
+        let e = json(&m.events[0]);
+        assert_eq!(m.events[0].index, 2);
+        assert_eq!(e["app"], "billing <b>\"x\"</b>");
+        assert_eq!(e["node"], "i-1");
+        assert_eq!(
+            (e["prompt_tokens"].as_u64(), e["completion_tokens"].as_u64()),
+            (Some(0), Some(7))
+        );
+        // Without the span's own, the resource's tokentally.app wins over
+        // service.name.
+        let mut plain = spans[2].clone();
+        plain.attributes.pop();
+        let m = events(&request(resource, vec![plain]), &Limits::default()).unwrap();
+        assert_eq!(json(&m.events[0])["app"], "from-resource");
+    }
+
+    #[test]
+    fn invalid_genai_spans_are_rejected_with_the_contract_reasons() {
+        let limits = Limits {
+            max_tokens: 1_000,
+            ..Limits::default()
+        };
+        let ok = |more: Vec<KeyValue>| {
+            let mut a = vec![
+                kv("gen_ai.request.model", s("m")),
+                kv("gen_ai.system", s("p")),
+            ];
+            a.extend(more);
+            a
+        };
+        let tokens = |v: Value| ok(vec![kv("gen_ai.usage.input_tokens", v)]);
+        let cases: Vec<(Span, RejectReason, &str)> = vec![
+            (
+                span(1, tokens(Value::IntValue(-5))),
+                RejectReason::OutOfRange,
+                "prompt_tokens",
+            ),
+            (
+                span(2, tokens(Value::IntValue(1_001))),
+                RejectReason::OutOfRange,
+                "prompt_tokens",
+            ),
+            (
+                span(3, tokens(Value::DoubleValue(2.5))),
+                RejectReason::NotAnInteger,
+                "prompt_tokens",
+            ),
+            (
+                span(4, tokens(Value::DoubleValue(-3.0))),
+                RejectReason::OutOfRange,
+                "prompt_tokens",
+            ),
+            (
+                span(5, tokens(s("12"))),
+                RejectReason::WrongType,
+                "prompt_tokens",
+            ),
+            (
+                span(6, tokens(Value::BoolValue(true))),
+                RejectReason::WrongType,
+                "prompt_tokens",
+            ),
+            (
+                span(7, tokens(Value::DoubleValue(f64::NAN))),
+                RejectReason::WrongType,
+                "prompt_tokens",
+            ),
+            (
+                span(
+                    8,
+                    vec![
+                        kv("gen_ai.usage.input_tokens", Value::IntValue(1)),
+                        kv("gen_ai.system", s("p")),
+                    ],
+                ),
+                RejectReason::MissingField,
+                "model",
+            ),
+            (
+                span(
+                    9,
+                    vec![
+                        kv("gen_ai.request.model", s("m")),
+                        kv("gen_ai.usage.input_tokens", Value::IntValue(1)),
+                    ],
+                ),
+                RejectReason::MissingField,
+                "provider",
+            ),
+            (
+                span(
+                    10,
+                    ok(vec![
+                        kv("gen_ai.usage.input_tokens", Value::IntValue(1)),
+                        kv("tokentally.app", Value::IntValue(1)),
+                    ]),
+                ),
+                RejectReason::WrongType,
+                "app",
+            ),
+            (
+                span(
+                    11,
+                    vec![
+                        kv("gen_ai.request.model", s(&"x".repeat(300))),
+                        kv("gen_ai.system", s("p")),
+                        kv("gen_ai.usage.input_tokens", Value::IntValue(1)),
+                    ],
+                ),
+                RejectReason::TooLong,
+                "model",
+            ),
+            (
+                Span {
+                    trace_id: vec![],
+                    ..span(12, tokens(Value::IntValue(1)))
+                },
+                RejectReason::MissingField,
+                "event_id",
+            ),
+            (
+                Span {
+                    span_id: vec![0; 8],
+                    ..span(13, tokens(Value::IntValue(1)))
+                },
+                RejectReason::InvalidValue,
+                "event_id",
+            ),
+            (
+                Span {
+                    end_time_unix_nano: 0,
+                    ..span(14, tokens(Value::IntValue(1)))
+                },
+                RejectReason::MissingField,
+                "ts",
+            ),
+            (
+                Span {
+                    end_time_unix_nano: u64::MAX,
+                    ..span(15, tokens(Value::IntValue(1)))
+                },
+                RejectReason::InvalidTs,
+                "ts",
+            ),
+        ];
+        let n = cases.len();
+        let mut spans: Vec<Span> = cases.iter().map(|c| c.0.clone()).collect();
+        spans.push(span(99, tokens(Value::DoubleValue(1_000.0))));
+        let m = events(&request(vec![], spans), &limits).unwrap();
+        assert_eq!((m.events.len(), m.rejected_count, m.skipped), (1, n, 0));
+        assert_eq!(json(&m.events[0])["prompt_tokens"], 1_000);
+        for (r, (_, reason, field)) in m.rejected.iter().zip(&cases) {
+            assert_eq!(
+                (r.rejection.reason, r.rejection.field),
+                (*reason, Some(*field)),
+                "span {}: {}",
+                r.index,
+                r.rejection.detail
+            );
+        }
+        assert!(
+            m.rejected[0]
+                .rejection
+                .detail
+                .contains("gen_ai.usage.input_tokens")
+        );
+    }
+
+    #[test]
+    fn too_many_spans_are_refused_whole() {
+        let spans = vec![Span::default(); MAX_RECORDS + 1];
+        assert!(events(&request(vec![], spans), &Limits::default()).is_err());
+    }
+}
