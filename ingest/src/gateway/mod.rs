@@ -1,4 +1,5 @@
-//! The HTTP ingest gateway, for nodes that cannot embed a Kafka client.
+//! The HTTP ingest gateway, for nodes that cannot embed a Kafka client and
+//! for OpenTelemetry exporters.
 //!
 //! `POST /v1/events` takes one JSON event, a JSON array of events, or NDJSON
 //! (`Content-Type: application/x-ndjson`). Each event is validated with the
@@ -25,6 +26,19 @@
 //! request may have been written: resend the whole request; the aggregator
 //! counts each `event_id` once.
 //!
+//! `POST /v1/traces` takes OpenTelemetry traces (OTLP/HTTP,
+//! `application/x-protobuf` or `application/json`, optionally
+//! `Content-Encoding: gzip`) with the same authentication, limits and
+//! admission: each span with GenAI usage becomes one event (`event_id` =
+//! trace id `-` span id, so a retried export counts once; the mapping is in
+//! [`crate::otlp`] and `docs/EVENTS.md`), other spans are skipped. The
+//! answer is OTLP's: 200 with an `ExportTraceServiceResponse` (its
+//! `partial_success` counts the rejected spans and names the first
+//! reasons) once Kafka acknowledged every event; errors carry a
+//! `google.rpc.Status`, in the request's encoding; 415 for another content
+//! type or encoding; 413 also when a gzip body inflates past the body
+//! limit. `/v1/metrics` and `/v1/logs` answer 404, saying why.
+//!
 //! Memory is bounded: a request is admitted only when its body fits in
 //! `max_in_flight_bytes` alongside the requests already being processed;
 //! it holds that share until it is answered.
@@ -38,36 +52,38 @@
 //! `body_read_timeout` after its request was admitted gets 408. Pipelined
 //! requests are answered one after the other, in order.
 //!
-//! Why one long file (about 650 lines before its tests): a request's path
-//! (connection limits, head and body deadlines, admission by bytes in
-//! flight, framing, producing, the answer) reads top to bottom here, and each
-//! step shares the connection's state; tokens live in `auth.rs`. A second
-//! route (OTLP) is the point to split the route handlers out.
+//! Layout: this file holds the connection (limits, deadlines) and what
+//! both routes share: authorization, admission, reading the body,
+//! producing and waiting for acknowledgements, and `Refusal`, the reason
+//! a request is refused, which each route writes in its own body. The
+//! routes are `events.rs` and `otlp.rs`; tokens live in `auth.rs`.
 
 mod auth;
+mod events;
+mod otlp;
 
 pub use auth::Tokens;
+pub use events::MAX_LISTED_REJECTIONS;
 pub use tokentally_schemas::body::{BodyFormat, split};
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use serde::Serialize;
-use tokentally_schemas::{Limits, decode};
+use tokentally_schemas::Limits;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, watch};
 pub use tokio_rustls::TlsAcceptor;
 
 use crate::emitter::{EmitError, Emitter, NotReady, PendingDelivery};
@@ -171,7 +187,7 @@ impl GatewayMetrics {
             events: prometheus::IntCounterVec::new(
                 prometheus::Opts::new(
                     "tokentally_gateway_events_total",
-                    "Events in answered requests: accepted (acknowledged by Kafka) or rejected (invalid).",
+                    "Events and spans in answered requests: accepted (acknowledged by Kafka), rejected (invalid), or skipped (spans without GenAI usage).",
                 ),
                 &["outcome"],
             )?,
@@ -188,7 +204,7 @@ impl GatewayMetrics {
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.connections_open.clone()))?;
         registry.register(Box::new(m.connections_refused.clone()))?;
-        for outcome in ["accepted", "rejected"] {
+        for outcome in ["accepted", "rejected", "skipped"] {
             m.events.with_label_values(&[outcome]);
         }
         Ok(m)
@@ -231,7 +247,10 @@ pub fn router(
         config,
     });
     let router = Router::new()
-        .route("/v1/events", post(post_events))
+        .route("/v1/events", post(events::post))
+        .route("/v1/traces", post(otlp::post))
+        .route("/v1/metrics", post(otlp::not_counted))
+        .route("/v1/logs", post(otlp::not_counted))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(max_body))
@@ -422,249 +441,245 @@ fn kib(bytes: usize) -> u32 {
     bytes.div_ceil(1024).min(u32::MAX as usize) as u32
 }
 
-#[derive(Debug, Serialize)]
-struct Accepted {
+/// Why a request is answered without producing (or after failing to): the
+/// status, a message for the client, and how to answer. Each route writes
+/// it in its own body: `{"error": ...}` for `/v1/events`, a
+/// `google.rpc.Status` for OTLP.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    retry_after_s: Option<u64>,
+    /// The rest of the body may still come: do not read it as the next
+    /// request.
+    close: bool,
+    /// Ask for a bearer token (`WWW-Authenticate`).
+    authenticate: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+            retry_after_s: None,
+            close: false,
+            authenticate: false,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unauthorized() -> Refusal {
+        Refusal {
+            authenticate: true,
+            ..Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required (Authorization: Bearer TOKEN)",
+            )
+        }
+    }
+
+    fn too_large(limit: usize) -> Refusal {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes; split it into smaller requests"),
+        )
+    }
+
+    /// 429: retry in a second.
+    fn busy(message: impl Into<String>) -> Refusal {
+        Refusal {
+            retry_after_s: Some(RETRY_AFTER_BUSY_S),
+            ..Refusal::new(StatusCode::TOO_MANY_REQUESTS, message)
+        }
+    }
+
+    /// 503: retry in a few seconds.
+    fn unavailable(message: impl Into<String>) -> Refusal {
+        Refusal {
+            retry_after_s: Some(RETRY_AFTER_UNAVAILABLE_S),
+            ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+
+    /// The answer, with `body` of `content_type`.
+    fn respond(self, content_type: &'static str, body: Vec<u8>) -> Response {
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Some(after) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.authenticate {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tokentally\""),
+            );
+        }
+        response
+    }
+}
+
+/// What [`Gateway::produce`] did with a request's valid events.
+struct Produced {
+    /// Events acknowledged by Kafka.
     accepted: usize,
-    /// The first [`MAX_LISTED_REJECTIONS`] invalid events, in body order.
-    rejected: Vec<Rejected>,
-    /// Every invalid event, listed or not.
-    rejected_count: usize,
+    /// Events larger than the broker takes in one message: their index and
+    /// size (rejected as `message_too_large`, the rest still sent).
+    too_large: Vec<(usize, usize)>,
 }
 
-/// Invalid events listed in one answer, with their reasons. A body of
-/// millions of tiny invalid records must not become an answer (and a
-/// memory peak) of hundreds of megabytes; the rest are only counted.
-pub const MAX_LISTED_REJECTIONS: usize = 1_000;
-
-#[derive(Debug, Serialize)]
-struct Rejected {
-    index: usize,
-    /// A reason of the contract (`docs/EVENTS.md`), or `message_too_large`
-    /// when a valid event exceeds the broker's message size.
-    reason: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
-    detail: String,
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
-}
-
-fn retry_later(status: StatusCode, after_s: u64, message: impl Into<String>) -> Response {
-    let mut response = error(status, message);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(after_s));
-    response
-}
-
-fn unauthorized() -> Response {
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "a valid bearer token is required (Authorization: Bearer TOKEN)",
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"tokentally\""),
-    );
-    response
-}
-
-fn too_large(limit: usize) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the body is larger than {limit} bytes; split it into smaller requests"),
-    )
-}
-
-async fn post_events(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let started = Instant::now();
-    let headers = request.headers();
-    let source = match &gw.auth {
-        Auth::Disabled => None,
-        Auth::Tokens(tokens) => {
-            let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-            match tokens.authorize(given) {
-                Some(name) => Some(name.to_owned()),
-                None => return unauthorized(),
-            }
-        }
-    };
-    let max_body = gw.config.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return too_large(max_body);
-    }
-    let format = BodyFormat::from_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-
-    // Admission: hold this request's share of the bytes in flight until it
-    // is answered (without a Content-Length, assume the largest body).
-    let share = kib(declared.unwrap_or(max_body)).clamp(1, gw.admission_kib);
-    let _permit = match tokio::time::timeout(ADMISSION_WAIT, gw.admission.acquire_many(share)).await
-    {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return retry_later(
-                StatusCode::TOO_MANY_REQUESTS,
-                RETRY_AFTER_BUSY_S,
-                "too many bytes in flight; retry later",
-            );
-        }
-    };
-
-    let read = tokio::time::timeout(
-        gw.config.body_read_timeout,
-        Bytes::from_request(request, &()),
-    );
-    let body = match read.await {
-        Err(_) => {
-            let mut response = error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within {:?}; send it faster or in smaller requests",
-                    gw.config.body_read_timeout
-                ),
-            );
-            // The rest of the body may still come: do not read it as the
-            // next request.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
-        }
-        Ok(Ok(body)) => body,
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return too_large(max_body);
-        }
-        Ok(Err(rejection)) => return error(rejection.status(), rejection.body_text()),
-    };
-    let records = match split(&body, format) {
-        Ok(records) => records,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-
-    let mut rejected = Vec::new();
-    let mut rejected_count = 0;
-    let mut reject = |r: Rejected| {
-        rejected_count += 1;
-        if rejected.len() < MAX_LISTED_REJECTIONS {
-            rejected.push(r);
-        }
-    };
-    let mut pending: Vec<PendingDelivery> = Vec::with_capacity(records.len());
-    for (index, raw) in records {
-        let event = match decode(raw, &gw.config.limits) {
-            Ok(event) => event,
-            Err(r) => {
-                reject(Rejected {
-                    index,
-                    reason: r.reason.as_str(),
-                    field: r.field,
-                    detail: r.detail,
-                });
-                continue;
-            }
-        };
-        let queued = gw
-            .emitter
-            .wait_for_room(QUEUE_FULL_WAIT, |e| {
-                e.enqueue_valid(raw, &event.event_id, source.as_deref())
-            })
-            .await;
-        match queued {
-            Ok(delivery) => pending.push(delivery),
-            Err(EmitError::QueueFull) => {
-                tracing::warn!(
-                    queued = pending.len(),
-                    "the producer queue is full; answering 429"
-                );
-                return retry_later(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    RETRY_AFTER_BUSY_S,
-                    "the Kafka producer queue is full; retry later (events of this \
-                     request may have been sent: resending them is safe)",
-                );
-            }
-            Err(EmitError::Kafka(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageSizeTooLarge,
-            ))) => reject(Rejected {
-                index,
-                reason: "message_too_large",
-                field: None,
-                detail: format!(
-                    "the event is {} bytes, more than the broker accepts in one message",
-                    raw.len()
-                ),
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "producing failed; answering 503");
-                return retry_later(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    RETRY_AFTER_UNAVAILABLE_S,
-                    format!("{e}; retry later"),
-                );
+impl Gateway {
+    /// The name of the caller's token (`None` without authentication).
+    fn authorize(&self, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+        match &self.auth {
+            Auth::Disabled => Ok(None),
+            Auth::Tokens(tokens) => {
+                let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+                tokens
+                    .authorize(given)
+                    .map(|name| Some(name.to_owned()))
+                    .ok_or_else(Refusal::unauthorized)
             }
         }
     }
 
-    let accepted = pending.len();
-    let mut failed = 0usize;
-    let mut first_error = None;
-    for delivery in pending {
-        if let Err(e) = delivery.await {
-            failed += 1;
-            first_error.get_or_insert(e);
+    /// Room for `bytes` among the bytes in flight, held until the permit
+    /// drops; 429 when none frees up within [`ADMISSION_WAIT`].
+    async fn admit(&self, bytes: usize) -> Result<SemaphorePermit<'_>, Refusal> {
+        let share = kib(bytes).clamp(1, self.admission_kib);
+        match tokio::time::timeout(ADMISSION_WAIT, self.admission.acquire_many(share)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Refusal::busy("too many bytes in flight; retry later")),
         }
     }
-    if let Some(e) = first_error {
-        tracing::warn!(
-            source = source.as_deref().unwrap_or(""),
-            failed,
-            accepted,
-            error = %e,
-            "events not acknowledged by Kafka; answering 503"
+
+    /// Admit `request` by its declared length (without one, the largest
+    /// body) and read its body within `body_read_timeout`; the permit
+    /// holds its share until the request is answered.
+    async fn receive(&self, request: Request) -> Result<(Bytes, SemaphorePermit<'_>), Refusal> {
+        let max_body = self.config.max_body_bytes;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(Refusal::too_large(max_body));
+        }
+        let permit = self.admit(declared.unwrap_or(max_body)).await?;
+        let read = tokio::time::timeout(
+            self.config.body_read_timeout,
+            Bytes::from_request(request, &()),
         );
-        return retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            RETRY_AFTER_UNAVAILABLE_S,
-            format!(
+        match read.await {
+            Err(_) => Err(Refusal {
+                close: true,
+                ..Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {:?}; send it faster or in smaller requests",
+                        self.config.body_read_timeout
+                    ),
+                )
+            }),
+            Ok(Ok(body)) => Ok((body, permit)),
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Refusal::too_large(max_body))
+            }
+            Ok(Err(rejection)) => Err(Refusal::new(rejection.status(), rejection.body_text())),
+        }
+    }
+
+    /// Send valid events (index in the request, contract JSON, `event_id`)
+    /// with the caller's `source`, and wait until Kafka acknowledged every
+    /// one: 429 when the producer queue stays full, 503 when Kafka fails
+    /// or does not acknowledge in time (some events may have been written
+    /// then; a resend counts each `event_id` once).
+    async fn produce(
+        &self,
+        events: &[(usize, &[u8], &str)],
+        source: Option<&str>,
+    ) -> Result<Produced, Refusal> {
+        let mut pending: Vec<PendingDelivery> = Vec::with_capacity(events.len());
+        let mut too_large = Vec::new();
+        for &(index, json, event_id) in events {
+            let queued = self
+                .emitter
+                .wait_for_room(QUEUE_FULL_WAIT, |e| e.enqueue_valid(json, event_id, source))
+                .await;
+            match queued {
+                Ok(delivery) => pending.push(delivery),
+                Err(EmitError::QueueFull) => {
+                    tracing::warn!(
+                        queued = pending.len(),
+                        "the producer queue is full; answering 429"
+                    );
+                    return Err(Refusal::busy(
+                        "the Kafka producer queue is full; retry later (events of this \
+                         request may have been sent: resending them is safe)",
+                    ));
+                }
+                Err(EmitError::Kafka(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageSizeTooLarge,
+                ))) => too_large.push((index, json.len())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "producing failed; answering 503");
+                    return Err(Refusal::unavailable(format!("{e}; retry later")));
+                }
+            }
+        }
+        let accepted = pending.len();
+        let mut failed = 0usize;
+        let mut first_error = None;
+        for delivery in pending {
+            if let Err(e) = delivery.await {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(
+                source = source.unwrap_or(""),
+                failed,
+                accepted,
+                error = %e,
+                "events not acknowledged by Kafka; answering 503"
+            );
+            return Err(Refusal::unavailable(format!(
                 "{failed} of {accepted} events were not acknowledged by Kafka: {e}; \
                  resend the request later (resending is safe)"
-            ),
-        );
+            )));
+        }
+        Ok(Produced {
+            accepted,
+            too_large,
+        })
     }
-    tracing::debug!(
-        source = source.as_deref().unwrap_or(""),
-        accepted,
-        rejected = rejected_count,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "events acknowledged"
-    );
-    if let Some(m) = &gw.metrics {
-        m.events
-            .with_label_values(&["accepted"])
-            .inc_by(accepted as u64);
-        m.events
-            .with_label_values(&["rejected"])
-            .inc_by(rejected_count as u64);
+
+    /// Count a request's events in the metrics.
+    fn count(&self, accepted: usize, rejected: usize, skipped: usize) {
+        if let Some(m) = &self.metrics {
+            for (outcome, n) in [
+                ("accepted", accepted),
+                ("rejected", rejected),
+                ("skipped", skipped),
+            ] {
+                if n > 0 {
+                    m.events.with_label_values(&[outcome]).inc_by(n as u64);
+                }
+            }
+        }
     }
-    axum::Json(Accepted {
-        accepted,
-        rejected,
-        rejected_count,
-    })
-    .into_response()
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
@@ -676,7 +691,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     match check {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => not_ready(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
