@@ -84,6 +84,24 @@ fn requests(n: u64) -> Vec<serde_json::Value> {
 
 #[test]
 fn spans_from_the_python_sdk_count_exactly_like_the_same_requests_posted_as_events() {
+    // OTLP/HTTP protobuf.
+    exported_spans_count_like_events("export.py", &[]);
+}
+
+#[test]
+fn spans_from_the_javascript_sdk_count_exactly_like_the_same_requests_posted_as_events() {
+    // OTLP JSON, gzipped, as the JavaScript exporter writes it.
+    exported_spans_count_like_events(
+        "export.js",
+        &[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")],
+    );
+}
+
+/// `scripts/otel/run SCRIPT`: a real OpenTelemetry SDK exports the corpus
+/// through the gateway (every batch twice), and prints the events it
+/// expects; they must be exactly what reaches Kafka, and aggregate like
+/// the same events posted to `/v1/events` and like the corpus's sums.
+fn exported_spans_count_like_events(script: &str, env: &[(&str, &str)]) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -98,8 +116,9 @@ fn spans_from_the_python_sdk_count_exactly_like_the_same_requests_posted_as_even
     let gw = gateway(&traces, d);
     let out = run_ok(
         Command::new(root().join("scripts/otel/run"))
-            .arg("export.py")
+            .arg(script)
             .arg(&corpus)
+            .envs(env.iter().copied())
             .env(
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 format!("http://{}/v1/traces", gw.addr),
