@@ -60,7 +60,7 @@ enum Command {
     Alerts(cmd::alerts::AlertsArgs),
     /// Create or upgrade the ClickHouse schema (idempotent).
     Migrate(cmd::migrate::MigrateArgs),
-    /// HTTP ingest gateway: POST /v1/events → validated → Kafka, answered after Kafka acknowledged.
+    /// HTTP ingest gateway: POST /v1/events and OTLP's POST /v1/traces → validated → Kafka, answered after Kafka acknowledged.
     Gateway(cmd::gateway::GatewayArgs),
 }
 

@@ -42,6 +42,15 @@ all of them:
 A connection that sends no complete request head within --header-read-timeout
 of opening or of its previous response is closed: slow senders and idle
 keep-alive connections alike. Pipelined requests are answered in order.
+POST /v1/traces takes OpenTelemetry traces (OTLP/HTTP: application/x-protobuf
+or application/json, optionally Content-Encoding: gzip), same token, limits
+and admission: each span with GenAI usage (gen_ai.* attributes) becomes one
+event, event_id = trace id-span id, so a retried export counts once; other
+spans are skipped. 200 carries an ExportTraceServiceResponse whose
+partial_success counts and names rejected spans; errors a google.rpc.Status;
+415 for another content type or encoding. /v1/metrics and /v1/logs: 404.
+Point an SDK at it with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://ADDR/v1/traces
+and OTEL_EXPORTER_OTLP_TRACES_HEADERS=Authorization=Bearer%20TOKEN.
 GET /healthz: 200 while the process runs. GET /readyz: 200 when the broker
 returns the topic's metadata within 2s, else 503. Neither needs a token.
 
@@ -51,7 +60,8 @@ only when no file is given). Names are
 1-64 characters of A-Z a-z 0-9 . _ -. Without any token the gateway refuses
 to start, unless --no-auth is given.";
 
-/// HTTP ingest gateway for nodes that cannot embed a Kafka client.
+/// HTTP ingest gateway for nodes that cannot embed a Kafka client, and for
+/// OpenTelemetry exporters.
 #[derive(Debug, Args)]
 #[command(after_help = GATEWAY_HELP)]
 pub struct GatewayArgs {
