@@ -18,6 +18,7 @@ use common::services::{Topic, read_topic, topic};
 use common::{assert_same_totals, query, root, run_ok, serial, summary, totals, u};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
+use tokentally_ingest::otlp::RpcStatus;
 
 const TOKEN: &str = "tok-otel-0123456789abcdef0123456789";
 
@@ -236,15 +237,6 @@ fn exported_spans_count_like_events(script: &str, env: &[(&str, &str)]) {
         })
         .collect();
     assert_eq!(got, by_model);
-}
-
-/// `google.rpc.Status`, the body of OTLP's error answers.
-#[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
 }
 
 fn string(key: &str, value: &str) -> serde_json::Value {

@@ -6,7 +6,7 @@ use prost::Message;
 use tokentally_schemas::Limits;
 use tokentally_schemas::body::MAX_RECORDS;
 
-use super::{Encoding, decode, events};
+use super::{Encoding, decode, events, span_count};
 
 /// Any bytes, read as protobuf and as OTLP JSON, decode to a request or an
 /// error without panicking; a request's spans are each an event, a
@@ -27,12 +27,7 @@ pub fn decode_is_sound(data: &[u8]) {
         let bytes = request.encode_to_vec();
         let again = decode(&bytes, Encoding::Protobuf).expect("an encoded request decodes");
         assert_eq!(again.encode_to_vec(), bytes);
-        let spans: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let spans = span_count(&request);
         for limits in [Limits::default(), tight] {
             let Ok(mapped) = events(&request, &limits) else {
                 assert!(spans > MAX_RECORDS);

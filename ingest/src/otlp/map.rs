@@ -51,12 +51,7 @@ impl Mapped {
 /// The events of `request`'s spans, validated under `limits`. An error
 /// (for a 400) when the request holds more than [`MAX_RECORDS`] spans.
 pub fn events(request: &ExportTraceServiceRequest, limits: &Limits) -> Result<Mapped, String> {
-    let spans: usize = request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum();
+    let spans = span_count(request);
     if spans > MAX_RECORDS {
         return Err(format!(
             "the request holds {spans} spans, more than {MAX_RECORDS}; export smaller batches"
@@ -90,6 +85,16 @@ pub fn events(request: &ExportTraceServiceRequest, limits: &Limits) -> Result<Ma
         }
     }
     Ok(mapped)
+}
+
+/// The spans of every resource and scope of `request`.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }
 
 /// The value of an attribute, if it has one.

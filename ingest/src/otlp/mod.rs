@@ -22,7 +22,7 @@ mod map;
 use prost::Message;
 use serde_json::json;
 
-pub use map::{Mapped, MappedEvent, SpanRejection, events};
+pub use map::{Mapped, MappedEvent, SpanRejection, events, span_count};
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -101,11 +101,11 @@ pub fn response(encoding: Encoding, rejected_spans: usize, error_message: &str) 
 
 /// `google.rpc.Status`, the body of OTLP/HTTP's error answers.
 #[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
+pub struct RpcStatus {
     #[prost(int32, tag = "1")]
-    code: i32,
+    pub code: i32,
     #[prost(string, tag = "2")]
-    message: String,
+    pub message: String,
 }
 
 /// gRPC status codes of the error answers, by HTTP status.
