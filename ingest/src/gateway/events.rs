@@ -87,14 +87,12 @@ async fn accept(gw: &Gateway, request: Request) -> Result<Response, Refusal> {
         .map(|(i, raw, id)| (*i, *raw, id.as_ref()))
         .collect();
     let produced = gw.produce(&valid, source.as_deref()).await?;
-    for (index, bytes) in produced.too_large {
+    for (index, detail) in produced.too_large {
         reject(Rejected {
             index,
             reason: "message_too_large",
             field: None,
-            detail: format!(
-                "the event is {bytes} bytes, more than the broker accepts in one message"
-            ),
+            detail,
         });
     }
     rejected.sort_by_key(|r| r.index);

@@ -535,8 +535,9 @@ struct Produced {
     /// Events acknowledged by Kafka.
     accepted: usize,
     /// Events larger than the broker takes in one message: their index and
-    /// size (rejected as `message_too_large`, the rest still sent).
-    too_large: Vec<(usize, usize)>,
+    /// the detail of their `message_too_large` rejection (the rest are
+    /// still sent).
+    too_large: Vec<(usize, String)>,
 }
 
 impl Gateway {
@@ -631,7 +632,13 @@ impl Gateway {
                 }
                 Err(EmitError::Kafka(KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageSizeTooLarge,
-                ))) => too_large.push((index, json.len())),
+                ))) => too_large.push((
+                    index,
+                    format!(
+                        "the event is {} bytes, more than the broker accepts in one message",
+                        json.len()
+                    ),
+                )),
                 Err(e) => {
                     tracing::warn!(error = %e, "producing failed; answering 503");
                     return Err(Refusal::unavailable(format!("{e}; retry later")));

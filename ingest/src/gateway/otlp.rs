@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use flate2::read::GzDecoder;
 
 use super::{Gateway, Refusal};
@@ -30,12 +30,14 @@ pub(super) async fn post(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     match accept(&gw, request, encoding).await {
         Ok(response) => response,
         // Without a known encoding, errors are written in JSON.
-        Err(r) => {
-            let encoding = encoding.unwrap_or(Encoding::Json);
-            let body = otlp::status(encoding, r.status.as_u16(), &r.message);
-            r.respond(encoding.content_type(), body)
-        }
+        Err(r) => refuse(r, encoding.unwrap_or(Encoding::Json)),
     }
+}
+
+/// A `google.rpc.Status` with the refusal's message, in `encoding`.
+fn refuse(r: Refusal, encoding: Encoding) -> Response {
+    let body = otlp::status(encoding, r.status.as_u16(), &r.message);
+    r.respond(encoding.content_type(), body)
 }
 
 /// `/v1/metrics` and `/v1/logs`: 404, saying why.
@@ -46,8 +48,7 @@ pub(super) async fn not_counted() -> Response {
          request, so counting spans is exact and a retried export is recognised by its \
          trace and span id, while metric histograms arrive already aggregated",
     );
-    let body = otlp::status(Encoding::Json, 404, &r.message);
-    r.respond(Encoding::Json.content_type(), body)
+    refuse(r, Encoding::Json)
 }
 
 async fn accept(
@@ -106,18 +107,22 @@ async fn accept(
         .rejected
         .iter()
         .map(|r| {
-            let field = r.rejection.field.map(|f| format!(" ({f})")).unwrap_or_default();
+            let field = r
+                .rejection
+                .field
+                .map(|f| format!(" ({f})"))
+                .unwrap_or_default();
             (
                 r.index,
                 format!("{}{field}: {}", r.rejection.reason, r.rejection.detail),
             )
         })
-        .chain(produced.too_large.iter().map(|(index, bytes)| {
-            (
-                *index,
-                format!("message_too_large: the event is {bytes} bytes, more than the broker accepts in one message"),
-            )
-        }))
+        .chain(
+            produced
+                .too_large
+                .iter()
+                .map(|(index, detail)| (*index, format!("message_too_large: {detail}"))),
+        )
         .collect();
     reasons.sort_by_key(|(index, _)| *index);
     let mut message = String::new();
@@ -140,7 +145,14 @@ async fn accept(
     );
     gw.count(produced.accepted, rejected, mapped.skipped);
     let body = otlp::response(encoding, rejected, &message);
-    Ok(Refusal::new(StatusCode::OK, "").respond(encoding.content_type(), body))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(encoding.content_type()),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// The size a gzip body says it inflates to (its trailer's ISIZE), to
