@@ -93,12 +93,15 @@ async fn accept(
     } else {
         &body[..]
     };
-    let request = otlp::decode(body, encoding).map_err(Refusal::bad_request)?;
-    let mapped = otlp::events(&request, &gw.config.limits).map_err(Refusal::bad_request)?;
+    // The decoded request (many small allocations) is freed here, on the
+    // thread that made it, not after waiting for Kafka on another one.
+    let mapped = {
+        let request = otlp::decode(body, encoding).map_err(Refusal::bad_request)?;
+        otlp::events(&request, &gw.config.limits).map_err(Refusal::bad_request)?
+    };
     let events: Vec<_> = mapped
-        .events
-        .iter()
-        .map(|e| (e.index, e.json.as_slice(), e.event_id.as_str()))
+        .events()
+        .map(|e| (e.index, e.json, e.event_id))
         .collect();
     let produced = gw.produce(&events, source.as_deref()).await?;
 

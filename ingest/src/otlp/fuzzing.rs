@@ -34,12 +34,12 @@ pub fn decode_is_sound(data: &[u8]) {
                 continue;
             };
             assert_eq!(
-                mapped.events.len() + mapped.rejected_count + mapped.skipped,
+                mapped.events().len() + mapped.rejected_count + mapped.skipped,
                 spans
             );
             assert!(mapped.rejected.len() <= mapped.rejected_count);
-            for e in &mapped.events {
-                let event = tokentally_schemas::decode(&e.json, &limits)
+            for e in mapped.events() {
+                let event = tokentally_schemas::decode(e.json, &limits)
                     .unwrap_or_else(|r| panic!("a mapped event is invalid: {r}"));
                 assert_eq!(event.event_id, e.event_id);
                 assert_eq!(e.event_id.len(), 49);

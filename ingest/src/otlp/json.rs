@@ -394,12 +394,13 @@ mod tests {
         let again = ExportTraceServiceRequest::decode(request.encode_to_vec().as_slice()).unwrap();
         assert_eq!(again, request);
         let m = events(&request, &Limits::default()).unwrap();
-        assert_eq!((m.events.len(), m.skipped, m.rejected_count), (1, 1, 0));
+        assert_eq!((m.events().len(), m.skipped, m.rejected_count), (1, 1, 0));
+        let event = m.events().next().unwrap();
         assert_eq!(
-            m.events[0].event_id,
+            event.event_id,
             "5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174"
         );
-        let e: serde_json::Value = serde_json::from_slice(&m.events[0].json).unwrap();
+        let e: serde_json::Value = serde_json::from_slice(event.json).unwrap();
         assert_eq!(e["model"], "通义/qwen-max-中文");
         assert_eq!(e["ts"], 1_795_737_601_250i64);
         assert_eq!(
@@ -460,7 +461,7 @@ mod tests {
         ] {
             let request = decode(body.as_bytes()).unwrap();
             assert_eq!(
-                events(&request, &Limits::default()).unwrap().events.len(),
+                events(&request, &Limits::default()).unwrap().events().len(),
                 0
             );
         }

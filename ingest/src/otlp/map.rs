@@ -2,6 +2,7 @@
 //! spans"), one pass over each span's attributes.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use data_encoding::HEXLOWER;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -14,13 +15,13 @@ use tokentally_schemas::{Limits, RejectReason, Rejection, Status, TokenEvent, de
 
 /// A span's event: its contract JSON (validated) and its `event_id`, the
 /// record's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappedEvent {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappedEvent<'a> {
     /// The span's position in the request, counting every span of every
     /// resource and scope in order.
     pub index: usize,
-    pub json: Vec<u8>,
-    pub event_id: String,
+    pub json: &'a [u8],
+    pub event_id: &'a str,
 }
 
 /// A span with GenAI usage that is not a valid event.
@@ -33,7 +34,11 @@ pub struct SpanRejection {
 /// What a request's spans became.
 #[derive(Debug, Default)]
 pub struct Mapped {
-    pub events: Vec<MappedEvent>,
+    /// Every event's JSON, back to back, and every `event_id`: one buffer
+    /// each for the whole request, not two allocations per span.
+    json: Vec<u8>,
+    ids: String,
+    cuts: Vec<Cut>,
     /// The first [`Mapped::LISTED`] rejected spans, in request order.
     pub rejected: Vec<SpanRejection>,
     /// Every rejected span, listed or not.
@@ -43,9 +48,26 @@ pub struct Mapped {
     pub skipped: usize,
 }
 
+/// Where one event lies in [`Mapped`]'s buffers.
+#[derive(Debug)]
+struct Cut {
+    index: usize,
+    json: Range<usize>,
+    id: Range<usize>,
+}
+
 impl Mapped {
     /// Rejected spans kept with their reasons; the rest are only counted.
     pub const LISTED: usize = 100;
+
+    /// The events, in request order.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = MappedEvent<'_>> {
+        self.cuts.iter().map(|c| MappedEvent {
+            index: c.index,
+            json: &self.json[c.json.clone()],
+            event_id: &self.ids[c.id.clone()],
+        })
+    }
 }
 
 /// The events of `request`'s spans, validated under `limits`. An error
@@ -67,14 +89,17 @@ pub fn events(request: &ExportTraceServiceRequest, limits: &Limits) -> Result<Ma
                 .map_or(&[][..], |r| r.attributes.as_slice()),
         );
         for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
-            match event(span, &resource, limits) {
-                Ok(Some((json, event_id))) => mapped.events.push(MappedEvent {
+            let (json_start, id_start) = (mapped.json.len(), mapped.ids.len());
+            match event(span, &resource, limits, &mut mapped.json, &mut mapped.ids) {
+                Ok(true) => mapped.cuts.push(Cut {
                     index,
-                    json,
-                    event_id,
+                    json: json_start..mapped.json.len(),
+                    id: id_start..mapped.ids.len(),
                 }),
-                Ok(None) => mapped.skipped += 1,
+                Ok(false) => mapped.skipped += 1,
                 Err(rejection) => {
+                    mapped.json.truncate(json_start);
+                    mapped.ids.truncate(id_start);
                     mapped.rejected_count += 1;
                     if mapped.rejected.len() < Mapped::LISTED {
                         mapped.rejected.push(SpanRejection { index, rejection });
@@ -207,16 +232,19 @@ impl<'a> SpanAttrs<'a> {
     }
 }
 
-/// `span` as an event's JSON and `event_id`; `None` when it carries no
-/// GenAI usage (no token count).
+/// `span`'s event: its JSON appended to `json` and its `event_id` to
+/// `ids`; `false` when it carries no GenAI usage (no token count). On a
+/// rejection, the caller cuts what was appended.
 fn event(
     span: &Span,
     resource: &ResourceAttrs<'_>,
     limits: &Limits,
-) -> Result<Option<(Vec<u8>, String)>, Rejection> {
+    json: &mut Vec<u8>,
+    ids: &mut String,
+) -> Result<bool, Rejection> {
     let attrs = SpanAttrs::of(&span.attributes);
     if !attrs.has_usage() {
-        return Ok(None);
+        return Ok(false);
     }
     let model = match first_text(&[attrs.response_model, attrs.request_model], "model")? {
         Some(model) => model,
@@ -244,7 +272,9 @@ fn event(
         Some(attr) => text(attr, "app")?,
         None => resource.app.or(resource.service_name).unwrap_or(""),
     };
-    let event_id = event_id(span)?;
+    let id_start = ids.len();
+    event_id(span, ids)?;
+    let event_id = &ids[id_start..];
     if span.end_time_unix_nano == 0 {
         return Err(Rejection::new(
             RejectReason::MissingField,
@@ -260,7 +290,7 @@ fn event(
             .map_or(Ok(0), |attr| tokens(attr, field, limits.max_tokens))
     };
     let event = TokenEvent {
-        event_id: Cow::Borrowed(&event_id),
+        event_id: Cow::Borrowed(event_id),
         ts: (span.end_time_unix_nano / 1_000_000) as i64,
         model: Cow::Borrowed(model),
         provider: Cow::Borrowed(provider),
@@ -285,14 +315,15 @@ fn event(
             _ => Status::Ok,
         },
     };
-    let json = serde_json::to_vec(&event).expect("a TokenEvent always serializes");
+    let json_start = json.len();
+    serde_json::to_writer(&mut *json, &event).expect("a TokenEvent always serializes");
     // The contract's own checks (lengths, the time's range, the bounds).
-    decode(&json, limits)?;
-    Ok(Some((json, event_id)))
+    decode(&json[json_start..], limits)?;
+    Ok(true)
 }
 
-/// `trace id-span id` in lowercase hex.
-fn event_id(span: &Span) -> Result<String, Rejection> {
+/// `trace id-span id` in lowercase hex, appended to `out`.
+fn event_id(span: &Span, out: &mut String) -> Result<(), Rejection> {
     let invalid =
         |detail: String| Rejection::new(RejectReason::InvalidValue, Some("event_id"), detail);
     if span.trace_id.is_empty() || span.span_id.is_empty() {
@@ -312,10 +343,10 @@ fn event_id(span: &Span) -> Result<String, Rejection> {
     if span.trace_id.iter().all(|b| *b == 0) || span.span_id.iter().all(|b| *b == 0) {
         return Err(invalid("an all-zero traceId or spanId is invalid".into()));
     }
-    let mut id = HEXLOWER.encode(&span.trace_id);
-    id.push('-');
-    id.push_str(&HEXLOWER.encode(&span.span_id));
-    Ok(id)
+    HEXLOWER.encode_append(&span.trace_id, out);
+    out.push('-');
+    HEXLOWER.encode_append(&span.span_id, out);
+    Ok(())
 }
 
 /// The first of `attrs` that is a non-empty string; an attribute of
@@ -446,8 +477,12 @@ mod tests {
         }
     }
 
-    fn json(m: &MappedEvent) -> serde_json::Value {
-        serde_json::from_slice(&m.json).unwrap()
+    fn json(m: MappedEvent<'_>) -> serde_json::Value {
+        serde_json::from_slice(m.json).unwrap()
+    }
+
+    fn nth(m: &Mapped, n: usize) -> MappedEvent<'_> {
+        m.events().nth(n).unwrap()
     }
 
     #[test]
@@ -497,12 +532,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((m.rejected_count, m.skipped), (0, 0));
-        let [a, b] = [json(&m.events[0]), json(&m.events[1])];
+        let [a, b] = [json(nth(&m, 0)), json(nth(&m, 1))];
         assert_eq!(
-            m.events[0].event_id,
+            nth(&m, 0).event_id,
             format!("{}-0000000000000001", "ab".repeat(16))
         );
-        assert_eq!(a["event_id"], m.events[0].event_id.as_str());
+        assert_eq!(a["event_id"], nth(&m, 0).event_id);
         assert_eq!(a["ts"], 1_795_737_601_250i64);
         assert_eq!(a["latency_ms"], 1250);
         for (k, v) in [
@@ -556,9 +591,9 @@ mod tests {
             &Limits::default(),
         )
         .unwrap();
-        assert_eq!((m.events.len(), m.skipped, m.rejected_count), (1, 2, 0));
-        let e = json(&m.events[0]);
-        assert_eq!(m.events[0].index, 2);
+        assert_eq!((m.events().len(), m.skipped, m.rejected_count), (1, 2, 0));
+        let e = json(nth(&m, 0));
+        assert_eq!(nth(&m, 0).index, 2);
         assert_eq!(e["app"], "billing <b>\"x\"</b>");
         assert_eq!(e["node"], "i-1");
         assert_eq!(
@@ -570,7 +605,7 @@ mod tests {
         let mut plain = spans[2].clone();
         plain.attributes.pop();
         let m = events(&request(resource, vec![plain]), &Limits::default()).unwrap();
-        assert_eq!(json(&m.events[0])["app"], "from-resource");
+        assert_eq!(json(nth(&m, 0))["app"], "from-resource");
     }
 
     #[test]
@@ -706,8 +741,8 @@ mod tests {
         let mut spans: Vec<Span> = cases.iter().map(|c| c.0.clone()).collect();
         spans.push(span(99, tokens(Value::DoubleValue(1_000.0))));
         let m = events(&request(vec![], spans), &limits).unwrap();
-        assert_eq!((m.events.len(), m.rejected_count, m.skipped), (1, n, 0));
-        assert_eq!(json(&m.events[0])["prompt_tokens"], 1_000);
+        assert_eq!((m.events().len(), m.rejected_count, m.skipped), (1, n, 0));
+        assert_eq!(json(nth(&m, 0))["prompt_tokens"], 1_000);
         for (r, (_, reason, field)) in m.rejected.iter().zip(&cases) {
             assert_eq!(
                 (r.rejection.reason, r.rejection.field),
