@@ -30,8 +30,12 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Partitions of the events topic when tokentally creates it. Default 12.
     pub partitions: i32,
-    /// Replication factor of topics tokentally creates. Default 1.
-    pub replication: i32,
+    /// Replication factor of topics tokentally creates. Default: the
+    /// number of brokers, at most 3 (so 3 on a cluster, 1 on one broker).
+    /// At 3 or more, the topics also get `min.insync.replicas=2`: an
+    /// acknowledged event (producers use `acks=all`) is on at least two
+    /// brokers, and one broker may be down without stopping producers.
+    pub replication: Option<i32>,
     /// Consumer group of aggregators. Default `tokentally-aggregator`.
     pub group: String,
     /// How long a produced event may wait for the broker before the send
@@ -70,7 +74,7 @@ impl Default for KafkaConfig {
             topic: "token-events".into(),
             dlq_topic: "token-events-dlq".into(),
             partitions: 12,
-            replication: 1,
+            replication: None,
             group: "tokentally-aggregator".into(),
             delivery_timeout: Duration::from_secs(30),
             security_protocol: SecurityProtocol::Plaintext,
@@ -123,25 +127,61 @@ pub enum TopicError {
     Kafka(String),
 }
 
+/// What `create_topics` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedTopics {
+    /// The replication factor of the topics it created.
+    pub replication: i32,
+    /// Their `min.insync.replicas`, when set (at replication 3 or more).
+    pub min_insync_replicas: Option<i32>,
+    pub topics: Vec<(String, TopicOutcome)>,
+}
+
+/// The replication factor and `min.insync.replicas` of new topics: the
+/// configured factor, else the broker count up to 3; two in-sync replicas
+/// from a factor of 3 on.
+pub fn replication_for(configured: Option<i32>, brokers: usize) -> (i32, Option<i32>) {
+    let replication = configured.unwrap_or_else(|| brokers.clamp(1, 3) as i32);
+    (replication, (replication >= 3).then_some(2))
+}
+
 /// Create `topics` (name, partitions); existing topics are left as they are.
 pub async fn create_topics(
     config: &KafkaConfig,
     topics: &[(&str, i32)],
-) -> Result<Vec<(String, TopicOutcome)>, TopicError> {
+) -> Result<CreatedTopics, TopicError> {
     let errors = ErrorLog::default();
     let admin: AdminClient<ErrorLog> = config
         .connection()?
         .configure(ClientConfig::new())
         .create_with_context(errors.clone())
         .map_err(|e| TopicError::Kafka(e.to_string()))?;
+    let admin = std::sync::Arc::new(admin);
+    let brokers = match config.replication {
+        Some(_) => 0,
+        None => {
+            let admin = admin.clone();
+            tokio::task::spawn_blocking(move || {
+                admin
+                    .inner()
+                    .fetch_metadata(None, Duration::from_secs(30))
+                    .map(|m| m.brokers().len())
+            })
+            .await
+            .map_err(|e| TopicError::Kafka(e.to_string()))?
+            .map_err(|e| TopicError::Kafka(errors.explain(e)))?
+        }
+    };
+    let (replication, min_insync) = replication_for(config.replication, brokers);
+    let min_insync_value = min_insync.map(|n| n.to_string());
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions)| {
-            NewTopic::new(
-                name,
-                *partitions,
-                TopicReplication::Fixed(config.replication),
-            )
+            let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(replication));
+            match &min_insync_value {
+                Some(n) => topic.set("min.insync.replicas", n),
+                None => topic,
+            }
         })
         .collect();
     // Bounded also when the brokers never answer (or refuse the credentials).
@@ -152,7 +192,7 @@ pub async fn create_topics(
         .create_topics(&new, &opts)
         .await
         .map_err(|e| TopicError::Kafka(errors.explain(e)))?;
-    results
+    let topics = results
         .into_iter()
         .map(|r| match r {
             Ok(name) => Ok((name, TopicOutcome::Created)),
@@ -161,7 +201,12 @@ pub async fn create_topics(
             }
             Err((_, code)) => Err(TopicError::Kafka(errors.explain(KafkaError::AdminOp(code)))),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(CreatedTopics {
+        replication,
+        min_insync_replicas: min_insync,
+        topics,
+    })
 }
 
 /// The message key of a raw event line: its `event_id` when one can be
@@ -179,6 +224,16 @@ pub fn event_key(line: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_follows_the_brokers_up_to_three() {
+        assert_eq!(replication_for(None, 1), (1, None));
+        assert_eq!(replication_for(None, 2), (2, None));
+        assert_eq!(replication_for(None, 3), (3, Some(2)));
+        assert_eq!(replication_for(None, 9), (3, Some(2)));
+        assert_eq!(replication_for(Some(1), 3), (1, None));
+        assert_eq!(replication_for(Some(5), 0), (5, Some(2)));
+    }
 
     #[test]
     fn key_is_the_event_id_when_readable() {
