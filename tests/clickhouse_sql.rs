@@ -1,12 +1,14 @@
 //! Every query in docs/SQL.md runs, as written (database name aside), on
 //! the real ClickHouse server over simulated traffic aggregated from Kafka,
 //! and returns rows; the modern DDL and the same queries run on the modern
-//! engine (chdb, ClickHouse 26.x) too.
+//! engine (chdb, ClickHouse 26.x) too. The modern cluster DDL (`migrate
+//! --cluster`), which an in-process engine cannot run (no ZooKeeper),
+//! parses there; tests/cluster.rs runs the compatible one on a real cluster.
 
 mod common;
 
 use common::services::{analyst_database, clickhouse_sql, modern_engine, services};
-use common::{bin, read, run_ok};
+use common::{bin, read, root, run_ok};
 
 /// The ```sql blocks of docs/SQL.md.
 fn doc_queries() -> Vec<String> {
@@ -49,6 +51,39 @@ fn docs_sql_queries_run_on_the_real_server_and_return_rows() {
 #[test]
 fn modern_ddl_and_docs_sql_run_on_the_modern_engine() {
     modern_engine(&doc_queries());
+}
+
+#[test]
+fn modern_cluster_ddl_parses_on_the_modern_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let ddl = run_ok(bin().args([
+        "migrate",
+        "--print-ddl",
+        "modern",
+        "--cluster",
+        "tokentally",
+        "--json",
+    ]));
+    let statements: Vec<String> = serde_json::from_slice(&ddl.stdout).unwrap();
+    assert!(
+        statements
+            .iter()
+            .any(|s| s.contains("ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/"))
+    );
+    let path = dir.path().join("ddl.json");
+    std::fs::write(&path, &ddl.stdout).unwrap();
+    let out = std::process::Command::new(root().join("scripts/chdb/run"))
+        .arg("--parse-only")
+        .arg(&path)
+        .output()
+        .expect("run scripts/chdb/run");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        report.matches("ok (parses)").count(),
+        statements.len(),
+        "{report}"
+    );
 }
 
 #[test]

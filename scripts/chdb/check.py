@@ -3,11 +3,17 @@
 the modern engine (chdb, ClickHouse 26.x, in-process).
 
 Usage: check.py DDL_JSON QUERIES_JSON
+       check.py --parse-only DDL_JSON
   DDL_JSON      a JSON array of statements (`tokentally migrate --print-ddl modern --json`)
   QUERIES_JSON  a JSON array of queries to run after synthetic data is inserted
 
 Every statement must succeed and every query must return at least one row.
 Prints one line per query; exits 1 on the first failure.
+
+--parse-only parses each statement with the engine's own parser
+(formatQuery) without running it: for DDL an in-process engine cannot run,
+such as ON CLUSTER with Replicated*MergeTree (no ZooKeeper, no cluster).
+Prints one line per statement.
 """
 import json
 import sys
@@ -16,7 +22,22 @@ import tempfile
 from chdb import session
 
 
+def parse_only(path: str) -> int:
+    s = session.Session()
+    for stmt in json.load(open(path)):
+        quoted = stmt.replace("\\", "\\\\").replace("'", "\\'")
+        try:
+            s.query(f"SELECT formatQuery('{quoted}')", "TSV")
+        except Exception as e:  # the engine's parse error, with the statement
+            print(f"does not parse: {stmt}\n  {e}")
+            return 1
+        print(f"ok (parses): {stmt[:100]}")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1] == "--parse-only":
+        return parse_only(sys.argv[2])
     ddl = json.load(open(sys.argv[1]))
     queries = json.load(open(sys.argv[2]))
     with tempfile.TemporaryDirectory() as path:

@@ -1,5 +1,5 @@
 use clap::{Args, ValueEnum};
-use tokentally_sink::clickhouse::schema::{MIGRATIONS, bootstrap};
+use tokentally_sink::clickhouse::schema::{MIGRATIONS, Target, bootstrap, valid_cluster_name};
 use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, cannot_reach, fence, migrate};
 
 use super::clickhouse_args::ClickHouseArgs;
@@ -22,6 +22,13 @@ pub struct MigrateArgs {
     /// when it ends or is fenced out), for an example writer id.
     #[arg(long, value_enum, value_name = "KIND")]
     pub print_ddl: Option<DdlKind>,
+    /// Create the schema on every replica of this cluster (its name in the
+    /// servers' `<remote_servers>`): DDL runs `ON CLUSTER`, and tables are
+    /// `Replicated*MergeTree` with the `{shard}` and `{replica}` macros, so
+    /// that analysts and Grafana can read from any replica. The servers
+    /// need ZooKeeper (or ClickHouse Keeper). See docs/DEPLOYMENT.md.
+    #[arg(long, value_name = "NAME", value_parser = cluster_name)]
+    pub cluster: Option<String>,
     /// Print the result (or the DDL) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -35,17 +42,30 @@ pub enum DdlKind {
     Compatible,
 }
 
+fn cluster_name(name: &str) -> Result<String, String> {
+    if valid_cluster_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err("a cluster name is letters, digits and _, not starting with a digit".into())
+    }
+}
+
 /// The writer id `--print-ddl` shows an aggregator's statements for.
 const EXAMPLE_WRITER: &str = "0123456789abcdef";
 
-fn print_ddl(db: &str, kind: DdlKind, json: bool) -> anyhow::Result<()> {
+fn print_ddl(db: &str, cluster: Option<&str>, kind: DdlKind, json: bool) -> anyhow::Result<()> {
     let server = ServerInfo::from_version(match kind {
         DdlKind::Modern => "26.1",
         DdlKind::Compatible => "18.16",
     });
-    let statements: Vec<String> = bootstrap(db)
+    let target = Target {
+        db,
+        server: &server,
+        cluster,
+    };
+    let statements: Vec<String> = bootstrap(&target)
         .into_iter()
-        .chain(MIGRATIONS.iter().flat_map(|m| (m.statements)(db, &server)))
+        .chain(MIGRATIONS.iter().flat_map(|m| (m.statements)(&target)))
         .chain(fence::create_writer(db, EXAMPLE_WRITER))
         .chain(fence::drop_writer(db, EXAMPLE_WRITER, &server))
         .collect();
@@ -63,24 +83,27 @@ pub async fn run(mut config: Config, args: MigrateArgs) -> anyhow::Result<()> {
     args.clickhouse.apply(&mut config)?;
     let ch = &config.clickhouse;
     if let Some(kind) = args.print_ddl {
-        return print_ddl(&ch.database, kind, args.json);
+        return print_ddl(&ch.database, args.cluster.as_deref(), kind, args.json);
     }
     let client = ch.client()?;
-    let report = migrate(&client, &ch.database).await.map_err(|e| match e {
-        ClickHouseError::Request { error, .. }
-            if matches!(error, clickhouse::error::Error::Network(_)) =>
-        {
-            anyhow::anyhow!(cannot_reach(&ch.url, &error))
-        }
-        other => other.into(),
-    })?;
+    let report = migrate(&client, &ch.database, args.cluster.as_deref())
+        .await
+        .map_err(|e| match e {
+            ClickHouseError::Request { error, .. }
+                if matches!(error, clickhouse::error::Error::Network(_)) =>
+            {
+                anyhow::anyhow!(cannot_reach(&ch.url, &error))
+            }
+            other => other.into(),
+        })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let kind = if report.modern {
-            "modern"
-        } else {
-            "compatible"
+        let kind = match (&report.cluster, report.modern) {
+            (None, true) => "modern".to_string(),
+            (None, false) => "compatible".to_string(),
+            (Some(c), true) => format!("modern, ON CLUSTER {c}"),
+            (Some(c), false) => format!("compatible, ON CLUSTER {c}"),
         };
         if report.applied.is_empty() {
             println!(

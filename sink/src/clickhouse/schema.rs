@@ -136,11 +136,65 @@ impl serde::Serialize for Kind {
     }
 }
 
+/// Where the schema is created: one server, or every replica of a cluster
+/// (`migrate --cluster`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub db: &'a str,
+    pub server: &'a ServerInfo,
+    /// The cluster, as named in the servers' `<remote_servers>`: DDL runs
+    /// `ON CLUSTER` it, and every table is `Replicated*MergeTree`, with its
+    /// parts under `/clickhouse/tables/{shard}/DB/TABLE` in ZooKeeper and
+    /// one replica per server (the `{shard}` and `{replica}` macros).
+    pub cluster: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// The object of a DDL statement: `db.name`, `ON CLUSTER` on a cluster.
+    fn object(&self, name: &str) -> String {
+        match self.cluster {
+            None => format!("{}.{name}", self.db),
+            Some(cluster) => format!("{}.{name} ON CLUSTER {cluster}", self.db),
+        }
+    }
+
+    /// The engine of `table`: `family(args)`, or on a cluster its
+    /// replicated form (the ZooKeeper path and replica name come first).
+    fn engine(&self, family: &str, table: &str, args: &str) -> String {
+        match (self.cluster, args) {
+            (None, "") => family.to_string(),
+            (None, args) => format!("{family}({args})"),
+            (Some(_), args) => {
+                let args = if args.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {args}")
+                };
+                format!(
+                    "Replicated{family}('/clickhouse/tables/{{shard}}/{}/{table}', '{{replica}}'{args})",
+                    self.db
+                )
+            }
+        }
+    }
+}
+
+/// Whether `name` can name a cluster in DDL: letters, digits and `_`, not
+/// starting with a digit (an identifier that needs no quoting).
+pub fn valid_cluster_name(name: &str) -> bool {
+    name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// One schema change.
 pub struct Migration {
     pub version: u32,
     pub name: &'static str,
-    pub statements: fn(&str, &ServerInfo) -> Vec<String>,
+    pub statements: fn(&Target<'_>) -> Vec<String>,
 }
 
 /// Every migration, in order. Append only: never edit a released one.
@@ -173,13 +227,19 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Create the database and the migrations table.
-pub fn bootstrap(db: &str) -> Vec<String> {
+pub fn bootstrap(t: &Target<'_>) -> Vec<String> {
+    let database = match t.cluster {
+        None => t.db.to_string(),
+        Some(cluster) => format!("{} ON CLUSTER {cluster}", t.db),
+    };
     vec![
-        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!("CREATE DATABASE IF NOT EXISTS {database}"),
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+            "CREATE TABLE IF NOT EXISTS {} \
              (version UInt32, name String, applied_at DateTime('UTC')) \
-             ENGINE = MergeTree ORDER BY version"
+             ENGINE = {} ORDER BY version",
+            t.object("schema_migrations"),
+            t.engine("MergeTree", "schema_migrations", "")
         ),
     ]
 }
@@ -192,9 +252,12 @@ fn sums(measures: &[Column]) -> String {
         .join(", ")
 }
 
-fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
+fn v1(t: &Target<'_>) -> Vec<String> {
+    let (db, server) = (t.db, t.server);
     let name = server.name_type();
-    let dedup_window = if server.modern {
+    // Replicated tables deduplicate retried inserts by themselves
+    // (`replicated_deduplication_window`).
+    let dedup_window = if server.modern && t.cluster.is_none() {
         " SETTINGS non_replicated_deduplication_window = 1000"
     } else {
         ""
@@ -210,7 +273,7 @@ fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
     let kinds = Kind::column_type();
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.usage_deltas (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              kind {kinds}, \
              day Date, minute DateTime('UTC'), \
              model {name}, provider {name}, app {name}, reason {name}, \
@@ -218,71 +281,91 @@ fn v1(db: &str, server: &ServerInfo) -> Vec<String> {
              requests UInt64, prompt_tokens UInt64, completion_tokens UInt64, total_tokens UInt64, \
              cached_tokens UInt64, error_requests UInt64, batches UInt64, \
              watermark_ms Int64, committed_at DateTime('UTC') DEFAULT now()) \
-             ENGINE = SummingMergeTree((requests, prompt_tokens, completion_tokens, total_tokens, \
-             cached_tokens, error_requests, batches)) \
+             ENGINE = {} \
              ORDER BY (kind, day, minute, model, provider, app, reason, source, next_offset, batch_id)\
-             {dedup_window}"
+             {dedup_window}",
+            t.object("usage_deltas"),
+            t.engine(
+                "SummingMergeTree",
+                "usage_deltas",
+                "(requests, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
+                 error_requests, batches)"
+            )
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.dedup_ids (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              batch_id String, bucket Int64, id_hi UInt64, id_lo UInt64) \
-             ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)"
+             ENGINE = {} PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)",
+            t.object("dedup_ids"),
+            t.engine("MergeTree", "dedup_ids", "")
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.rejected_events_log (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              received_at DateTime('UTC'), batch_id String, reason {name}, field String, \
              detail String, raw String{codec}) \
-             ENGINE = MergeTree PARTITION BY toYYYYMM(received_at) ORDER BY (received_at, reason)\
-             {log_ttl}"
+             ENGINE = {} PARTITION BY toYYYYMM(received_at) ORDER BY (received_at, reason)\
+             {log_ttl}",
+            t.object("rejected_events_log"),
+            t.engine("MergeTree", "rejected_events_log", "")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.usage_daily AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT day, model, provider, {daily} FROM {db}.usage_deltas \
-             WHERE kind = 'daily' GROUP BY day, model, provider"
+             WHERE kind = 'daily' GROUP BY day, model, provider",
+            t.object("usage_daily")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.usage_minute AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT minute, model, {daily} FROM {db}.usage_deltas \
-             WHERE kind = 'minute' GROUP BY minute, model"
+             WHERE kind = 'minute' GROUP BY minute, model",
+            t.object("usage_minute")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.usage_app_daily AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT day, app, model, {app} FROM {db}.usage_deltas \
-             WHERE kind = 'app_daily' GROUP BY day, app, model"
+             WHERE kind = 'app_daily' GROUP BY day, app, model",
+            t.object("usage_app_daily")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.rejected AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT reason, sum(requests) AS count FROM {db}.usage_deltas \
-             WHERE kind = 'rejected' GROUP BY reason"
+             WHERE kind = 'rejected' GROUP BY reason",
+            t.object("rejected")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.ingest_progress AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT source, max(next_offset) AS next_offset, max(committed_at) AS committed_at, \
              max(watermark_ms) AS watermark_ms FROM {db}.usage_deltas \
-             WHERE kind = 'progress' GROUP BY source"
+             WHERE kind = 'progress' GROUP BY source",
+            t.object("ingest_progress")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.rejected_events AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT received_at, reason, field, detail, raw FROM {db}.rejected_events_log \
-             WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress')"
+             WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE kind = 'progress')",
+            t.object("rejected_events")
         ),
     ]
 }
 
-fn v2(db: &str, server: &ServerInfo) -> Vec<String> {
-    let name = server.name_type();
+fn v2(t: &Target<'_>) -> Vec<String> {
+    let db = t.db;
+    let name = t.server.name_type();
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.milestones_log (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              id String, type {name}, scope {name}, model String, provider String, day String, \
              threshold UInt64, value UInt64, previous_record UInt64, previous_holder String, \
              detected_at DateTime('UTC')) \
-             ENGINE = ReplacingMergeTree ORDER BY id"
+             ENGINE = {} ORDER BY id",
+            t.object("milestones_log"),
+            t.engine("ReplacingMergeTree", "milestones_log", "")
         ),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.milestones AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT id, type, scope, model, provider, day, threshold, value, previous_record, \
-             previous_holder, detected_at FROM {db}.milestones_log FINAL"
+             previous_holder, detected_at FROM {db}.milestones_log FINAL",
+            t.object("milestones")
         ),
     ]
 }
@@ -293,17 +376,22 @@ fn v2(db: &str, server: &ServerInfo) -> Vec<String> {
 /// copied over and the old table dropped. Rerunnable at any point: the old
 /// table is recreated (empty) if a previous run already dropped it, and
 /// sets already copied are skipped. Aggregators must be stopped meanwhile.
-fn v3(db: &str, _: &ServerInfo) -> Vec<String> {
+fn v3(t: &Target<'_>) -> Vec<String> {
+    let db = t.db;
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.dedup_id_sets (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              batch_id String, bucket Int64, ids_hi Array(UInt64), ids_lo Array(UInt64)) \
-             ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, batch_id)"
+             ENGINE = {} PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, batch_id)",
+            t.object("dedup_id_sets"),
+            t.engine("MergeTree", "dedup_id_sets", "")
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.dedup_ids (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              batch_id String, bucket Int64, id_hi UInt64, id_lo UInt64) \
-             ENGINE = MergeTree PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)"
+             ENGINE = {} PARTITION BY intDiv(bucket, 24) ORDER BY (bucket, id_hi)",
+            t.object("dedup_ids"),
+            t.engine("MergeTree", "dedup_ids", "")
         ),
         format!(
             "INSERT INTO {db}.dedup_id_sets (batch_id, bucket, ids_hi, ids_lo) \
@@ -313,7 +401,7 @@ fn v3(db: &str, _: &ServerInfo) -> Vec<String> {
              WHERE (batch_id, bucket) NOT IN (SELECT batch_id, bucket FROM {db}.dedup_id_sets) \
              GROUP BY batch_id, bucket)"
         ),
-        format!("DROP TABLE IF EXISTS {db}.dedup_ids"),
+        format!("DROP TABLE IF EXISTS {}", t.object("dedup_ids")),
     ]
 }
 
@@ -323,19 +411,26 @@ fn v3(db: &str, _: &ServerInfo) -> Vec<String> {
 /// so that a new owner can fence an old one that never released it (see
 /// `fence.rs`). Rerunnable: old servers lack `ADD COLUMN IF NOT EXISTS`,
 /// and `migrate` takes "already exists" for done.
-fn v4(db: &str, server: &ServerInfo) -> Vec<String> {
-    let if_absent = if server.modern { "IF NOT EXISTS " } else { "" };
+fn v4(t: &Target<'_>) -> Vec<String> {
+    let if_absent = if t.server.modern {
+        "IF NOT EXISTS "
+    } else {
+        ""
+    };
     let actions = Action::column_type();
     vec![
         format!(
-            "ALTER TABLE {db}.usage_deltas ADD COLUMN {if_absent}start_offset Int64 DEFAULT -1 \
-             AFTER next_offset"
+            "ALTER TABLE {} ADD COLUMN {if_absent}start_offset Int64 DEFAULT -1 \
+             AFTER next_offset",
+            t.object("usage_deltas")
         ),
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.writers (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              source String, writer String, action {actions}, \
              seq UInt64, at DateTime('UTC') DEFAULT now()) \
-             ENGINE = MergeTree ORDER BY (source, writer, seq)"
+             ENGINE = {} ORDER BY (source, writer, seq)",
+            t.object("writers"),
+            t.engine("MergeTree", "writers", "")
         ),
     ]
 }
@@ -368,18 +463,26 @@ pub const BY_TIME: &str = "kind = 'progress' AND day = toDate(0)";
 /// next recoveries read from there on; the ids age out with the horizon.
 /// Rerunnable: copies already made are skipped, a head added twice is
 /// harmless. Aggregators must be stopped meanwhile.
-fn v5(db: &str, server: &ServerInfo) -> Vec<String> {
-    let if_absent = if server.modern { "IF NOT EXISTS " } else { "" };
+fn v5(t: &Target<'_>) -> Vec<String> {
+    let db = t.db;
+    let if_absent = if t.server.modern {
+        "IF NOT EXISTS "
+    } else {
+        ""
+    };
     let now = chrono::Utc::now().timestamp();
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.ledger_heads (\
+            "CREATE TABLE IF NOT EXISTS {} (\
              source String, next_offset Int64, watermark_ms Int64, at DateTime('UTC')) \
-             ENGINE = ReplacingMergeTree(next_offset) ORDER BY source"
+             ENGINE = {} ORDER BY source",
+            t.object("ledger_heads"),
+            t.engine("ReplacingMergeTree", "ledger_heads", "next_offset")
         ),
         format!(
-            "ALTER TABLE {db}.dedup_id_sets ADD COLUMN {if_absent}at DateTime('UTC') \
-             DEFAULT toDateTime({now}, 'UTC')"
+            "ALTER TABLE {} ADD COLUMN {if_absent}at DateTime('UTC') \
+             DEFAULT toDateTime({now}, 'UTC')",
+            t.object("dedup_id_sets")
         ),
         format!(
             "INSERT INTO {db}.ledger_heads (source, next_offset, watermark_ms, at) \
@@ -399,24 +502,26 @@ fn v5(db: &str, server: &ServerInfo) -> Vec<String> {
              ANY LEFT JOIN (SELECT batch_id, count() AS dead_letters \
              FROM {db}.rejected_events_log GROUP BY batch_id) AS d USING batch_id"
         ),
-        format!("DROP TABLE IF EXISTS {db}.ingest_progress"),
+        format!("DROP TABLE IF EXISTS {}", t.object("ingest_progress")),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.ingest_progress AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT source, max(next_offset) AS next_offset, max(committed_at) AS committed_at, \
              max(watermark_ms) AS watermark_ms FROM (\
              SELECT source, next_offset, committed_at, watermark_ms FROM {db}.usage_deltas \
              WHERE {BY_TIME} AND minute >= now() - 3600 AND source != '' \
              UNION ALL \
              SELECT source, next_offset, at AS committed_at, watermark_ms FROM {db}.ledger_heads \
-             WHERE next_offset >= 0) GROUP BY source"
+             WHERE next_offset >= 0) GROUP BY source",
+            t.object("ingest_progress")
         ),
-        format!("DROP TABLE IF EXISTS {db}.rejected_events"),
+        format!("DROP TABLE IF EXISTS {}", t.object("rejected_events")),
         format!(
-            "CREATE VIEW IF NOT EXISTS {db}.rejected_events AS \
+            "CREATE VIEW IF NOT EXISTS {} AS \
              SELECT received_at, reason, field, detail, raw FROM {db}.rejected_events_log \
              WHERE batch_id IN (SELECT batch_id FROM {db}.usage_deltas WHERE {BY_TIME} \
              AND minute >= greatest(toDateTime(1, 'UTC'), \
-             (SELECT min(received_at) FROM {db}.rejected_events_log) - 3600) AND requests > 0)"
+             (SELECT min(received_at) FROM {db}.rejected_events_log) - 3600) AND requests > 0)",
+            t.object("rejected_events")
         ),
     ]
 }
@@ -433,16 +538,31 @@ pub struct MigrationReport {
     pub server_version: String,
     pub modern: bool,
     pub database: String,
+    /// The cluster the schema was created `ON CLUSTER`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub applied: Vec<u32>,
     pub current: u32,
 }
 
-/// Apply every migration the database lacks, in order. Idempotent: each
-/// statement is `IF NOT EXISTS`, and a migration is recorded once all its
-/// statements succeeded, so a half-applied one is simply run again.
-pub async fn migrate(client: &Client, db: &str) -> Result<MigrationReport, ClickHouseError> {
+/// Apply every migration the database lacks, in order, on the server
+/// `client` reaches or, with `cluster`, on every replica of that cluster
+/// (`ON CLUSTER`; the statements that copy data run once, on this server,
+/// and replication carries their rows). Idempotent: each statement is `IF
+/// NOT EXISTS`, and a migration is recorded once all its statements
+/// succeeded, so a half-applied one is simply run again.
+pub async fn migrate(
+    client: &Client,
+    db: &str,
+    cluster: Option<&str>,
+) -> Result<MigrationReport, ClickHouseError> {
     let server = ServerInfo::detect(client).await?;
-    for sql in bootstrap(db) {
+    let target = Target {
+        db,
+        server: &server,
+        cluster,
+    };
+    for sql in bootstrap(&target) {
         client
             .query(&sql)
             .execute()
@@ -454,6 +574,7 @@ pub async fn migrate(client: &Client, db: &str) -> Result<MigrationReport, Click
         server_version: server.version.clone(),
         modern: server.modern,
         database: db.to_string(),
+        cluster: cluster.map(str::to_string),
         applied: Vec::new(),
         current: applied.iter().copied().max().unwrap_or(0),
     };
@@ -461,7 +582,7 @@ pub async fn migrate(client: &Client, db: &str) -> Result<MigrationReport, Click
         if applied.contains(&m.version) {
             continue;
         }
-        for sql in (m.statements)(db, &server) {
+        for sql in (m.statements)(&target) {
             match client.query(&sql).execute().await {
                 Err(e) if column_exists(&sql, &e) => {}
                 r => r.map_err(ClickHouseError::query(&sql))?,
@@ -503,6 +624,80 @@ pub fn latest_version() -> u32 {
 mod tests {
     use super::*;
 
+    fn target(version: &str, cluster: Option<&'static str>) -> Target<'static> {
+        let server = Box::leak(Box::new(ServerInfo::from_version(version)));
+        Target {
+            db: "db",
+            server,
+            cluster,
+        }
+    }
+
+    /// Every statement of every migration, as `migrate` runs them.
+    fn all(t: &Target<'_>) -> Vec<String> {
+        bootstrap(t)
+            .into_iter()
+            .chain(MIGRATIONS.iter().flat_map(|m| (m.statements)(t)))
+            .collect()
+    }
+
+    #[test]
+    fn on_a_cluster_every_ddl_statement_runs_on_every_replica_and_tables_replicate() {
+        for version in ["18.16.1", "26.1"] {
+            let statements = all(&target(version, Some("tokentally")));
+            let ddl: Vec<&String> = statements
+                .iter()
+                .filter(|s| !s.starts_with("INSERT"))
+                .collect();
+            assert!(ddl.len() > 10);
+            for s in &ddl {
+                assert!(s.contains(" ON CLUSTER tokentally"), "{version}: {s}");
+            }
+            let tables: Vec<&&String> = ddl
+                .iter()
+                .filter(|s| s.starts_with("CREATE TABLE"))
+                .collect();
+            assert_eq!(tables.len(), 9, "{version}");
+            for s in tables {
+                let table = s
+                    .split_whitespace()
+                    .nth(5)
+                    .unwrap()
+                    .trim_start_matches("db.");
+                assert!(s.contains("ENGINE = Replicated"), "{version}: {s}");
+                assert!(
+                    s.contains(&format!(
+                        "('/clickhouse/tables/{{shard}}/db/{table}', '{{replica}}'"
+                    )),
+                    "{version}: {s}"
+                );
+                assert!(!s.contains("non_replicated_deduplication_window"), "{s}");
+            }
+            // Data is copied once, on the server migrate talks to.
+            assert!(
+                statements
+                    .iter()
+                    .filter(|s| s.starts_with("INSERT"))
+                    .all(|s| !s.contains("ON CLUSTER"))
+            );
+        }
+        let one = all(&target("26.1", None));
+        assert!(
+            one.iter()
+                .all(|s| !s.contains("ON CLUSTER") && !s.contains("Replicated"))
+        );
+    }
+
+    #[test]
+    fn cluster_names_are_plain_identifiers() {
+        for ok in ["tokentally", "prod_2", "_x"] {
+            assert!(valid_cluster_name(ok), "{ok}");
+        }
+        for bad in ["", "2x", "a-b", "a b", "a;DROP", "ünï", "`x`"] {
+            assert!(!valid_cluster_name(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn version_detection() {
         assert!(!ServerInfo::from_version("18.16.1").modern);
@@ -525,7 +720,7 @@ mod tests {
                 (5, "progress")
             ]
         );
-        assert!(v1("db", &ServerInfo::from_version("26.1"))[0].contains(
+        assert!(v1(&target("26.1", None))[0].contains(
             "kind Enum8('daily' = 1, 'minute' = 2, 'app_daily' = 3, 'rejected' = 4, 'progress' = 5), "
         ));
     }
@@ -536,8 +731,7 @@ mod tests {
         assert_eq!(stored, [(1, "claim"), (2, "release")]);
         for server in ["18.16.1", "26.1"] {
             assert!(
-                v4("db", &ServerInfo::from_version(server))[1]
-                    .contains("action Enum8('claim' = 1, 'release' = 2), "),
+                v4(&target(server, None))[1].contains("action Enum8('claim' = 1, 'release' = 2), "),
                 "{server}"
             );
         }
@@ -550,8 +744,8 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(versions, sorted);
-        let old = v1("db", &ServerInfo::from_version("18.16.1"));
-        let new = v1("db", &ServerInfo::from_version("26.1"));
+        let old = v1(&target("18.16.1", None));
+        let new = v1(&target("26.1", None));
         assert!(old.iter().all(|s| !s.contains("LowCardinality")));
         assert!(new[0].contains("LowCardinality(String)"));
         assert!(new[0].contains("non_replicated_deduplication_window"));
