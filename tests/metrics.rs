@@ -119,6 +119,8 @@ fn aggregate_gateway_alerts_and_simulate_serve_lint_clean_metrics() {
             "tokentally_commit_seconds_bucket",
             "tokentally_last_commit_timestamp_seconds",
             "tokentally_consumer_lag_messages{partition=",
+            // 2,000 ids: far below max_ids, so the whole 24 h horizon.
+            "tokentally_dedup_effective_horizon_seconds 86400",
             "process_resident_memory_bytes",
         ],
     );

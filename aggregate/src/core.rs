@@ -122,6 +122,9 @@ pub struct Aggregator {
     decoded: Vec<Decoded>,
     watermark_ms: Option<i64>,
     metrics: Option<PipelineMetrics>,
+    /// Whether the dedup index holds less than its horizon (warned once
+    /// per time it falls short).
+    horizon_short: bool,
 }
 
 /// What decoding one chunk of a batch gives besides its rows: the id hash
@@ -153,8 +156,31 @@ impl Aggregator {
             dedup,
             watermark_ms: recovered.watermark_ms,
             metrics: None,
+            horizon_short: false,
             config,
         }
+    }
+
+    /// Export the dedup index's effective horizon, and warn when it falls
+    /// below the configured one: `max_ids` is too small for the rate, and
+    /// retries older than the effective horizon count again.
+    fn check_horizon(&mut self, watermark_ms: i64) {
+        let effective = self.dedup.effective_horizon(watermark_ms);
+        if let Some(m) = &self.metrics {
+            m.dedup_effective_horizon.set(effective.as_secs_f64());
+        }
+        let short = effective < self.dedup.horizon();
+        if short && !self.horizon_short {
+            tracing::warn!(
+                effective_horizon_s = effective.as_secs(),
+                horizon_s = self.dedup.horizon().as_secs(),
+                ids = self.dedup.len(),
+                "the dedup index holds less than its horizon: max_ids forced the oldest hours \
+                 out, and a retry older than the effective horizon counts again; raise \
+                 [aggregate.dedup] max_ids (docs/DEPLOYMENT.md has the sizes)"
+            );
+        }
+        self.horizon_short = short;
     }
 
     /// Merge what the sink recovered for newly assigned partitions: their
@@ -252,6 +278,7 @@ impl Aggregator {
         self.watermark_ms = wm;
         if let Some(w) = wm {
             self.dedup.advance(w);
+            self.check_horizon(w);
         }
         if let Some(m) = &self.metrics {
             m.observe(&stats, self.dedup.len());

@@ -189,6 +189,24 @@ impl DedupIndex {
         self.floor
     }
 
+    /// How far behind `watermark_ms` ids are still remembered: the
+    /// configured horizon, or less once `max_ids` forced the oldest hours
+    /// out (retries older than that count again).
+    pub fn effective_horizon(&self, watermark_ms: i64) -> Duration {
+        if self.floor == i64::MIN {
+            return self.config.horizon;
+        }
+        let held_ms = watermark_ms.saturating_sub(self.floor.saturating_mul(MS_PER_HOUR));
+        self.config
+            .horizon
+            .min(Duration::from_millis(held_ms.max(0) as u64))
+    }
+
+    /// The configured horizon.
+    pub fn horizon(&self) -> Duration {
+        self.config.horizon
+    }
+
     /// Check an id and remember it, at `bucket` (the hour of the current
     /// watermark), if new.
     pub fn observe(&mut self, bucket: i64, id: u128) -> Seen {
@@ -339,6 +357,34 @@ mod tests {
             ix.observe(now, id_hash("a")),
             Seen::New,
             "forgotten, counted again"
+        );
+    }
+
+    #[test]
+    fn the_effective_horizon_shrinks_only_when_max_ids_evicts() {
+        let hour = MS_PER_HOUR;
+        let mut ix = index(24, 1_000);
+        assert_eq!(ix.effective_horizon(0), Duration::from_secs(24 * 3600));
+        for h in 0..48i64 {
+            ix.observe(h, h as u128);
+            ix.advance(h * hour + hour / 2);
+        }
+        // 48 hours seen, 24 kept by the horizon: the full horizon.
+        assert_eq!(
+            ix.effective_horizon(47 * hour + hour / 2),
+            Duration::from_secs(24 * 3600)
+        );
+        // 100 ids an hour with room for 1,000: ten hours kept at most.
+        let mut small = index(24, 1_000);
+        for h in 0..30i64 {
+            for i in 0..100u128 {
+                small.observe(h, (h as u128) << 32 | i);
+            }
+            small.advance(h * hour + hour / 2);
+        }
+        assert_eq!(
+            small.effective_horizon(29 * hour + hour / 2),
+            Duration::from_millis((9 * hour + hour / 2) as u64)
         );
     }
 

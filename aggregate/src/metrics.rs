@@ -17,6 +17,9 @@ pub struct PipelineMetrics {
     pub duplicates: IntCounter,
     pub late_events: IntCounter,
     pub dedup_ids: IntGauge,
+    /// How far behind the watermark ids are remembered (below the
+    /// configured horizon once `max_ids` evicts).
+    pub dedup_effective_horizon: Gauge,
     pub batch_events: Histogram,
     /// Time to commit one batch to the sink (flush latency).
     pub commit_seconds: Histogram,
@@ -57,6 +60,12 @@ impl PipelineMetrics {
                 "tokentally_dedup_ids",
                 "Event ids currently remembered for dedup.",
             )?,
+            dedup_effective_horizon: Gauge::new(
+                "tokentally_dedup_effective_horizon_seconds",
+                "How far behind the watermark event ids are still remembered: the configured \
+                 dedup horizon, or less once max_ids forced the oldest hours out (retries \
+                 older than this count again).",
+            )?,
             batch_events: Histogram::with_opts(
                 HistogramOpts::new("tokentally_batch_events", "Records per micro-batch.")
                     .buckets(prometheus::exponential_buckets(16.0, 4.0, 9)?),
@@ -86,6 +95,7 @@ impl PipelineMetrics {
         registry.register(Box::new(m.duplicates.clone()))?;
         registry.register(Box::new(m.late_events.clone()))?;
         registry.register(Box::new(m.dedup_ids.clone()))?;
+        registry.register(Box::new(m.dedup_effective_horizon.clone()))?;
         registry.register(Box::new(m.batch_events.clone()))?;
         registry.register(Box::new(m.commit_seconds.clone()))?;
         registry.register(Box::new(m.last_commit.clone()))?;
