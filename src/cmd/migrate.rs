@@ -99,12 +99,15 @@ pub async fn run(mut config: Config, args: MigrateArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let kind = match (&report.cluster, report.modern) {
-            (None, true) => "modern".to_string(),
-            (None, false) => "compatible".to_string(),
-            (Some(c), true) => format!("modern, ON CLUSTER {c}"),
-            (Some(c), false) => format!("compatible, ON CLUSTER {c}"),
-        };
+        let mut kind = if report.modern {
+            "modern"
+        } else {
+            "compatible"
+        }
+        .to_string();
+        if let Some(cluster) = &report.cluster {
+            kind.push_str(&format!(", ON CLUSTER {cluster}"));
+        }
         if report.applied.is_empty() {
             println!(
                 "database {} is up to date at schema version {} (ClickHouse {}, {kind} DDL)",

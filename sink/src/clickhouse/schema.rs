@@ -150,12 +150,17 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// ` ON CLUSTER name` on a cluster, else nothing: what follows the
+    /// object of a DDL statement.
+    fn on_cluster(&self) -> String {
+        self.cluster
+            .map(|cluster| format!(" ON CLUSTER {cluster}"))
+            .unwrap_or_default()
+    }
+
     /// The object of a DDL statement: `db.name`, `ON CLUSTER` on a cluster.
     fn object(&self, name: &str) -> String {
-        match self.cluster {
-            None => format!("{}.{name}", self.db),
-            Some(cluster) => format!("{}.{name} ON CLUSTER {cluster}", self.db),
-        }
+        format!("{}.{name}{}", self.db, self.on_cluster())
     }
 
     /// The engine of `table`: `family(args)`, or on a cluster its
@@ -228,12 +233,8 @@ pub const MIGRATIONS: &[Migration] = &[
 
 /// Create the database and the migrations table.
 pub fn bootstrap(t: &Target<'_>) -> Vec<String> {
-    let database = match t.cluster {
-        None => t.db.to_string(),
-        Some(cluster) => format!("{} ON CLUSTER {cluster}", t.db),
-    };
     vec![
-        format!("CREATE DATABASE IF NOT EXISTS {database}"),
+        format!("CREATE DATABASE IF NOT EXISTS {}{}", t.db, t.on_cluster()),
         format!(
             "CREATE TABLE IF NOT EXISTS {} \
              (version UInt32, name String, applied_at DateTime('UTC')) \
