@@ -1,5 +1,7 @@
 use clap::Args;
 
+use tokentally_sink::clickhouse::schema::valid_cluster_name;
+
 use tokentally::config::Config;
 
 /// Flags that override `[clickhouse]`. The password is read from
@@ -24,6 +26,26 @@ pub struct ClickHouseArgs {
     /// system's.
     #[arg(long, env = "TOKENTALLY_CLICKHOUSE_CA_FILE", value_name = "FILE")]
     pub clickhouse_ca_file: Option<std::path::PathBuf>,
+    /// The cluster (its name in the servers' `<remote_servers>`) whose
+    /// replicas hold tokentally's schema: `migrate` creates it there `ON
+    /// CLUSTER`, with replicated tables; `aggregate` then fences and
+    /// resumes partitions on every replica. See docs/DEPLOYMENT.md.
+    #[arg(
+        long,
+        visible_alias = "cluster",
+        env = "TOKENTALLY_CLICKHOUSE_CLUSTER",
+        value_name = "NAME",
+        value_parser = cluster_name
+    )]
+    pub clickhouse_cluster: Option<String>,
+}
+
+fn cluster_name(name: &str) -> Result<String, String> {
+    if valid_cluster_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err("a cluster name is letters, digits and _, not starting with a digit".into())
+    }
 }
 
 impl ClickHouseArgs {
@@ -40,11 +62,20 @@ impl ClickHouseArgs {
         if let Some(ca) = &self.clickhouse_ca_file {
             config.clickhouse.ca_file = Some(ca.clone());
         }
+        if let Some(c) = &self.clickhouse_cluster {
+            config.clickhouse.cluster = Some(c.clone());
+        }
         let db = &config.clickhouse.database;
         anyhow::ensure!(
             !db.is_empty() && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "the ClickHouse database name must be letters, digits and underscores, got {db:?}"
         );
+        if let Some(c) = &config.clickhouse.cluster {
+            anyhow::ensure!(
+                valid_cluster_name(c),
+                "[clickhouse] cluster: a cluster name is letters, digits and _, not starting with a digit, got {c:?}"
+            );
+        }
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
 use clap::{Args, ValueEnum};
-use tokentally_sink::clickhouse::schema::{MIGRATIONS, Target, bootstrap, valid_cluster_name};
+use tokentally_sink::clickhouse::schema::{MIGRATIONS, Target, bootstrap};
 use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, cannot_reach, fence, migrate};
 
 use super::clickhouse_args::ClickHouseArgs;
@@ -12,6 +12,11 @@ use tokentally::config::Config;
 /// `schema_migrations` and skipped. Modern servers (22.8+) get
 /// `LowCardinality`, codecs, TTL and insert deduplication; older ones a
 /// compatible form. See docs/SQL.md.
+///
+/// With `--cluster NAME` the DDL runs `ON CLUSTER` and tables are
+/// `Replicated*MergeTree` with the `{shard}` and `{replica}` macros, so that
+/// analysts and Grafana can read from any replica; the servers need
+/// ZooKeeper or ClickHouse Keeper (docs/DEPLOYMENT.md).
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
@@ -19,16 +24,10 @@ pub struct MigrateArgs {
     /// Print the DDL for this kind of server instead of applying it (no
     /// connection is made): every statement, `;`-terminated, then what each
     /// aggregator runs for its own writer table (created at start, dropped
-    /// when it ends or is fenced out), for an example writer id.
+    /// when it ends or is fenced out; on a cluster, the fence's `ON
+    /// CLUSTER` form), for an example writer id.
     #[arg(long, value_enum, value_name = "KIND")]
     pub print_ddl: Option<DdlKind>,
-    /// Create the schema on every replica of this cluster (its name in the
-    /// servers' `<remote_servers>`): DDL runs `ON CLUSTER`, and tables are
-    /// `Replicated*MergeTree` with the `{shard}` and `{replica}` macros, so
-    /// that analysts and Grafana can read from any replica. The servers
-    /// need ZooKeeper (or ClickHouse Keeper). See docs/DEPLOYMENT.md.
-    #[arg(long, value_name = "NAME", value_parser = cluster_name)]
-    pub cluster: Option<String>,
     /// Print the result (or the DDL) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -40,14 +39,6 @@ pub enum DdlKind {
     Modern,
     /// Older servers (e.g. 18.16).
     Compatible,
-}
-
-fn cluster_name(name: &str) -> Result<String, String> {
-    if valid_cluster_name(name) {
-        Ok(name.to_string())
-    } else {
-        Err("a cluster name is letters, digits and _, not starting with a digit".into())
-    }
 }
 
 /// The writer id `--print-ddl` shows an aggregator's statements for.
@@ -67,7 +58,7 @@ fn print_ddl(db: &str, cluster: Option<&str>, kind: DdlKind, json: bool) -> anyh
         .into_iter()
         .chain(MIGRATIONS.iter().flat_map(|m| (m.statements)(&target)))
         .chain(fence::create_writer(db, EXAMPLE_WRITER))
-        .chain(fence::drop_writer(db, EXAMPLE_WRITER, &server))
+        .chain(fence::drop_writer(&target, EXAMPLE_WRITER))
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&statements)?);
@@ -83,10 +74,10 @@ pub async fn run(mut config: Config, args: MigrateArgs) -> anyhow::Result<()> {
     args.clickhouse.apply(&mut config)?;
     let ch = &config.clickhouse;
     if let Some(kind) = args.print_ddl {
-        return print_ddl(&ch.database, args.cluster.as_deref(), kind, args.json);
+        return print_ddl(&ch.database, ch.cluster.as_deref(), kind, args.json);
     }
     let client = ch.client()?;
-    let report = migrate(&client, &ch.database, args.cluster.as_deref())
+    let report = migrate(&client, &ch.database, ch.cluster.as_deref())
         .await
         .map_err(|e| match e {
             ClickHouseError::Request { error, .. }

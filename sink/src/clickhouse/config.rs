@@ -32,6 +32,15 @@ pub struct ClickHouseConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// Database of tokentally's tables. Default `tokentally`.
     pub database: String,
+    /// The cluster the schema was created on (`tokentally migrate
+    /// --cluster NAME`), when it is replicated. The aggregator then fences
+    /// other aggregators on every replica (`DROP TABLE ... ON CLUSTER`) and
+    /// waits for its replica to hold every part of the ledger
+    /// (`SYSTEM SYNC REPLICA`) before it resumes partitions, so that it
+    /// counts nothing twice whichever replica it is connected to. Also
+    /// `--clickhouse-cluster` or `TOKENTALLY_CLICKHOUSE_CLUSTER`. The
+    /// aggregator refuses to start when this does not match the schema.
+    pub cluster: Option<String>,
     /// User. Also `TOKENTALLY_CLICKHOUSE_USER`. Default `default`.
     pub user: String,
     /// File holding the password (first line).
@@ -61,6 +70,7 @@ impl Default for ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
             ca_file: None,
             database: "tokentally".into(),
+            cluster: None,
             user: "default".into(),
             password_file: None,
             request_timeout: Duration::from_secs(30),
@@ -72,8 +82,9 @@ impl Default for ClickHouseConfig {
 
 impl ClickHouseConfig {
     /// A client for this server: RowBinary without schema validation (old
-    /// servers lack what validation needs), LZ4, the credentials, and TLS
-    /// for `https://` URLs (system roots plus `ca_file`).
+    /// servers lack what validation needs), LZ4, the credentials, TLS for
+    /// `https://` URLs (system roots plus `ca_file`), and on a cluster a
+    /// bound on how long `ON CLUSTER` statements wait for the replicas.
     pub fn client(&self) -> Result<Client, ClickHouseError> {
         let http = tls::http_client(self.ca_file.as_deref(), POOL_IDLE_TIMEOUT)
             .map_err(|e| ClickHouseError::Config(format!("ClickHouse TLS settings: {e}")))?;
@@ -84,6 +95,13 @@ impl ClickHouseConfig {
             .with_compression(clickhouse::Compression::Lz4);
         if let Some(password) = self.password()? {
             client = client.with_password(password);
+        }
+        if self.cluster.is_some() {
+            // `ON CLUSTER` statements wait for every replica; the server
+            // reports the replicas that did not answer before the client
+            // gives up on the request.
+            let wait = (self.request_timeout.as_secs() * 2 / 3).max(1);
+            client = client.with_setting("distributed_ddl_task_timeout", wait.to_string());
         }
         Ok(client)
     }

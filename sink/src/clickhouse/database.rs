@@ -16,6 +16,8 @@ pub(super) struct Database {
     /// bare tables).
     insert_client: Client,
     name: String,
+    /// The cluster whose replicas hold the database, if it is replicated.
+    cluster: Option<String>,
     request_timeout: Duration,
     retry_for: Duration,
     metrics: Option<SinkMetrics>,
@@ -29,6 +31,7 @@ impl Database {
             insert_client: client.clone().with_database(&config.database),
             client,
             name: config.database.clone(),
+            cluster: config.cluster.clone(),
             request_timeout: config.request_timeout,
             retry_for: config.retry_for,
             metrics: None,
@@ -47,6 +50,29 @@ impl Database {
     /// The database's name, for qualified table names.
     pub(super) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The cluster whose replicas hold the database, if it is replicated.
+    pub(super) fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// On a cluster, wait until this replica holds every part of `tables`
+    /// that was inserted anywhere before the call (`SYSTEM SYNC REPLICA`:
+    /// the replica pulls the replication log, then fetches): a read after
+    /// it sees every insert that had returned, whichever replica took it.
+    /// While the replica that alone holds a part is down, it waits (the
+    /// request times out and is retried), since reading without that part
+    /// would count its batch again. Nothing on one server.
+    pub(super) async fn sync_replicas(&self, tables: &[&str]) -> Result<(), ClickHouseError> {
+        if self.cluster.is_none() {
+            return Ok(());
+        }
+        for table in tables {
+            self.execute(format!("SYSTEM SYNC REPLICA {}.{table}", self.name))
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn fetch<T>(&self, sql: String) -> Result<Vec<T>, ClickHouseError>

@@ -31,7 +31,7 @@ use rand::Rng;
 use super::database::{quote, quote_all};
 use super::error::has_code;
 use super::rows::DeltaRow;
-use super::schema::{ServerInfo, enum8};
+use super::schema::{Target, enum8};
 
 /// This aggregator, as a writer of partitions.
 #[derive(Debug)]
@@ -164,14 +164,24 @@ pub fn table_of(id: &str) -> String {
     format!("writer_{id}")
 }
 
-/// Statements fencing writer `id` out: its table first (waiting for the
-/// inserts in it), then its view.
-pub fn drop_writer(db: &str, id: &str, server: &ServerInfo) -> Vec<String> {
+/// Statements dropping writer `id`'s table (first, waiting for the
+/// inserts in it) and its view: to fence it out, or when it ends.
+///
+/// On a cluster a fencing aggregator drops `ON CLUSTER`: a writer's table
+/// lives on the replica that writer is connected to, which others do not
+/// know, and the statement returns only once every replica has run it (a
+/// replica that is down makes it time out, and it is retried: nobody reads
+/// a ledger the old writer might still add to). A writer ending drops its
+/// own table where it is, with a `target` without a cluster.
+pub fn drop_writer(target: &Target, id: &str) -> Vec<String> {
     let table = table_of(id);
-    let sync = if server.modern { " SYNC" } else { "" };
+    let sync = if target.server.modern { " SYNC" } else { "" };
     vec![
-        format!("DROP TABLE IF EXISTS {db}.{table}{sync}"),
-        format!("DROP TABLE IF EXISTS {db}.{table}_mv{sync}"),
+        format!("DROP TABLE IF EXISTS {}{sync}", target.object(&table)),
+        format!(
+            "DROP TABLE IF EXISTS {}{sync}",
+            target.object(&format!("{table}_mv"))
+        ),
     ]
 }
 
@@ -198,6 +208,7 @@ pub fn is_fenced_out(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clickhouse::schema::ServerInfo;
 
     #[test]
     fn a_writer_orders_its_own_claims_and_releases() {
@@ -219,14 +230,26 @@ mod tests {
     fn fencing_sql() {
         let old = ServerInfo::from_version("18.16.1");
         let new = ServerInfo::from_version("26.1");
+        let on = |server, cluster| Target {
+            db: "db",
+            server,
+            cluster,
+        };
         assert_eq!(
-            drop_writer("db", "ab", &old),
+            drop_writer(&on(&old, None), "ab"),
             vec![
                 "DROP TABLE IF EXISTS db.writer_ab",
                 "DROP TABLE IF EXISTS db.writer_ab_mv"
             ]
         );
-        assert!(drop_writer("db", "ab", &new)[0].ends_with(" SYNC"));
+        assert!(drop_writer(&on(&new, None), "ab")[0].ends_with(" SYNC"));
+        assert_eq!(
+            drop_writer(&on(&new, Some("c1")), "ab"),
+            vec![
+                "DROP TABLE IF EXISTS db.writer_ab ON CLUSTER c1 SYNC",
+                "DROP TABLE IF EXISTS db.writer_ab_mv ON CLUSTER c1 SYNC"
+            ]
+        );
         let create = create_writer("db", "ab");
         assert_eq!(
             create[0],

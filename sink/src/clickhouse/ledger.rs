@@ -141,6 +141,10 @@ impl Ledger {
         keys: Option<&[String]>,
     ) -> Result<BTreeMap<String, ProgressRow>, ClickHouseError> {
         let heads = self.heads(db, keys).await?;
+        // On a cluster, the batches behind these heads (and any newer) may
+        // have been committed through another replica: fetch them first.
+        // Heads are read before, so that every head's batch is among them.
+        db.sync_replicas(&["dedup_id_sets", "usage_deltas"]).await?;
         let mut from: BTreeMap<String, Option<i64>> = heads
             .iter()
             .map(|(k, h)| (k.clone(), Some(h.next_offset)))

@@ -159,7 +159,7 @@ impl Target<'_> {
     }
 
     /// The object of a DDL statement: `db.name`, `ON CLUSTER` on a cluster.
-    fn object(&self, name: &str) -> String {
+    pub(crate) fn object(&self, name: &str) -> String {
         format!("{}.{name}{}", self.db, self.on_cluster())
     }
 

@@ -18,7 +18,7 @@ use super::error::{cannot_reach, timed, with_retries};
 use super::fence::{self, Action, Writer, WriterRow};
 use super::ledger::Ledger;
 use super::rows::{self, DeltaRow, HeadRow, IdSetRow, RejectedRow};
-use super::schema::{self, ServerInfo};
+use super::schema::{self, ServerInfo, Target};
 use super::{ClickHouseConfig, ClickHouseError, SinkMetrics};
 
 /// The ClickHouse implementation of [`UsageSink`].
@@ -78,6 +78,7 @@ impl ClickHouseSink {
                 needed,
             });
         }
+        check_cluster(&client, &config).await?;
         Ok(ClickHouseSink {
             db: Database::new(client, &config),
             config,
@@ -157,6 +158,9 @@ impl ClickHouseSink {
             return Err(ClickHouseError::FencedOut);
         }
         self.record(keys, Action::Claim).await?;
+        // On a cluster, a claim recorded through another replica must be
+        // seen here, or its writer would not be fenced.
+        self.db.sync_replicas(&["writers"]).await?;
         let holders = self
             .db
             .fetch::<String>(fence::holders_sql(&db, keys, &self.writer.id))
@@ -167,7 +171,12 @@ impl ClickHouseSink {
                 partitions = ?keys,
                 "fencing out an aggregator that claimed these partitions and never released them"
             );
-            for sql in fence::drop_writer(&db, &holder, &self.server) {
+            let everywhere = Target {
+                db: &db,
+                server: &self.server,
+                cluster: self.db.cluster(),
+            };
+            for sql in fence::drop_writer(&everywhere, &holder) {
                 self.db.execute(sql).await?;
             }
             // On its behalf, so that later owners do not fence it again.
@@ -418,11 +427,67 @@ impl UsageSink for ClickHouseSink {
         self.ledger.write_heads(&self.db).await?;
         if self.writer_ready {
             let db = self.db.name().to_string();
-            for sql in fence::drop_writer(&db, &self.writer.id, &self.server) {
+            // Its own table is on this server only.
+            let here = Target {
+                db: &db,
+                server: &self.server,
+                cluster: None,
+            };
+            for sql in fence::drop_writer(&here, &self.writer.id) {
                 self.db.execute(sql).await?;
             }
             self.writer_ready = false;
         }
         Ok(())
+    }
+}
+
+/// Refuse a cluster setting that does not match the schema: aggregators of
+/// a replicated ledger that did not know it would read a replica's partial
+/// ledger and fence nobody on the others.
+async fn check_cluster(
+    client: &clickhouse::Client,
+    config: &ClickHouseConfig,
+) -> Result<(), ClickHouseError> {
+    let db = &config.database;
+    let sql = format!(
+        "SELECT engine FROM system.tables WHERE database = {} AND name = 'usage_deltas'",
+        quote(db)
+    );
+    let engine = client
+        .query(&sql)
+        .fetch_all::<String>()
+        .await
+        .map_err(ClickHouseError::query(&sql))?;
+    let replicated = engine.first().is_some_and(|e| e.starts_with("Replicated"));
+    match (replicated, &config.cluster) {
+        (false, None) => Ok(()),
+        (true, None) => Err(ClickHouseError::Config(format!(
+            "database {db} is replicated (`tokentally migrate --cluster`): set the cluster \
+             (--clickhouse-cluster, TOKENTALLY_CLICKHOUSE_CLUSTER or [clickhouse] cluster), so \
+             that aggregators on different replicas fence each other and resume from the whole \
+             ledger"
+        ))),
+        (false, Some(cluster)) => Err(ClickHouseError::Config(format!(
+            "cluster {cluster} is set, but database {db} is not replicated: it was migrated \
+             without --cluster"
+        ))),
+        (true, Some(cluster)) => {
+            let sql = format!(
+                "SELECT count() FROM system.clusters WHERE cluster = {}",
+                quote(cluster)
+            );
+            let hosts = client
+                .query(&sql)
+                .fetch_all::<u64>()
+                .await
+                .map_err(ClickHouseError::query(&sql))?;
+            if hosts.first().copied().unwrap_or(0) == 0 {
+                return Err(ClickHouseError::Config(format!(
+                    "this server has no cluster {cluster} in its <remote_servers>"
+                )));
+            }
+            Ok(())
+        }
     }
 }
