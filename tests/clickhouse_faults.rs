@@ -22,11 +22,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::faults::{Aggregator, Rng, ok_or_fenced};
 use common::history::{check_history, commits, committed_all, holders, partition_bounds};
 use common::proxy::Proxy;
 use common::services::{
@@ -50,22 +51,6 @@ fn serial_unless_parallel() -> Option<std::sync::MutexGuard<'static, ()>> {
 /// so that faults land mid-stream.
 const EVENTS: u32 = 150_000;
 const PARTITIONS: u32 = 6;
-
-/// A small xorshift generator: the timing of each round.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo))
-    }
-}
 
 fn rounds() -> u32 {
     std::env::var("TOKENTALLY_CHAOS_ROUNDS")
@@ -143,21 +128,14 @@ impl World {
 
     /// An aggregator of the group into the database, logging to `log`.
     fn aggregator(&self, brokers: &str, log: &str, extra: &[&str]) -> Aggregator {
-        let log = self.dir.path().join(log);
         let mut cmd = common::bin();
         cmd.args(["aggregate", "--kafka", brokers, "--topic", &self.topic.name])
             .args(["--dlq-topic", &self.topic.dlq(), "--group", &self.group])
             .args(["--sink", "clickhouse", "--clickhouse", &self.url])
             .args(["--clickhouse-database", &self.db, "--batch-records", "5000"])
             .args(["--exit-on-idle", "20"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Aggregator {
-            child: cmd.spawn().unwrap(),
-            log,
-        }
+            .args(extra);
+        Aggregator::spawn(&mut cmd, self.dir.path().join(log))
     }
 
     /// Claims of partitions recorded so far (each assignment claims).
@@ -245,58 +223,6 @@ impl World {
             stats.batches, stats.ids
         )
     }
-}
-
-struct Aggregator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Aggregator {
-    fn signal(&self, sig: &str) {
-        run_ok(Command::new("kill").args([sig, &self.child.id().to_string()]));
-    }
-
-    /// Wait (at most `limit`) for it to exit; its exit status and log.
-    fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (
-                    status,
-                    std::fs::read_to_string(&self.log).unwrap_or_default(),
-                );
-            }
-            if started.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!(
-                    "aggregator still running after {limit:?}:\n{}",
-                    tail(&self.log)
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// An aggregator that stopped may only have stopped because it was fenced
-/// (it lost its partitions to another); anything else fails the case.
-fn ok_or_fenced(who: &str, (status, log): &(std::process::ExitStatus, String)) -> &'static str {
-    if status.success() {
-        return "finished";
-    }
-    assert!(
-        log.contains("fenced"),
-        "{who} failed ({status}) without being fenced:\n{}",
-        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
-    "fenced"
 }
 
 const LIMIT: Duration = Duration::from_secs(300);

@@ -70,6 +70,14 @@ fn modern_cluster_ddl_parses_on_the_modern_engine() {
             .iter()
             .any(|s| s.contains("ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/"))
     );
+    // The fence reaches every replica.
+    assert!(
+        statements
+            .iter()
+            .any(|s| s.starts_with("DROP TABLE IF EXISTS tokentally.writer_")
+                && s.ends_with(" ON CLUSTER tokentally SYNC")),
+        "{statements:?}"
+    );
     let path = dir.path().join("ddl.json");
     std::fs::write(&path, &ddl.stdout).unwrap();
     let out = std::process::Command::new(root().join("scripts/chdb/run"))

@@ -4,6 +4,7 @@
 
 pub mod compose;
 pub mod dashboards;
+pub mod faults;
 pub mod gateway;
 pub mod history;
 pub mod http;
