@@ -1,5 +1,6 @@
-//! `docker-compose.yml`, checked structurally without a Docker engine (none
-//! runs on the machines that run scripts/test): services, pinned images,
+//! `docker-compose.yml` and `docker-compose.cluster.yml`, checked
+//! structurally without a Docker engine (none runs on the machines that run
+//! scripts/test): services, pinned images,
 //! health checks behind every `service_healthy`, one-shot services behind
 //! every `service_completed_successfully`, mounted paths that exist,
 //! distinct host ports, secrets as files (never values), and every
@@ -16,7 +17,9 @@ use std::process::Command;
 
 use serde_json::{Map, Value};
 
-use common::compose::{compose, compose_services, metrics_port, tokentally_services, volumes};
+use common::compose::{
+    cluster_compose, compose, compose_services, metrics_port, tokentally_services, volumes,
+};
 use common::yaml::{obj, strings, text};
 use common::{bin, read, root, run_ok};
 
@@ -81,46 +84,12 @@ fn repo_path(rel: &str) -> std::path::PathBuf {
     root().join(rel)
 }
 
-#[test]
-fn compose_file_is_complete_and_consistent() {
-    let doc = compose();
-    let services = compose_services(&doc);
-    for required in [
-        "kafka",
-        "clickhouse",
-        "grafana",
-        "prometheus",
-        "topics",
-        "migrate",
-        "gateway",
-        "aggregate",
-        "alerts",
-        "simulate",
-    ] {
-        assert!(services.contains_key(required), "no service {required}");
-    }
-    for (service, prefix) in [
-        ("kafka", "apache/kafka:"),
-        ("clickhouse", "clickhouse/clickhouse-server:"),
-        ("grafana", "grafana/grafana:"),
-        ("prometheus", "prom/prometheus:"),
-    ] {
-        let image = text(&services[service]["image"], "image");
-        assert!(
-            image.starts_with(prefix),
-            "{service} runs {image}, expected {prefix}*"
-        );
-    }
-    // The compose broker is the Kafka version CI tests against.
-    let tested = read("scripts/services")
-        .lines()
-        .find_map(|l| l.strip_prefix("KAFKA_VERSION=\""))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("scripts/services names KAFKA_VERSION");
-    assert_eq!(
-        text(&services["kafka"]["image"], "image"),
-        format!("apache/kafka:{tested}")
-    );
+/// What every compose file must be: third-party images pinned, built
+/// services with a Dockerfile, bind mounts that exist, distinct host ports,
+/// health checks that test something, and every `depends_on` condition
+/// backed (a health check behind `service_healthy`, a one-shot behind
+/// `service_completed_successfully`). Its one-shot services.
+fn check_structure(services: &Map<String, Value>) -> BTreeSet<String> {
     let mut host_ports: BTreeMap<u16, String> = BTreeMap::new();
     let mut one_shots = BTreeSet::new();
     for (name, s) in services {
@@ -193,7 +162,6 @@ fn compose_file_is_complete_and_consistent() {
 
     // depends_on conditions are backed: a health check behind every
     // service_healthy, a one-shot behind every service_completed_successfully.
-    let profiles = |s: &Value| strings(s.get("profiles"));
     for (name, s) in services {
         for (target, condition) in depends_on(obj(s, name)) {
             match condition.as_str() {
@@ -210,6 +178,51 @@ fn compose_file_is_complete_and_consistent() {
         }
     }
 
+    one_shots
+}
+
+#[test]
+fn compose_file_is_complete_and_consistent() {
+    let doc = compose();
+    let services = compose_services(&doc);
+    for required in [
+        "kafka",
+        "clickhouse",
+        "grafana",
+        "prometheus",
+        "topics",
+        "migrate",
+        "gateway",
+        "aggregate",
+        "alerts",
+        "simulate",
+    ] {
+        assert!(services.contains_key(required), "no service {required}");
+    }
+    for (service, prefix) in [
+        ("kafka", "apache/kafka:"),
+        ("clickhouse", "clickhouse/clickhouse-server:"),
+        ("grafana", "grafana/grafana:"),
+        ("prometheus", "prom/prometheus:"),
+    ] {
+        let image = text(&services[service]["image"], "image");
+        assert!(
+            image.starts_with(prefix),
+            "{service} runs {image}, expected {prefix}*"
+        );
+    }
+    // The compose broker is the Kafka version CI tests against.
+    let tested = read("scripts/services")
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=\""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("scripts/services names KAFKA_VERSION");
+    assert_eq!(
+        text(&services["kafka"]["image"], "image"),
+        format!("apache/kafka:{tested}")
+    );
+    let one_shots = check_structure(services);
+    let profiles = |s: &Value| strings(s.get("profiles"));
     // What the stack needs: schema and topics made once, before the rest.
     for one_shot in ["topics", "migrate"] {
         assert!(one_shots.contains(one_shot), "{one_shot} must be one-shot");
@@ -247,10 +260,11 @@ fn compose_file_is_complete_and_consistent() {
     needs("grafana", "prometheus", "service_healthy");
 }
 
-#[test]
-fn compose_keeps_secrets_in_files_never_in_values() {
-    let doc = compose();
-    let services = compose_services(&doc);
+/// Secrets are files under ./secrets/ that git ignores, never values: not
+/// in the environment file `env_file`, a service's environment or a command
+/// line; and a service that reads /run/secrets/NAME mounts NAME.
+fn check_secrets(doc: &Value, env_file: &str) {
+    let services = compose_services(doc);
     let top_secrets = obj(&doc["secrets"], "secrets");
     for (name, spec) in top_secrets {
         let file = text(&spec["file"], "secret file");
@@ -266,13 +280,6 @@ fn compose_keeps_secrets_in_files_never_in_values() {
             .expect("run git check-ignore");
         assert!(out.success(), "{file} is not ignored by git");
     }
-    assert!(
-        root().join("secrets/README.md").is_file(),
-        "secrets/README.md explains how to create the secret files"
-    );
-    let dockerignore = read(".dockerignore");
-    assert!(dockerignore.lines().any(|l| l.trim() == "secrets/"));
-
     // No secret values in environments, and references to mounted secrets
     // are mounted on that service.
     let secretish = |key: &str| {
@@ -282,13 +289,12 @@ fn compose_keeps_secrets_in_files_never_in_values() {
                 .iter()
                 .any(|s| k.ends_with(s))
     };
-    let env_file = read("deploy/tokentally/compose.env");
-    for line in env_file
+    for line in read(env_file)
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
     {
         let key = line.split('=').next().unwrap();
-        assert!(!secretish(key), "compose.env sets the secret {key}");
+        assert!(!secretish(key), "{env_file} sets the secret {key}");
     }
     for (name, s) in services {
         let s = obj(s, name);
@@ -324,6 +330,19 @@ fn compose_keeps_secrets_in_files_never_in_values() {
             }
         }
     }
+}
+
+#[test]
+fn compose_keeps_secrets_in_files_never_in_values() {
+    let doc = compose();
+    let services = compose_services(&doc);
+    check_secrets(&doc, "deploy/tokentally/compose.env");
+    assert!(
+        root().join("secrets/README.md").is_file(),
+        "secrets/README.md explains how to create the secret files"
+    );
+    let dockerignore = read(".dockerignore");
+    assert!(dockerignore.lines().any(|l| l.trim() == "secrets/"));
     // Files that read secrets, and the services that read those files.
     let has = |svc: &str, secret: &str| {
         assert!(
@@ -347,12 +366,11 @@ fn compose_keeps_secrets_in_files_never_in_values() {
     );
 }
 
-#[test]
-fn compose_commands_parse_with_the_tokentally_binary() {
-    let doc = compose();
-    let services = compose_services(&doc);
-    let built = tokentally_services(&doc);
-    assert!(built.len() >= 6, "tokentally services: {}", built.len());
+/// Every tokentally service runs the one image with a command line the
+/// binary parses, and the environment file `env_file` sets only variables
+/// tokentally reads.
+fn check_commands(doc: &Value, env_file: &str) {
+    let built = tokentally_services(doc);
     for (name, s) in &built {
         assert_eq!(
             s.get("image").and_then(Value::as_str),
@@ -375,6 +393,37 @@ fn compose_commands_parse_with_the_tokentally_binary() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The environment file sets only variables tokentally reads.
+    let mut known_env = String::new();
+    for args in [
+        &["--help"][..],
+        &["aggregate", "--help"],
+        &["gateway", "--help"],
+        &["alerts", "run", "--help"],
+        &["migrate", "--help"],
+        &["topics", "create", "--help"],
+        &["simulate", "--help"],
+    ] {
+        known_env.push_str(&String::from_utf8_lossy(&run_ok(bin().args(args)).stdout));
+    }
+    for line in read(env_file)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let key = line.split('=').next().unwrap();
+        assert!(
+            key == "RUST_LOG" || known_env.contains(&format!("[env: {key}=")),
+            "{env_file} sets {key}, which no tokentally command reads"
+        );
+    }
+}
+
+#[test]
+fn compose_commands_parse_with_the_tokentally_binary() {
+    let doc = compose();
+    let services = compose_services(&doc);
+    assert!(tokentally_services(&doc).len() >= 6);
+    check_commands(&doc, "deploy/tokentally/compose.env");
     let command = |svc: &str| strings(services[svc].get("command")).join(" ");
     assert!(command("aggregate").contains("aggregate --sink clickhouse"));
     assert!(command("alerts").contains("alerts run --from-clickhouse"));
@@ -390,29 +439,6 @@ fn compose_commands_parse_with_the_tokentally_binary() {
         assert_eq!(metrics_port(obj(&services[svc], svc)), Some(port), "{svc}");
     }
 
-    // The environment file sets only variables tokentally reads.
-    let mut known_env = String::new();
-    for args in [
-        &["--help"][..],
-        &["aggregate", "--help"],
-        &["gateway", "--help"],
-        &["alerts", "run", "--help"],
-        &["migrate", "--help"],
-        &["topics", "create", "--help"],
-        &["simulate", "--help"],
-    ] {
-        known_env.push_str(&String::from_utf8_lossy(&run_ok(bin().args(args)).stdout));
-    }
-    for line in read("deploy/tokentally/compose.env")
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
-        let key = line.split('=').next().unwrap();
-        assert!(
-            key == "RUST_LOG" || known_env.contains(&format!("[env: {key}=")),
-            "compose.env sets {key}, which no tokentally command reads"
-        );
-    }
     // The compose configuration file is valid (unknown keys are refused).
     run_ok(
         bin().args([
@@ -425,5 +451,131 @@ fn compose_commands_parse_with_the_tokentally_binary() {
             "--print-ddl",
             "modern",
         ]),
+    );
+}
+
+/// The value of `name` in a service's `environment` mapping, as text.
+fn env_of(service: &Value, name: &str) -> String {
+    match &service["environment"][name] {
+        Value::String(v) => v.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("environment {name}: {other}"),
+    }
+}
+
+#[test]
+fn cluster_compose_file_is_complete_and_consistent() {
+    let doc = cluster_compose();
+    let services = compose_services(&doc);
+    let brokers = ["kafka-1", "kafka-2", "kafka-3"];
+    let replicas = ["clickhouse-1", "clickhouse-2"];
+    for required in brokers.iter().chain(&replicas).chain(&[
+        "keeper",
+        "topics",
+        "migrate",
+        "gateway",
+        "aggregate-1",
+        "aggregate-2",
+    ]) {
+        assert!(services.contains_key(*required), "no service {required}");
+    }
+    let one_shots = check_structure(services);
+    for one_shot in ["topics", "migrate"] {
+        assert!(one_shots.contains(one_shot), "{one_shot} must be one-shot");
+    }
+    check_secrets(&doc, "deploy/tokentally/compose-cluster.env");
+    check_commands(&doc, "deploy/tokentally/compose-cluster.env");
+
+    // Three brokers of one KRaft cluster, each a voter, with the replication
+    // the topics get (3, two in sync), on the Kafka version CI tests.
+    let base = compose();
+    let base = compose_services(&base);
+    let voters = "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093";
+    for (i, b) in brokers.iter().enumerate() {
+        let s = &services[*b];
+        assert_eq!(s["image"], base["kafka"]["image"], "{b}");
+        assert_eq!(env_of(s, "KAFKA_NODE_ID"), (i + 1).to_string(), "{b}");
+        assert_eq!(
+            env_of(s, "CLUSTER_ID"),
+            env_of(&services["kafka-1"], "CLUSTER_ID")
+        );
+        assert_eq!(env_of(s, "KAFKA_CONTROLLER_QUORUM_VOTERS"), voters, "{b}");
+        assert_eq!(env_of(s, "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"), "3");
+        assert_eq!(env_of(s, "KAFKA_MIN_INSYNC_REPLICAS"), "2");
+        assert_eq!(env_of(s, "KAFKA_AUTO_CREATE_TOPICS_ENABLE"), "false");
+        assert!(
+            env_of(s, "KAFKA_ADVERTISED_LISTENERS").contains(&format!("PLAINTEXT://{b}:9092")),
+            "{b}"
+        );
+    }
+
+    // Two replicas of the cluster `tokentally`, named apart, coordinated by
+    // the keeper service, on the ClickHouse version of docker-compose.yml.
+    let config = read("deploy/clickhouse-cluster/cluster.xml");
+    let keeper = read("deploy/clickhouse-cluster/keeper.xml");
+    assert!(config.contains("<tokentally>"), "the cluster tokentally");
+    assert!(config.contains("<host>keeper</host>") && config.contains("<port>9181</port>"));
+    assert!(keeper.contains("<tcp_port>9181</tcp_port>"));
+    assert!(config.contains(r#"<replica from_env="CLICKHOUSE_REPLICA" />"#));
+    let mut names = BTreeSet::new();
+    for r in replicas {
+        let s = &services[r];
+        assert_eq!(s["image"], base["clickhouse"]["image"], "{r}");
+        assert!(
+            config.contains(&format!("<host>{r}</host>")),
+            "{r} is not in the cluster"
+        );
+        assert_eq!(env_of(s, "CLICKHOUSE_REPLICA_HOST"), r);
+        names.insert(env_of(s, "CLICKHOUSE_REPLICA"));
+        assert!(
+            volumes(obj(s, r)).contains(&(
+                "./deploy/clickhouse-cluster/cluster.xml".into(),
+                "/etc/clickhouse-server/config.d/cluster.xml".into()
+            )),
+            "{r} does not mount the cluster settings"
+        );
+        assert!(
+            depends_on(obj(s, r)).contains(&("keeper".into(), "service_healthy".into())),
+            "{r} must wait for the keeper"
+        );
+    }
+    assert_eq!(names.len(), 2, "each replica names itself apart: {names:?}");
+
+    // tokentally: every broker, the schema ON CLUSTER tokentally (from the
+    // environment), one aggregator on each replica.
+    let env = read("deploy/tokentally/compose-cluster.env");
+    assert!(env.contains("TOKENTALLY_KAFKA_BROKERS=kafka-1:9092,kafka-2:9092,kafka-3:9092"));
+    assert!(env.contains("TOKENTALLY_CLICKHOUSE_CLUSTER=tokentally\n"));
+    for r in replicas {
+        assert!(
+            depends_on(obj(&services["migrate"], "migrate"))
+                .contains(&(r.to_string(), "service_healthy".into())),
+            "migrate must wait for {r}"
+        );
+    }
+    let mut written = BTreeSet::new();
+    for a in ["aggregate-1", "aggregate-2"] {
+        let command = strings(services[a].get("command"));
+        let i = command
+            .iter()
+            .position(|c| c == "--clickhouse")
+            .expect("--clickhouse");
+        written.insert(command[i + 1].clone());
+        for (target, condition) in [
+            ("migrate", "service_completed_successfully"),
+            ("topics", "service_completed_successfully"),
+        ] {
+            assert!(
+                depends_on(obj(&services[a], a)).contains(&(target.into(), condition.into())),
+                "{a} must wait for {target}"
+            );
+        }
+    }
+    assert_eq!(
+        written,
+        BTreeSet::from([
+            "http://clickhouse-1:8123".into(),
+            "http://clickhouse-2:8123".into()
+        ])
     );
 }

@@ -1,4 +1,4 @@
-//! `docker-compose.yml`, read as the compose, Dockerfile, dashboards and
+//! `docker-compose.yml` (and `docker-compose.cluster.yml`), read as the compose, Dockerfile, dashboards and
 //! Prometheus tests need it: its services, their volumes and their metrics
 //! addresses.
 
@@ -7,9 +7,15 @@ use serde_json::{Map, Value};
 use super::yaml::{obj, strings, text, yaml};
 
 pub const COMPOSE: &str = "docker-compose.yml";
+/// The cluster's: three brokers, Keeper, two ClickHouse replicas.
+pub const CLUSTER_COMPOSE: &str = "docker-compose.cluster.yml";
 
 pub fn compose() -> Value {
     yaml(COMPOSE)
+}
+
+pub fn cluster_compose() -> Value {
+    yaml(CLUSTER_COMPOSE)
 }
 
 pub fn compose_services(doc: &Value) -> &Map<String, Value> {
