@@ -27,7 +27,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::faults::{Aggregator, Rng, ok_or_fenced};
+use common::faults::{Aggregator, Rng, chaos_seed, ok_or_fenced};
 use common::history::{check_history, commits, committed_all, holders, partition_bounds};
 use common::proxy::Proxy;
 use common::services::{
@@ -60,15 +60,7 @@ fn rounds() -> u32 {
 }
 
 fn seed_for(round: u32) -> u64 {
-    let base = std::env::var("TOKENTALLY_CHAOS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let base = chaos_seed();
     (base ^ (u64::from(round) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
 }
 

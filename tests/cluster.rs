@@ -30,7 +30,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use common::faults::{Aggregator, Rng, ok_or_fenced};
+use common::faults::{Aggregator, Rng, chaos_seed, ok_or_fenced};
 use common::gateway::Gateway;
 use common::history::{check_history, commits, committed_all, holders, partition_bounds};
 use common::http::http;
@@ -308,16 +308,7 @@ struct Corpus {
 fn shared_corpus() -> &'static Corpus {
     static CORPUS: std::sync::OnceLock<Corpus> = std::sync::OnceLock::new();
     CORPUS.get_or_init(|| {
-        let seed = std::env::var("TOKENTALLY_CHAOS_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            })
-            | 1;
+        let seed = chaos_seed() | 1;
         eprintln!("seed {seed} (TOKENTALLY_CHAOS_SEED={seed} replays it)");
         // In the target directory, replaced by each run.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-corpus");

@@ -8,6 +8,20 @@ use std::time::{Duration, Instant};
 
 use super::run_ok;
 
+/// The seed of a fault run: `TOKENTALLY_CHAOS_SEED` (to replay one), else
+/// the clock.
+pub fn chaos_seed() -> u64 {
+    std::env::var("TOKENTALLY_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
 /// A small xorshift generator: the timing of a round.
 pub struct Rng(pub u64);
 

@@ -78,8 +78,7 @@ impl ClickHouseSink {
                 needed,
             });
         }
-        check_cluster(&client, &config).await?;
-        Ok(ClickHouseSink {
+        let sink = ClickHouseSink {
             db: Database::new(client, &config),
             config,
             server,
@@ -92,7 +91,52 @@ impl ClickHouseSink {
             dropped_dead_letter_month: None,
             writer: Writer::new(),
             writer_ready: false,
-        })
+        };
+        sink.check_cluster().await?;
+        Ok(sink)
+    }
+
+    /// Refuse a cluster setting that does not match the schema: aggregators
+    /// of a replicated ledger that did not know it would read a replica's
+    /// partial ledger and fence nobody on the others.
+    async fn check_cluster(&self) -> Result<(), ClickHouseError> {
+        let db = self.db.name();
+        let engine = self
+            .db
+            .fetch::<String>(format!(
+                "SELECT engine FROM system.tables WHERE database = {} AND name = 'usage_deltas'",
+                quote(db)
+            ))
+            .await?;
+        let replicated = engine.first().is_some_and(|e| e.starts_with("Replicated"));
+        match (replicated, self.db.cluster()) {
+            (false, None) => Ok(()),
+            (true, None) => Err(ClickHouseError::Config(format!(
+                "database {db} is replicated (`tokentally migrate --cluster`): set the cluster \
+                 (--clickhouse-cluster, TOKENTALLY_CLICKHOUSE_CLUSTER or [clickhouse] cluster), \
+                 so that aggregators on different replicas fence each other and resume from the \
+                 whole ledger"
+            ))),
+            (false, Some(cluster)) => Err(ClickHouseError::Config(format!(
+                "cluster {cluster} is set, but database {db} is not replicated: it was migrated \
+                 without --cluster"
+            ))),
+            (true, Some(cluster)) => {
+                let hosts = self
+                    .db
+                    .fetch::<u64>(format!(
+                        "SELECT count() FROM system.clusters WHERE cluster = {}",
+                        quote(cluster)
+                    ))
+                    .await?;
+                if hosts.first().copied().unwrap_or(0) == 0 {
+                    return Err(ClickHouseError::Config(format!(
+                        "this server has no cluster {cluster} in its <remote_servers>"
+                    )));
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn with_metrics(mut self, metrics: SinkMetrics) -> Self {
@@ -439,55 +483,5 @@ impl UsageSink for ClickHouseSink {
             self.writer_ready = false;
         }
         Ok(())
-    }
-}
-
-/// Refuse a cluster setting that does not match the schema: aggregators of
-/// a replicated ledger that did not know it would read a replica's partial
-/// ledger and fence nobody on the others.
-async fn check_cluster(
-    client: &clickhouse::Client,
-    config: &ClickHouseConfig,
-) -> Result<(), ClickHouseError> {
-    let db = &config.database;
-    let sql = format!(
-        "SELECT engine FROM system.tables WHERE database = {} AND name = 'usage_deltas'",
-        quote(db)
-    );
-    let engine = client
-        .query(&sql)
-        .fetch_all::<String>()
-        .await
-        .map_err(ClickHouseError::query(&sql))?;
-    let replicated = engine.first().is_some_and(|e| e.starts_with("Replicated"));
-    match (replicated, &config.cluster) {
-        (false, None) => Ok(()),
-        (true, None) => Err(ClickHouseError::Config(format!(
-            "database {db} is replicated (`tokentally migrate --cluster`): set the cluster \
-             (--clickhouse-cluster, TOKENTALLY_CLICKHOUSE_CLUSTER or [clickhouse] cluster), so \
-             that aggregators on different replicas fence each other and resume from the whole \
-             ledger"
-        ))),
-        (false, Some(cluster)) => Err(ClickHouseError::Config(format!(
-            "cluster {cluster} is set, but database {db} is not replicated: it was migrated \
-             without --cluster"
-        ))),
-        (true, Some(cluster)) => {
-            let sql = format!(
-                "SELECT count() FROM system.clusters WHERE cluster = {}",
-                quote(cluster)
-            );
-            let hosts = client
-                .query(&sql)
-                .fetch_all::<u64>()
-                .await
-                .map_err(ClickHouseError::query(&sql))?;
-            if hosts.first().copied().unwrap_or(0) == 0 {
-                return Err(ClickHouseError::Config(format!(
-                    "this server has no cluster {cluster} in its <remote_servers>"
-                )));
-            }
-            Ok(())
-        }
     }
 }

@@ -187,17 +187,42 @@ impl Reader {
             return Ok(());
         }
         // Assignments change only in this thread's polls, not during the seek.
-        let sought = self.consumer.seek_partitions(tpl, SEEK_TIMEOUT)?;
-        for e in sought.elements() {
-            if let Err(err) = e.error() {
-                return Err(format!(
-                    "cannot start reading partition {} at the ledger's offset: {err}",
-                    e.partition()
-                )
-                .into());
+        // A partition whose committed offset librdkafka is still fetching
+        // (the group coordinator moved: a broker restarted) refuses a seek
+        // with a state error until that fetch is done: seek it again.
+        let started = Instant::now();
+        loop {
+            let sought = self.consumer.seek_partitions(tpl, SEEK_TIMEOUT)?;
+            let mut again = TopicPartitionList::new();
+            for e in sought.elements() {
+                match e.error() {
+                    Ok(()) => {}
+                    Err(KafkaError::OffsetFetch(RDKafkaErrorCode::State))
+                        if started.elapsed() < SEEK_TIMEOUT =>
+                    {
+                        let from = self.cursor.next_offset(e.partition());
+                        let offset = from.map_or(Offset::Beginning, Offset::Offset);
+                        again.add_partition_offset(e.topic(), e.partition(), offset)?;
+                    }
+                    Err(err) => {
+                        return Err(format!(
+                            "cannot start reading partition {} at the ledger's offset: {err}",
+                            e.partition()
+                        )
+                        .into());
+                    }
+                }
             }
+            if again.count() == 0 {
+                return Ok(());
+            }
+            tracing::debug!(
+                partitions = again.count(),
+                "seeking again: offsets still being fetched"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            tpl = again;
         }
-        Ok(())
     }
 
     /// True when every assigned partition has been read to its end (the
