@@ -27,6 +27,19 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub alerts: AlertsConfig,
+    pub prices: PricesConfig,
+}
+
+/// `[prices]`: how event model ids find their price (see docs/SQL.md,
+/// "Spend").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricesConfig {
+    /// Model id in events → model id in the price file, for ids neither
+    /// matched exactly nor without their `provider/` prefix. Applied when
+    /// `tokentally prices load` stores a table: load it again after a
+    /// change.
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// `[source]`: how input is cut into micro-batches.

@@ -60,6 +60,8 @@ enum Command {
     Alerts(cmd::alerts::AlertsArgs),
     /// Create or upgrade the ClickHouse schema (idempotent).
     Migrate(cmd::migrate::MigrateArgs),
+    /// Price tables for spend: `prices load FILE`, `prices list`.
+    Prices(cmd::prices::PricesArgs),
     /// HTTP ingest gateway: POST /v1/events and OTLP's POST /v1/traces → validated → Kafka, answered after Kafka acknowledged.
     Gateway(cmd::gateway::GatewayArgs),
 }
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
                 Command::Produce(a) => cmd::produce::run(config, a).await,
                 Command::Aggregate(a) => cmd::aggregate::run(config, a).await,
                 Command::Migrate(a) => cmd::migrate::run(config, a).await,
+                Command::Prices(a) => cmd::prices::run(config, a).await,
                 Command::Alerts(a) => cmd::alerts::run(config, a).await,
                 Command::Gateway(a) => cmd::gateway::run(config, a).await,
             }

@@ -107,7 +107,7 @@ fn migrate_on_a_cluster_creates_the_same_replicated_schema_on_every_replica() {
     let db = unique("cluster_schema");
     let first = migrate(&c, &c.replicas[0], &db);
     assert!(
-        first.contains("applied migrations [1, 2, 3, 4, 5]")
+        first.contains("applied migrations [1, 2, 3, 4, 5, 6]")
             && first.contains(&format!("ON CLUSTER {}", c.name)),
         "{first}"
     );
@@ -118,6 +118,8 @@ fn migrate_on_a_cluster_creates_the_same_replicated_schema_on_every_replica() {
         "usage_minute",
         "usage_app_daily",
         "milestones",
+        "cost_daily",
+        "cost_app_daily",
     ] {
         assert!(on_first.contains(&format!("{view} View")), "{on_first:?}");
     }
@@ -128,6 +130,7 @@ fn migrate_on_a_cluster_creates_the_same_replicated_schema_on_every_replica() {
             "dedup_id_sets ReplicatedMergeTree",
             "ledger_heads ReplicatedReplacingMergeTree",
             "milestones_log ReplicatedReplacingMergeTree",
+            "model_prices ReplicatedMergeTree",
             "rejected_events_log ReplicatedMergeTree",
             "schema_migrations ReplicatedMergeTree",
             "usage_deltas ReplicatedSummingMergeTree",
@@ -138,7 +141,7 @@ fn migrate_on_a_cluster_creates_the_same_replicated_schema_on_every_replica() {
     // replica, the schema is up to date.
     for url in &c.replicas {
         let again = migrate(&c, url, &db);
-        assert!(again.contains("up to date at schema version 5"), "{again}");
+        assert!(again.contains("up to date at schema version 6"), "{again}");
     }
 }
 

@@ -22,7 +22,7 @@ const MODELS: [(&str, &str); 5] = [
 
 /// Measures of one usage_daily row: requests, prompt, completion, total,
 /// cached, error_requests.
-type Row = [u64; 6];
+type Row = [u64; 7];
 
 struct Corpus {
     text: String,
@@ -76,6 +76,7 @@ fn corpus() -> Corpus {
         let prompt = rng.next(100_000_001); // up to the inclusive bound
         let completion = rng.next(5_000);
         let cached = if rng.next(4) == 0 { prompt / 3 } else { 0 };
+        let reasoning = if rng.next(3) == 0 { completion / 4 } else { 0 };
         let error = rng.next(20) == 0;
         let app = ["", "cline", "aider", "アプリ"][rng.next(4) as usize];
         let mut ev = serde_json::Map::new();
@@ -97,6 +98,9 @@ fn corpus() -> Corpus {
         ev.insert("completion_tokens".into(), json!(completion));
         if cached > 0 {
             ev.insert("cached_tokens".into(), json!(cached));
+        }
+        if reasoning > 0 {
+            ev.insert("reasoning_tokens".into(), json!(reasoning));
         }
         if error {
             ev.insert("status".into(), json!("error"));
@@ -123,7 +127,8 @@ fn corpus() -> Corpus {
         row[2] += completion;
         row[3] += prompt + completion;
         row[4] += cached;
-        row[5] += u64::from(error);
+        row[5] += reasoning;
+        row[6] += u64::from(error);
         c.minute_total += prompt + completion;
         *c.apps.entry(app.to_string()).or_default() += prompt + completion;
         c.accepted += 1;
@@ -260,6 +265,7 @@ fn ingest_matches_independent_ground_truth_and_is_idempotent() {
                         u(r, "completion_tokens"),
                         u(r, "total_tokens"),
                         u(r, "cached_tokens"),
+                        u(r, "reasoning_tokens"),
                         u(r, "error_requests"),
                     ],
                 )

@@ -31,6 +31,7 @@ pub enum Column {
     CompletionTokens,
     TotalTokens,
     CachedTokens,
+    ReasoningTokens,
     ErrorRequests,
 }
 
@@ -48,6 +49,7 @@ impl Column {
             Column::CompletionTokens => "completion_tokens",
             Column::TotalTokens => "total_tokens",
             Column::CachedTokens => "cached_tokens",
+            Column::ReasoningTokens => "reasoning_tokens",
             Column::ErrorRequests => "error_requests",
         }
     }
@@ -63,6 +65,7 @@ impl Column {
             | Column::CompletionTokens
             | Column::TotalTokens
             | Column::CachedTokens
+            | Column::ReasoningTokens
             | Column::ErrorRequests => DataType::UInt64,
         }
     }
@@ -124,6 +127,7 @@ impl Rollup {
                 Column::CompletionTokens,
                 Column::TotalTokens,
                 Column::CachedTokens,
+                Column::ReasoningTokens,
                 Column::ErrorRequests,
             ],
             Rollup::AppDaily => &[
@@ -131,6 +135,8 @@ impl Rollup {
                 Column::PromptTokens,
                 Column::CompletionTokens,
                 Column::TotalTokens,
+                Column::CachedTokens,
+                Column::ReasoningTokens,
             ],
         }
     }
@@ -169,13 +175,15 @@ impl Rollup {
         )
     }
 
-    /// The SQL that folds deltas in table `name` into totals.
+    /// The SQL that folds deltas in table `name` into totals. A measure a
+    /// delta lacks (NULL: a store file written before the measure existed)
+    /// adds 0.
     pub fn merge_sql(self, name: &str) -> String {
         let keys = list(self.keys());
         let sums: Vec<String> = self
             .measures()
             .iter()
-            .map(|m| format!("CAST(SUM({m}) AS BIGINT UNSIGNED) AS {m}"))
+            .map(|m| format!("CAST(COALESCE(SUM({m}), 0) AS BIGINT UNSIGNED) AS {m}"))
             .collect();
         format!(
             "SELECT {keys}, {} FROM {name} GROUP BY {keys}",
@@ -304,7 +312,7 @@ mod tests {
     async fn daily_rollup_groups_by_day_model_provider() {
         let engine = RollupEngine::new(1);
         let events = batch(&[
-            r#"{"event_id":"1","ts":"2026-11-27T10:00:00Z","model":"a","provider":"x","prompt_tokens":1,"completion_tokens":2,"cached_tokens":1}"#,
+            r#"{"event_id":"1","ts":"2026-11-27T10:00:00Z","model":"a","provider":"x","prompt_tokens":1,"completion_tokens":2,"cached_tokens":1,"reasoning_tokens":2}"#,
             r#"{"event_id":"2","ts":"2026-11-27T23:59:59.999Z","model":"a","provider":"x","prompt_tokens":10,"completion_tokens":20,"status":"error"}"#,
             r#"{"event_id":"3","ts":"2026-11-28T00:00:00Z","model":"a","provider":"x","prompt_tokens":100,"completion_tokens":200}"#,
             r#"{"event_id":"4","ts":"2026-11-27T10:00:00Z","model":"a","provider":"y","prompt_tokens":5,"completion_tokens":5}"#,
@@ -319,6 +327,7 @@ mod tests {
         assert_eq!(col(&daily, Column::Requests).values(), &[1, 2, 1]);
         assert_eq!(col(&daily, Column::ErrorRequests).values(), &[0, 1, 0]);
         assert_eq!(col(&daily, Column::CachedTokens).values(), &[0, 1, 0]);
+        assert_eq!(col(&daily, Column::ReasoningTokens).values(), &[0, 2, 0]);
         let minutes: usize = d.minute.iter().map(|b| b.num_rows()).sum();
         assert_eq!(
             minutes, 3,
@@ -337,14 +346,18 @@ mod tests {
             "SELECT day, model, provider, CAST(COUNT(*) AS BIGINT UNSIGNED) AS requests, \
              SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, \
              SUM(total_tokens) AS total_tokens, SUM(cached_tokens) AS cached_tokens, \
+             SUM(reasoning_tokens) AS reasoning_tokens, \
              SUM(is_error) AS error_requests FROM events GROUP BY day, model, provider"
         );
         assert_eq!(
             Rollup::AppDaily.merge_sql("d"),
-            "SELECT day, app, model, CAST(SUM(requests) AS BIGINT UNSIGNED) AS requests, \
-             CAST(SUM(prompt_tokens) AS BIGINT UNSIGNED) AS prompt_tokens, \
-             CAST(SUM(completion_tokens) AS BIGINT UNSIGNED) AS completion_tokens, \
-             CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS total_tokens FROM d GROUP BY day, app, model"
+            "SELECT day, app, model, CAST(COALESCE(SUM(requests), 0) AS BIGINT UNSIGNED) AS requests, \
+             CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT UNSIGNED) AS prompt_tokens, \
+             CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT UNSIGNED) AS completion_tokens, \
+             CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT UNSIGNED) AS total_tokens, \
+             CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT UNSIGNED) AS cached_tokens, \
+             CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT UNSIGNED) AS reasoning_tokens \
+             FROM d GROUP BY day, app, model"
         );
         let minute = Rollup::Minute.schema();
         assert_eq!(

@@ -76,6 +76,13 @@ fn ev_strategy() -> impl Strategy<Value = Ev> {
         )
 }
 
+impl Ev {
+    /// Part of the completion, varied by id.
+    fn reasoning(&self) -> u64 {
+        self.completion * u64::from(self.id % 3) / 4
+    }
+}
+
 fn line_strategy() -> impl Strategy<Value = Line> {
     prop_oneof![
         9 => ev_strategy().prop_map(Line::Valid),
@@ -99,6 +106,7 @@ fn to_json(e: &Ev) -> String {
         "prompt_tokens": e.prompt,
         "completion_tokens": e.completion,
         "cached_tokens": e.cached,
+        "reasoning_tokens": e.reasoning(),
         "status": if e.error { "error" } else { "ok" },
         "unknown_field": {"ignored": true},
     })
@@ -106,8 +114,8 @@ fn to_json(e: &Ev) -> String {
 }
 
 type Key = (i32, String, String);
-/// requests, prompt, completion, total, cached, errors
-type Measures = [u64; 6];
+/// requests, prompt, completion, total, cached, reasoning, errors
+type Measures = [u64; 7];
 
 fn naive(lines: &[Line]) -> (BTreeMap<Key, Measures>, u64) {
     let mut seen = HashSet::new();
@@ -133,7 +141,8 @@ fn naive(lines: &[Line]) -> (BTreeMap<Key, Measures>, u64) {
                 m[2] += e.completion;
                 m[3] += e.prompt + e.completion;
                 m[4] += e.cached;
-                m[5] += u64::from(e.error);
+                m[5] += e.reasoning();
+                m[6] += u64::from(e.error);
             }
         }
     }
@@ -145,7 +154,7 @@ fn fold_daily(batches: &[RecordBatch], into: &mut BTreeMap<Key, Measures>) {
         let day = b.column(0).as_primitive::<Date32Type>();
         let model = b.column(1).as_string::<i32>();
         let provider = b.column(2).as_string::<i32>();
-        let cols: Vec<_> = (3..9)
+        let cols: Vec<_> = (3..10)
             .map(|i| b.column(i).as_primitive::<UInt64Type>())
             .collect();
         for r in 0..b.num_rows() {

@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::budgets::evaluate_budgets;
 use crate::state::{AlertState, Delivery, Recorded, Status};
 use crate::webhook::{DeliveryError, Sender};
 use crate::{AlertError, AlertsConfig, Endpoint, Milestone, Totals, display_url, evaluate};
@@ -81,6 +82,7 @@ impl Alerter {
         if lock.try_lock().is_err() {
             return Err(AlertError::Locked(dir.display().to_string()));
         }
+        crate::budgets::check(&config.budgets).map_err(AlertError::Budget)?;
         let endpoints = config
             .webhooks
             .iter()
@@ -129,7 +131,13 @@ impl Alerter {
     pub fn detect(&mut self, totals: &Totals) -> Result<Vec<Milestone>, AlertError> {
         let known: BTreeSet<String> = self.state.milestones.keys().cloned().collect();
         let detected_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let new = evaluate(&self.config.rules, totals, &known, &detected_at);
+        let mut new = evaluate(&self.config.rules, totals, &known, &detected_at);
+        new.extend(evaluate_budgets(
+            &self.config.budgets,
+            totals,
+            &known,
+            &detected_at,
+        ));
         let history = std::mem::replace(&mut self.fresh, false);
         if new.is_empty() && !history {
             return Ok(new);

@@ -2,9 +2,11 @@
 //! durable record of every milestone and webhook delivery (signed JSON,
 //! Slack, Discord or PagerDuty).
 //!
-//! - [`rules`]: the pure rules (thresholds, all-time, firsts, records) with
-//!   deterministic ids, over [`Totals`]; the demo and `alerts run` both use
-//!   them, through [`Alerter::detect`].
+//! - [`rules`]: the pure rules (thresholds, all-time, firsts, records, of
+//!   tokens and of spend) with deterministic ids, over [`Totals`]; the demo
+//!   and `alerts run` both use them, through [`Alerter::detect`].
+//! - [`budgets`]: spend limits per app, model, provider or fleet, per day or
+//!   month, firing at fractions of the limit.
 //! - [`source`]: [`TotalsSource`], the daily totals of an embedded store or
 //!   of a ClickHouse database, and the copy of milestones to ClickHouse.
 //! - [`state`]: what the alerter remembers (`alerts.json`, replaced
@@ -22,6 +24,7 @@
 //! - [`text`]: milestones and token counts as people read them.
 
 pub mod alerter;
+pub mod budgets;
 pub mod endpoint;
 pub mod format;
 pub mod rules;
@@ -35,11 +38,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::alerter::{AlertMetrics, Alerter};
+pub use self::budgets::{BudgetConfig, Period};
 pub use self::endpoint::{
     Endpoint, PAGERDUTY_ROUTING_KEY_ENV, WEBHOOK_SECRET_ENV, WebhookConfig, display_url,
 };
 pub use self::format::{Format, Severity};
-pub use self::rules::{Kind, Milestone, RulesConfig, Totals, evaluate};
+pub use self::rules::{BudgetHit, Kind, Milestone, RulesConfig, Totals, Unit, evaluate};
 pub use self::source::{ClickHouseTotals, StoreTotals, TotalsError, TotalsSource};
 pub use self::state::{AlertState, Delivery, Recorded, STATE, Status};
 use tokentally_common::retry::RetryPolicy;
@@ -61,6 +65,8 @@ pub struct AlertsConfig {
     #[serde(with = "humantime_serde")]
     pub give_up_after: Duration,
     pub webhooks: Vec<WebhookConfig>,
+    /// `[[alerts.budgets]]`: spend limits (see [`budgets`]).
+    pub budgets: Vec<BudgetConfig>,
 }
 
 impl AlertsConfig {
@@ -83,6 +89,7 @@ impl Default for AlertsConfig {
             request_timeout: Duration::from_secs(10),
             give_up_after: Duration::from_secs(86_400),
             webhooks: Vec::new(),
+            budgets: Vec::new(),
         }
     }
 }
@@ -94,6 +101,9 @@ pub enum AlertError {
     /// A `[[alerts.webhooks]]` entry that cannot be used as it is.
     #[error("{0}")]
     Endpoint(String),
+    /// A `[[alerts.budgets]]` entry that cannot be used as it is.
+    #[error("{0}")]
+    Budget(String),
     #[error("alert state in {dir}: {source}")]
     State {
         dir: String,

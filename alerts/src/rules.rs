@@ -46,6 +46,15 @@ pub struct RulesConfig {
     /// Records below this many tokens are not announced (noise control).
     /// Default 1B.
     pub record_min_tokens: u64,
+    /// Daily spend thresholds in whole USD: the first model ever to spend
+    /// each in one day is announced (`first` milestones in `usd`). Default
+    /// 1,000, 10,000, 100,000, 1,000,000.
+    pub first_spend_usd: Vec<u64>,
+    /// Fire spend `record` milestones: the highest daily spend of any
+    /// model, and the fleet's, beaten.
+    pub spend_records: bool,
+    /// Spend records below this many USD are not announced. Default 1,000.
+    pub record_min_usd: u64,
 }
 
 impl Default for RulesConfig {
@@ -56,6 +65,9 @@ impl Default for RulesConfig {
             first: true,
             records: true,
             record_min_tokens: 1_000_000_000,
+            first_spend_usd: vec![1_000, 10_000, 100_000, 1_000_000],
+            spend_records: true,
+            record_min_usd: 1_000,
         }
     }
 }
@@ -75,6 +87,8 @@ pub enum Kind {
     /// A sample sent by `tokentally alerts test` ([`Milestone::sample`]);
     /// the rules never fire it.
     Test,
+    /// A fraction of a budget reached (`[[alerts.budgets]]`).
+    Budget,
 }
 
 impl Kind {
@@ -85,8 +99,45 @@ impl Kind {
             Kind::First => "first",
             Kind::Record => "record",
             Kind::Test => "test",
+            Kind::Budget => "budget",
         }
     }
+}
+
+/// What a milestone's `threshold`, `value` and `previous_record` count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Tokens.
+    #[default]
+    Tokens,
+    /// Millionths of a US dollar (the exact cost, rounded down).
+    UsdMicros,
+}
+
+/// Millionths of a dollar in one dollar.
+pub const MICROS_PER_USD: u64 = 1_000_000;
+
+/// The units of an exact cost ([`Totals::spend`]): 10⁻¹² USD, the scale
+/// of `cost_usd`, Decimal(38, 12).
+pub const COST_UNITS_PER_MICRO: i128 = 1_000_000;
+
+/// An exact cost in micro-USD, rounded down (0 if negative).
+pub fn micros(cost: i128) -> u64 {
+    u64::try_from((cost / COST_UNITS_PER_MICRO).max(0)).unwrap_or(u64::MAX)
+}
+
+/// The budget a `budget` milestone is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetHit {
+    /// The budget's `name`.
+    pub name: String,
+    /// `day` or `month`; the milestone's `day` is the period's first day.
+    pub period: String,
+    /// The limit, micro-USD.
+    pub limit: u64,
+    /// The fraction of the limit reached, in percent.
+    pub percent: u32,
 }
 
 /// One milestone, as recorded and delivered (the webhook body).
@@ -113,6 +164,15 @@ pub struct Milestone {
     pub previous_holder: Option<String>,
     /// RFC 3339, when tokentally detected it.
     pub detected_at: String,
+    /// What the numbers count: `tokens`, or `usd_micros` for spend.
+    #[serde(default)]
+    pub unit: Unit,
+    /// Budgets of an app: the app.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Budget milestones: which budget, and how much of it.
+    #[serde(default)]
+    pub budget: Option<BudgetHit>,
 }
 
 /// The model of [`Milestone::sample`].
@@ -138,18 +198,40 @@ impl Milestone {
             previous_record: None,
             previous_holder: None,
             detected_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            unit: Unit::Tokens,
+            app: None,
+            budget: None,
         }
     }
 }
 
-/// Daily totals by (day, model, provider), as read from `usage_daily`.
+/// Daily totals by (day, model, provider), as read from `usage_daily`,
+/// and the spend of priced rows, from `cost_daily` and `cost_app_daily`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Totals {
     /// (day `YYYY-MM-DD`, model, provider) → total tokens.
     pub daily: BTreeMap<(String, String, String), u64>,
+    /// (day, model, provider) → exact cost, in 10⁻¹² USD.
+    pub spend: BTreeMap<(String, String, String), i128>,
+    /// (day, app) → exact cost, in 10⁻¹² USD.
+    pub app_spend: BTreeMap<(String, String), i128>,
 }
 
 impl Totals {
+    pub fn add_spend(&mut self, day: &str, model: &str, provider: &str, cost: i128) {
+        *self
+            .spend
+            .entry((day.to_string(), model.to_string(), provider.to_string()))
+            .or_default() += cost;
+    }
+
+    pub fn add_app_spend(&mut self, day: &str, app: &str, cost: i128) {
+        *self
+            .app_spend
+            .entry((day.to_string(), app.to_string()))
+            .or_default() += cost;
+    }
+
     pub fn add(&mut self, day: &str, model: &str, provider: &str, tokens: u64) {
         *self
             .daily
@@ -249,6 +331,9 @@ pub fn evaluate(
         previous_record: None,
         previous_holder: None,
         detected_at: detected_at.to_string(),
+        unit: Unit::Tokens,
+        app: None,
+        budget: None,
     };
     let model_day = totals.by(|(d, m, _)| (d.clone(), m.clone()));
     let provider_day = totals.by(|(d, _, p)| (d.clone(), p.clone()));
@@ -328,7 +413,114 @@ pub fn evaluate(
     if rules.records {
         records(rules, &model_day, &fleet_day, &blank, &mut push);
     }
+    spend(rules, totals, &blank, &mut push);
     out
+}
+
+/// Spend milestones: the first model to spend each of `first_spend_usd`
+/// in a day (the same definition of "first" as for tokens), and records of
+/// the highest daily spend of any model and of the fleet. Values are
+/// micro-USD; thresholds compare with the exact cost.
+fn spend(
+    rules: &RulesConfig,
+    totals: &Totals,
+    blank: &dyn Fn(String, Kind, &str, u64) -> Milestone,
+    push: &mut dyn FnMut(Milestone),
+) {
+    let mut model_day: BTreeMap<(String, String), i128> = BTreeMap::new();
+    let mut fleet_day: BTreeMap<&str, i128> = BTreeMap::new();
+    for ((day, model, _), cost) in &totals.spend {
+        *model_day.entry((day.clone(), model.clone())).or_default() += cost;
+        *fleet_day.entry(day).or_default() += cost;
+    }
+    let usd = |n: u64| i128::from(n) * i128::from(MICROS_PER_USD) * COST_UNITS_PER_MICRO;
+    let mut ladder = rules.first_spend_usd.clone();
+    ladder.sort_unstable();
+    ladder.dedup();
+    for &t in &ladder {
+        let winner = model_day
+            .iter()
+            .filter(|(_, v)| **v >= usd(t))
+            .min_by(|((d1, m1), v1), ((d2, m2), v2)| d1.cmp(d2).then(v2.cmp(v1)).then(m1.cmp(m2)));
+        if let Some(((day, model), &v)) = winner {
+            let mut m = blank(
+                format!("first_spend:model:{t}"),
+                Kind::First,
+                "model",
+                micros(v),
+            );
+            m.unit = Unit::UsdMicros;
+            m.model = Some(model.clone());
+            m.day = Some(day.clone());
+            m.threshold = Some(t * MICROS_PER_USD);
+            push(m);
+        }
+    }
+    if !rules.spend_records {
+        return;
+    }
+    let min = usd(rules.record_min_usd);
+    let mut fleet_best = 0i128;
+    for (day, &v) in &fleet_day {
+        if fleet_best > 0 && v > fleet_best && v >= min {
+            let mut m = blank(
+                format!("spend_record:fleet:{day}"),
+                Kind::Record,
+                "fleet",
+                micros(v),
+            );
+            m.unit = Unit::UsdMicros;
+            m.day = Some(day.to_string());
+            m.previous_record = Some(micros(fleet_best));
+            push(m);
+        }
+        fleet_best = fleet_best.max(v);
+    }
+    // As for tokens: each day only its leader can take the record, from
+    // the highest other spend so far.
+    let mut holder: Option<(&str, i128)> = None;
+    let mut days: BTreeMap<&str, Vec<(&str, i128)>> = BTreeMap::new();
+    for ((day, model), &v) in &model_day {
+        days.entry(day).or_default().push((model, v));
+    }
+    let higher = |a: (&str, i128), b: (&str, i128)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
+    for (day, entries) in days {
+        let Some(leader) = entries
+            .iter()
+            .copied()
+            .reduce(|best, e| if higher(e, best) { e } else { best })
+        else {
+            continue;
+        };
+        let beaten = entries
+            .iter()
+            .copied()
+            .filter(|e| e.0 != leader.0)
+            .chain(holder)
+            .reduce(|best, e| if higher(e, best) { e } else { best });
+        if let Some((bmodel, bv)) = beaten
+            && bmodel != leader.0
+            && leader.1 > bv
+            && bv > 0
+            && leader.1 >= min
+        {
+            let mut m = blank(
+                format!("spend_record:top_model:{day}:{}", leader.0),
+                Kind::Record,
+                "top_model",
+                micros(leader.1),
+            );
+            m.unit = Unit::UsdMicros;
+            m.model = Some(leader.0.to_string());
+            m.day = Some(day.to_string());
+            m.previous_record = Some(micros(bv));
+            m.previous_holder = Some(bmodel.to_string());
+            push(m);
+        }
+        if holder.is_none_or(|h| higher(leader, h)) {
+            holder = Some(leader);
+        }
+    }
 }
 
 fn records(
@@ -508,6 +700,39 @@ mod tests {
         totals.add("2026-11-28", "a", "p", 1);
         let got = evaluate(&rules(), &totals, &BTreeSet::new(), "now");
         assert_eq!(got.iter().filter(|m| m.scope == "top_model").count(), 1);
+    }
+
+    #[test]
+    fn spend_firsts_and_records_compare_the_exact_cost() {
+        const USD: i128 = 1_000_000_000_000;
+        let rules = RulesConfig {
+            first_spend_usd: vec![1_000],
+            record_min_usd: 1,
+            ..RulesConfig::default()
+        };
+        let mut totals = Totals::default();
+        totals.add_spend("2026-11-26", "a", "p", 1_000 * USD - 1);
+        assert!(evaluate(&rules, &totals, &BTreeSet::new(), "t").is_empty());
+        // b reaches exactly $1,000 over two providers, the next day.
+        totals.add_spend("2026-11-27", "b", "p", 600 * USD);
+        totals.add_spend("2026-11-27", "b", "q", 400 * USD);
+        let got = evaluate(&rules, &totals, &BTreeSet::new(), "t");
+        assert_eq!(
+            ids(&got),
+            [
+                "first_spend:model:1000",
+                "spend_record:fleet:2026-11-27",
+                "spend_record:top_model:2026-11-27:b"
+            ]
+        );
+        assert!(got.iter().all(|m| m.unit == Unit::UsdMicros));
+        assert_eq!(got[0].model.as_deref(), Some("b"));
+        assert_eq!(
+            (got[0].threshold, got[0].value),
+            (Some(1_000_000_000), 1_000_000_000)
+        );
+        assert_eq!(got[2].previous_holder.as_deref(), Some("a"));
+        assert_eq!(got[2].previous_record, Some(999_999_999));
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn config() -> AlertsConfig {
             first: true,
             records: true,
             record_min_tokens: 1,
+            ..RulesConfig::default()
         },
         ..AlertsConfig::default()
     }

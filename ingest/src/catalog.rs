@@ -35,6 +35,18 @@ pub const MODELS: &[(&str, &str)] = &[
     ("通义/qwen-max-中文", "alibaba"),
 ];
 
+/// The models that think before they answer: the simulator counts 30% of
+/// their completion tokens as reasoning tokens.
+pub const REASONING_MODELS: &[&str] = &[
+    "openai/gpt-5",
+    "google/gemini-2.5-pro",
+    "x-ai/grok-4-fast",
+    "anthropic/claude-opus-4.1",
+    "openai/gpt-5-mini",
+    "deepseek/deepseek-r1",
+    "qwen/qwen3-235b-a22b",
+];
+
 /// Calling applications (or API key ids), most active first.
 pub const APPS: &[&str] = &[
     "cline",

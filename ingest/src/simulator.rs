@@ -21,7 +21,7 @@ use rand_distr::LogNormal;
 use serde::{Deserialize, Serialize};
 use tokentally_schemas::{Status, TokenEvent};
 
-use crate::catalog::{APPS, MODELS, REGIONS};
+use crate::catalog::{APPS, MODELS, REASONING_MODELS, REGIONS};
 
 /// Simulator settings (`[simulator]` in the config file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +199,13 @@ impl Fleet {
         } else {
             0
         };
+        // Part of the completion, as providers report it; no draw from
+        // the generator, so the rest of the traffic stays the same.
+        let reasoning = if REASONING_MODELS.contains(&model) {
+            completion * 3 / 10
+        } else {
+            0
+        };
         let status = if self.rng.random::<f64>() < self.config.error_rate {
             Status::Error
         } else {
@@ -217,7 +224,7 @@ impl Fleet {
             prompt_tokens: prompt,
             completion_tokens: completion,
             cached_tokens: cached,
-            reasoning_tokens: 0,
+            reasoning_tokens: reasoning,
             latency_ms: Some(200 + completion / 50),
             status,
         };

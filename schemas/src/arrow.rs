@@ -37,7 +37,7 @@ const MAX_NAMES: usize = 1 << 20;
 /// | `day` | Date32 | UTC date of `ts` |
 /// | `minute` | Timestamp(ms, UTC) | `ts` truncated to the minute |
 /// | `model`, `provider`, `app` | UInt32 | ids into the batch's name table |
-/// | `prompt_tokens`, `completion_tokens`, `total_tokens`, `cached_tokens` | UInt64 | measures |
+/// | `prompt_tokens`, `completion_tokens`, `total_tokens`, `cached_tokens`, `reasoning_tokens` | UInt64 | measures |
 /// | `is_error` | UInt64 | 1 when `status` is `"error"`, else 0 |
 pub fn event_schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
@@ -51,6 +51,7 @@ pub fn event_schema() -> SchemaRef {
         Field::new("completion_tokens", DataType::UInt64, false),
         Field::new("total_tokens", DataType::UInt64, false),
         Field::new("cached_tokens", DataType::UInt64, false),
+        Field::new("reasoning_tokens", DataType::UInt64, false),
         Field::new("is_error", DataType::UInt64, false),
     ]))
 }
@@ -372,6 +373,7 @@ struct Columns {
     completion: Vec<u64>,
     total: Vec<u64>,
     cached: Vec<u64>,
+    reasoning: Vec<u64>,
     is_error: Vec<u64>,
 }
 
@@ -387,6 +389,7 @@ impl Columns {
             completion: Vec::with_capacity(rows),
             total: Vec::with_capacity(rows),
             cached: Vec::with_capacity(rows),
+            reasoning: Vec::with_capacity(rows),
             is_error: Vec::with_capacity(rows),
         }
     }
@@ -401,6 +404,7 @@ impl Columns {
         self.completion.push(ev.completion_tokens);
         self.total.push(ev.total_tokens());
         self.cached.push(ev.cached_tokens);
+        self.reasoning.push(ev.reasoning_tokens);
         self.is_error.push(u64::from(ev.status == Status::Error));
     }
 
@@ -415,6 +419,7 @@ impl Columns {
             Arc::new(UInt64Array::from(self.completion)),
             Arc::new(UInt64Array::from(self.total)),
             Arc::new(UInt64Array::from(self.cached)),
+            Arc::new(UInt64Array::from(self.reasoning)),
             Arc::new(UInt64Array::from(self.is_error)),
         ];
         RecordBatch::try_new(schema, columns)

@@ -104,3 +104,32 @@ pub fn split_is_sound(data: &[u8]) {
         }
     }
 }
+
+/// Any bytes are a price table or a clear refusal, never a panic: a loaded
+/// table's models are unique and sorted, every price is within the bounds
+/// (0 to [`MAX_PRICE_USD`](crate::prices::MAX_PRICE_USD) USD), and each
+/// price, written back as the decimal text `prices list` shows, reads back
+/// as itself.
+pub fn prices_are_sound(data: &[u8]) {
+    use crate::prices::{MAX_PRICE_USD, PRICE_SCALE, format_decimal, parse_litellm};
+    let aliases = [("alias/x".to_string(), "gpt-5".to_string())].into();
+    let Ok(table) = parse_litellm(data, &aliases) else {
+        return;
+    };
+    let max = i128::from(MAX_PRICE_USD) * 10i128.pow(PRICE_SCALE);
+    for pair in table.prices.windows(2) {
+        assert!(pair[0].model < pair[1].model, "models sorted and unique");
+    }
+    for p in &table.prices {
+        for units in [p.input, p.output, p.cache_read, p.reasoning] {
+            assert!((0..=max).contains(&units), "{} out of bounds: {units}", p.model);
+            let again = format!(
+                r#"{{"m": {{"input_cost_per_token": {}}}}}"#,
+                format_decimal(units)
+            );
+            let back = parse_litellm(again.as_bytes(), &Default::default()).unwrap();
+            assert_eq!(back.prices[0].input, units);
+            assert_eq!(back.rounded, 0);
+        }
+    }
+}

@@ -23,3 +23,8 @@ fn the_decode_corpus_holds() {
 fn the_body_corpus_holds() {
     replay("body", fuzzing::split_is_sound);
 }
+
+#[test]
+fn the_prices_corpus_holds() {
+    replay("prices", fuzzing::prices_are_sound);
+}

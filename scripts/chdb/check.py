@@ -63,7 +63,9 @@ def main() -> int:
                     ['alibaba', 'openai'][1 + number % 2],
                     ['cline', 'roo-code'][1 + number % 2],
                     '', '', 0, '',
-                    10 + number, 400000000000 + number, 300000000000, 700000000000 + number, 5, number % 2, 0, 0
+                    10 + number, 400000000000 + number, 300000000000, 700000000000 + number, 5, number % 2,
+                    -- delta rows keep their reasoning tokens in `batches`
+                    number % 7, 0
                 FROM numbers(600)""")
             s.query(f"""
                 INSERT INTO {db}.usage_deltas (kind, day, reason, batch_id, requests)
@@ -82,6 +84,14 @@ def main() -> int:
             s.query(f"""
                 INSERT INTO {db}.rejected_events_log (received_at, batch_id, reason, field, detail, raw)
                 VALUES (now(), '{batch}', 'invalid_json', '', 'expected value', '{{not json')""")
+        # A price table as `tokentally prices load` stores it: one model by
+        # its id, one by its id without the provider/ prefix; the other two
+        # are unpriced.
+        s.query(f"""
+            INSERT INTO {db}.model_prices
+            (valid_from, loaded_ns, model, provider, alias_of, input, output, cache_read, reasoning)
+            VALUES ('2026-11-01', 1, 'openai/gpt-5', 'openai', '', 0.00000125, 0.00001, 0.000000125, 0.00002),
+                   ('2026-11-01', 1, 'qwen3.6-plus', 'alibaba', '', 0.0000004, 0.0000012, 0.0000004, 0.0000012)""")
         s.query(f"""
             INSERT INTO {db}.milestones_log (id, type, scope, model, day, threshold, value, detected_at)
             VALUES ('first:model:1000000000000', 'first', 'model', 'qwen/qwen3.6-plus', '2026-11-27',

@@ -3,16 +3,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Decimal128Type, UInt64Type};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokentally_aggregate::pipeline;
 use tokentally_aggregate::source::simulated::SimulatedSource;
-use tokentally_alerts::text::{headline, human_tokens};
+use tokentally_alerts::rules::micros;
+use tokentally_alerts::text::{headline, human_tokens, human_usd};
 use tokentally_alerts::{
     Alerter, Milestone, Status, StoreTotals, Totals, TotalsSource, display_url,
 };
 use tokentally_ingest::Fleet;
-use tokentally_sink::embedded::{EmbeddedStore, StoreConfig};
+use tokentally_schemas::prices::parse_litellm;
+use tokentally_sink::embedded::prices as store_prices;
+use tokentally_sink::embedded::{EmbeddedStore, StoreConfig, open_query_context};
 
 use super::alerts::WebhookFormatArgs;
 use tokentally::config::Config;
@@ -132,6 +137,49 @@ fn reset_store(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The example price table the demo prices its day with (not real
+/// prices; see the file's notice).
+const EXAMPLE_PRICES: &str = include_str!("../../deploy/prices/example.json");
+
+/// The final leaderboard: tokens and spend per model on `day`, from the
+/// store's `cost_daily` (the view `tokentally query` reads).
+async fn spend_leaderboard(store: &Path, day: &str, top: usize) -> anyhow::Result<String> {
+    let ctx = open_query_context(store).await?;
+    let sql = format!(
+        "SELECT model, CAST(SUM(total_tokens) AS BIGINT UNSIGNED) AS tokens, SUM(cost_usd) AS cost \
+         FROM cost_daily WHERE day = DATE '{day}' GROUP BY model ORDER BY tokens DESC, model"
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        let models = b.column(0).as_string::<i32>();
+        let tokens = b.column(1).as_primitive::<UInt64Type>();
+        let cost = b.column(2).as_primitive::<Decimal128Type>();
+        for i in 0..b.num_rows() {
+            let cost = (!cost.is_null(i)).then(|| cost.value(i));
+            rows.push((models.value(i).to_string(), tokens.value(i), cost));
+        }
+    }
+    let spend: i128 = rows.iter().filter_map(|r| r.2).sum();
+    let unpriced = rows.iter().filter(|r| r.2.is_none()).count();
+    let mut s = format!(
+        "Leaderboard {day} (tokens and spend today, at the example prices in deploy/prices/example.json)\n"
+    );
+    for (i, (model, tokens, cost)) in rows.iter().take(top).enumerate() {
+        let cost = cost.map_or_else(|| "unpriced".to_string(), |c| human_usd(micros(c)));
+        s.push_str(&format!(
+            "{:>3}. {model:<40} {:>10} {cost:>16}\n",
+            i + 1,
+            human_tokens(*tokens)
+        ));
+    }
+    s.push_str(&format!(
+        "     spend of all models: {} ({unpriced} unpriced: see the view `unpriced`)",
+        human_usd(micros(spend))
+    ));
+    Ok(s)
+}
+
 fn leaderboard(totals: &Totals, top: usize) -> String {
     let Some(day) = totals.latest_day() else {
         return "leaderboard: waiting for events".into();
@@ -181,6 +229,10 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let wall = (args.wall_secs > 0.0).then(|| Duration::from_secs_f64(args.wall_secs));
     let mut source = SimulatedSource::start(fleet, args.batch_records, wall);
     let store = EmbeddedStore::open(config.store.clone())?;
+    let prices = parse_litellm(EXAMPLE_PRICES.as_bytes(), &config.prices.aliases)
+        .context("the example price table")?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+    store_prices::save(&args.store, epoch, &prices.prices)?;
     let mut alerts = config.alerts.clone();
     alerts.webhooks = args
         .webhook
@@ -279,7 +331,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     .read()
     .await?;
     anyhow::ensure!(
-        stored == totals,
+        stored.daily == totals.daily,
         "the demo's running totals differ from the store's usage_daily"
     );
     if args.webhook.is_some() {
@@ -304,7 +356,11 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         );
     }
 
-    println!("\n{}\n", leaderboard(&totals, args.top));
+    let day = totals.latest_day().unwrap_or_default();
+    println!(
+        "\n{}\n",
+        spend_leaderboard(&args.store, day, args.top).await?
+    );
     println!(
         "{} records in {elapsed:.1}s ({:.0} events/s): {} counted, {} duplicates dropped, {} rejected, {} late",
         stats.records,
@@ -322,7 +378,6 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         human_tokens(stats.tokens)
     );
     let s = args.store.display();
-    let day = totals.latest_day().unwrap_or_default();
     println!("Explore the result with SQL:");
     println!(
         "  tokentally query --store {s} \"SELECT model, total_tokens, requests FROM usage_daily WHERE day = DATE '{day}' ORDER BY total_tokens DESC LIMIT 10\""
@@ -332,6 +387,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     println!(
         "  tokentally query --store {s} --format csv \"SELECT app, SUM(total_tokens) AS tokens FROM usage_app_daily GROUP BY app ORDER BY tokens DESC\""
+    );
+    println!(
+        "  tokentally query --store {s} \"SELECT app, SUM(cost_usd) AS usd FROM cost_app_daily GROUP BY app ORDER BY usd DESC NULLS LAST\""
     );
     println!("  tokentally query --store {s} \"SELECT * FROM rejected\"");
     println!("(from a checkout: cargo run --release -- query --store {s} \"...\")");

@@ -7,6 +7,7 @@ pub mod ingest;
 mod kafka_args;
 mod metrics;
 pub mod migrate;
+pub mod prices;
 pub mod produce;
 pub mod query;
 pub mod simulate;

@@ -9,9 +9,14 @@ use tokentally::config::{Config, StoreArgs};
 
 /// Run SQL (DataFusion dialect) over the store. Tables: usage_daily(day,
 /// model, provider, requests, prompt_tokens, completion_tokens, total_tokens,
-/// cached_tokens, error_requests), usage_minute(minute, model, ...),
-/// usage_app_daily(day, app, model, requests, prompt_tokens,
-/// completion_tokens, total_tokens), rejected(reason, count).
+/// cached_tokens, reasoning_tokens, error_requests), usage_minute(minute,
+/// model, ...), usage_app_daily(day, app, model, requests, prompt_tokens,
+/// completion_tokens, total_tokens, cached_tokens, reasoning_tokens),
+/// rejected(reason, count); spend: prices, cost_daily(day, model, provider,
+/// requests, prompt_tokens, cached_tokens, completion_tokens,
+/// reasoning_tokens, total_tokens, cost_usd), cost_app_daily(day, app,
+/// model, ...), unpriced(model, provider, first_day, last_day, requests,
+/// total_tokens).
 #[derive(Debug, Args)]
 pub struct QueryArgs {
     /// The SQL statement.
@@ -44,7 +49,7 @@ pub async fn run(mut config: Config, args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write(out: &mut impl Write, batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+pub fn write(out: &mut impl Write, batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
     match format {
         Format::Table => writeln!(
             out,

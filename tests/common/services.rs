@@ -281,7 +281,7 @@ pub fn migrated_database(url: &str, tag: &str) -> String {
     let out = run_ok(bin().args(["migrate", "--clickhouse", url, "--clickhouse-database", &db]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("applied migrations [1, 2, 3, 4, 5]"),
+        text.contains("applied migrations [1, 2, 3, 4, 5, 6]"),
         "{text}"
     );
     db
@@ -334,6 +334,13 @@ pub fn analyst_database(dir: &Path, tag: &str) -> String {
             .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
             .args(["--clickhouse-database", &db]),
     );
+    run_ok(
+        bin()
+            .args(["prices", "load"])
+            .arg(root().join("deploy/prices/example.json"))
+            .args(["--valid-from", "2026-11-01", "--clickhouse", &s.clickhouse])
+            .args(["--clickhouse-database", &db]),
+    );
     clickhouse_sql(
         &s.clickhouse,
         &format!(
@@ -354,7 +361,8 @@ pub fn ch_totals(url: &str, db: &str) -> Vec<serde_json::Map<String, serde_json:
         url,
         &format!(
             "SELECT toString(day) AS day, model, provider, requests, prompt_tokens, completion_tokens, \
-             total_tokens, cached_tokens, error_requests FROM {db}.usage_daily ORDER BY day, model, provider"
+             total_tokens, cached_tokens, reasoning_tokens, error_requests FROM {db}.usage_daily \
+             ORDER BY day, model, provider"
         ),
     );
     rows.extend(clickhouse_rows(

@@ -13,8 +13,7 @@
 use serde_json::{Value, json};
 
 use super::{details, truncate, units};
-use crate::text::human_tokens;
-use crate::{Kind, Milestone};
+use crate::{Kind, Milestone, Unit};
 
 const MAX_CONTENT: usize = 2_000;
 const MAX_TITLE: usize = 256;
@@ -26,7 +25,15 @@ const MAX_EMBED: usize = 6_000;
 /// The embed's title: what kind of milestone, without the model (which is
 /// in the description and the fields).
 fn title(m: &Milestone) -> String {
-    let threshold = human_tokens(m.threshold.unwrap_or(0));
+    let threshold = crate::text::amount(m, m.threshold.unwrap_or(0));
+    if m.unit == Unit::UsdMicros {
+        return match (m.kind, m.scope.as_str(), &m.budget) {
+            (Kind::Budget, _, Some(b)) => format!("{}% of budget {}", b.percent, b.name),
+            (Kind::First, _, _) => format!("First model to spend {threshold} in a day"),
+            (Kind::Record, "top_model", _) => "Highest daily spend of any model".into(),
+            _ => "Daily spend record".into(),
+        };
+    }
     match (m.kind, m.scope.as_str()) {
         (Kind::Threshold, _) => format!("{threshold} tokens in a day"),
         (Kind::AllTime, _) => format!("{threshold} tokens in all"),
@@ -34,6 +41,7 @@ fn title(m: &Milestone) -> String {
         (Kind::Record, "top_model") => "Highest daily total of any model".into(),
         (Kind::Record, _) => "Daily record".into(),
         (Kind::Test, _) => "Test from tokentally".into(),
+        (Kind::Budget, _) => "Budget".into(),
     }
 }
 

@@ -116,8 +116,23 @@ impl Formatter {
 /// The facts of a milestone as (label, value), in reading order, for the
 /// chat formats' details; absent facts are left out.
 pub fn details(m: &Milestone) -> Vec<(&'static str, String)> {
-    let tokens = |n: u64| format!("{} ({n} tokens)", human_tokens(n));
+    let tokens = |n: u64| match m.unit {
+        crate::Unit::Tokens => format!("{} ({n} tokens)", human_tokens(n)),
+        crate::Unit::UsdMicros => format!("{} ({n} micro-USD)", crate::text::human_usd(n)),
+    };
     let mut out = vec![("type", m.kind.as_str().to_string())];
+    if let Some(app) = &m.app {
+        out.push(("app", app.clone()));
+    }
+    if let Some(b) = &m.budget {
+        let period = if b.period == "month" {
+            "monthly"
+        } else {
+            "daily"
+        };
+        out.push(("budget", format!("{} ({period}, {}%)", b.name, b.percent)));
+        out.push(("limit", tokens(b.limit)));
+    }
     if let Some(model) = &m.model {
         out.push(("model", model.clone()));
     }
@@ -205,6 +220,9 @@ pub(crate) mod tests {
             previous_record: Some(1_200_000_000_000),
             previous_holder: Some(model.into()),
             detected_at: "2026-11-27T13:45:01.123Z".into(),
+            unit: crate::Unit::Tokens,
+            app: None,
+            budget: None,
         }
     }
 

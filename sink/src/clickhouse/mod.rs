@@ -39,6 +39,7 @@
 //!   dead letters, progress).
 //! - [`schema`]: the versioned DDL and `migrate`.
 //! - [`fence`]: the writer tables that fence zombies out.
+//! - [`prices`]: price tables stored and read (`tokentally prices`).
 //!
 //! [`UsageSink`]: tokentally_aggregate::sink::UsageSink
 
@@ -48,6 +49,7 @@ mod error;
 pub mod fence;
 mod ledger;
 mod metrics;
+pub mod prices;
 pub mod rows;
 pub mod schema;
 mod sink;

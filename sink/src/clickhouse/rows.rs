@@ -37,6 +37,12 @@ pub struct DeltaRow<'a> {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     pub error_requests: u64,
+    /// Progress rows: 1 (one batch). Roll-up delta rows: their
+    /// `reasoning_tokens`. `SummingMergeTree` sums the columns listed when
+    /// the table was created, and merges delta rows of one key from
+    /// different batches; `reasoning_tokens` came later, so it lives in
+    /// this summed column, which delta rows had left at 0 (the views name
+    /// it; see schema migration 6).
     pub batches: u64,
     pub watermark_ms: i64,
 }
@@ -176,6 +182,7 @@ struct DeltaColumns<'b> {
     completion_tokens: Option<&'b UInt64Array>,
     total_tokens: Option<&'b UInt64Array>,
     cached_tokens: Option<&'b UInt64Array>,
+    reasoning_tokens: Option<&'b UInt64Array>,
     error_requests: Option<&'b UInt64Array>,
 }
 
@@ -209,6 +216,7 @@ impl<'b> DeltaColumns<'b> {
                 Column::CompletionTokens => c.completion_tokens = Some(column.as_primitive()),
                 Column::TotalTokens => c.total_tokens = Some(column.as_primitive()),
                 Column::CachedTokens => c.cached_tokens = Some(column.as_primitive()),
+                Column::ReasoningTokens => c.reasoning_tokens = Some(column.as_primitive()),
                 Column::ErrorRequests => c.error_requests = Some(column.as_primitive()),
             }
         }
@@ -239,6 +247,7 @@ impl<'b> DeltaColumns<'b> {
         r.completion_tokens = measure(self.completion_tokens);
         r.total_tokens = measure(self.total_tokens);
         r.cached_tokens = measure(self.cached_tokens);
+        r.batches = measure(self.reasoning_tokens);
         r.error_requests = measure(self.error_requests);
         Ok(r)
     }

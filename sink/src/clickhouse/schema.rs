@@ -17,6 +17,7 @@
 
 use clickhouse::Client;
 use tokentally_aggregate::rollup::{Column, Rollup};
+use tokentally_schemas::prices::PRICE_SCALE;
 
 use super::ClickHouseError;
 use super::fence::Action;
@@ -229,6 +230,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "recovery bounded by the dedup horizon: ledger heads, commit-time rows, id set times",
         statements: v5,
     },
+    Migration {
+        version: 6,
+        name: "spend: reasoning and cached tokens in the roll-ups, versioned model prices, cost views",
+        statements: v6,
+    },
 ];
 
 /// Create the database and the migrations table.
@@ -245,13 +251,38 @@ pub fn bootstrap(t: &Target<'_>) -> Vec<String> {
     ]
 }
 
+/// The view columns summing `measures` over `usage_deltas` rows. Delta
+/// rows keep `reasoning_tokens` in `batches` (see [`v6`]).
 fn sums(measures: &[Column]) -> String {
     measures
         .iter()
-        .map(|m| format!("sum({m}) AS {m}"))
+        .map(|m| match m {
+            Column::ReasoningTokens => format!("sum(batches) AS {m}"),
+            m => format!("sum({m}) AS {m}"),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The measures of `usage_daily` and `usage_minute` as migration 1 created
+/// them (a released migration never changes: the roll-ups' measures have
+/// grown since).
+const V1_DAILY: [Column; 6] = [
+    Column::Requests,
+    Column::PromptTokens,
+    Column::CompletionTokens,
+    Column::TotalTokens,
+    Column::CachedTokens,
+    Column::ErrorRequests,
+];
+
+/// The measures of `usage_app_daily` as migration 1 created it.
+const V1_APP_DAILY: [Column; 4] = [
+    Column::Requests,
+    Column::PromptTokens,
+    Column::CompletionTokens,
+    Column::TotalTokens,
+];
 
 fn v1(t: &Target<'_>) -> Vec<String> {
     let (db, server) = (t.db, t.server);
@@ -269,8 +300,8 @@ fn v1(t: &Target<'_>) -> Vec<String> {
         ""
     };
     let codec = if server.modern { " CODEC(ZSTD(1))" } else { "" };
-    let daily = sums(Rollup::Daily.measures());
-    let app = sums(Rollup::AppDaily.measures());
+    let daily = sums(&V1_DAILY);
+    let app = sums(&V1_APP_DAILY);
     let kinds = Kind::column_type();
     vec![
         format!(
@@ -527,6 +558,121 @@ fn v5(t: &Target<'_>) -> Vec<String> {
     ]
 }
 
+/// The measures of the roll-up views as migration 6 recreates them.
+const V6_DAILY: [Column; 7] = [
+    Column::Requests,
+    Column::PromptTokens,
+    Column::CompletionTokens,
+    Column::TotalTokens,
+    Column::CachedTokens,
+    Column::ReasoningTokens,
+    Column::ErrorRequests,
+];
+
+/// The measures of `usage_app_daily` as migration 6 recreates it.
+const V6_APP_DAILY: [Column; 6] = [
+    Column::Requests,
+    Column::PromptTokens,
+    Column::CompletionTokens,
+    Column::TotalTokens,
+    Column::CachedTokens,
+    Column::ReasoningTokens,
+];
+
+/// Spend (see docs/SQL.md, "Spend"):
+/// - the roll-up views recreated with `reasoning_tokens` (all three) and
+///   `cached_tokens` (`usage_app_daily`). `usage_deltas` is a
+///   `SummingMergeTree` whose summed columns were fixed when migration 1
+///   created it, and merges combine the delta rows of one key from
+///   different batches: a column added now would not be summed. So delta
+///   rows keep their reasoning tokens in `batches`, summed and until now
+///   always 0 in them (it counts batches in progress rows only), and the
+///   views read it as `reasoning_tokens`.
+/// - `model_prices`: every price table `tokentally prices load` stored,
+///   one row per model, per `valid_from` and load; `prices`: the last load
+///   of each `valid_from`.
+/// - `cost_daily`, `cost_app_daily` and `unpriced`, from the roll-ups and
+///   the prices (the SQL is in [`crate::cost`]).
+/// - `milestones_log` and `milestones` get the spend milestones' columns:
+///   `unit`, `app`, and the budget's `budget`, `budget_period`,
+///   `budget_limit` (micro-USD) and `budget_percent`.
+///
+/// Rerunnable: the views are dropped and created again.
+fn v6(t: &Target<'_>) -> Vec<String> {
+    let db = t.db;
+    let if_absent = if t.server.modern {
+        "IF NOT EXISTS "
+    } else {
+        ""
+    };
+    let name = t.server.name_type();
+    let daily = sums(&V6_DAILY);
+    let app = sums(&V6_APP_DAILY);
+    let price = format!("Decimal(38, {PRICE_SCALE})");
+    let mut statements = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {} (\
+             valid_from Date, loaded_ns UInt64, model String, provider {name}, alias_of String, \
+             input {price}, output {price}, cache_read {price}, reasoning {price}, \
+             loaded_at DateTime('UTC') DEFAULT now()) \
+             ENGINE = {} ORDER BY (valid_from, loaded_ns, model)",
+        t.object("model_prices"),
+        t.engine("MergeTree", "model_prices", "")
+    )];
+    for column in [
+        "unit String DEFAULT 'tokens'",
+        "app String DEFAULT ''",
+        "budget String DEFAULT ''",
+        "budget_period String DEFAULT ''",
+        "budget_limit UInt64 DEFAULT 0",
+        "budget_percent UInt32 DEFAULT 0",
+    ] {
+        statements.push(format!(
+            "ALTER TABLE {} ADD COLUMN {if_absent}{column}",
+            t.object("milestones_log")
+        ));
+    }
+    let views = [
+        (
+            "usage_daily",
+            format!(
+                "SELECT day, model, provider, {daily} FROM {db}.usage_deltas \
+                 WHERE kind = 'daily' GROUP BY day, model, provider"
+            ),
+        ),
+        (
+            "usage_minute",
+            format!(
+                "SELECT minute, model, {daily} FROM {db}.usage_deltas \
+                 WHERE kind = 'minute' GROUP BY minute, model"
+            ),
+        ),
+        (
+            "usage_app_daily",
+            format!(
+                "SELECT day, app, model, {app} FROM {db}.usage_deltas \
+                 WHERE kind = 'app_daily' GROUP BY day, app, model"
+            ),
+        ),
+        ("prices", crate::cost::prices_sql(db)),
+        ("cost_daily", crate::cost::cost_daily_sql(db)),
+        ("cost_app_daily", crate::cost::cost_app_daily_sql(db)),
+        ("unpriced", crate::cost::unpriced_sql(db)),
+        (
+            "milestones",
+            format!(
+                "SELECT id, type, scope, model, provider, day, threshold, value, previous_record, \
+                 previous_holder, detected_at, unit, app, budget, budget_period, budget_limit, \
+                 budget_percent FROM {db}.milestones_log FINAL"
+            ),
+        ),
+    ];
+    for (view, sql) in views {
+        statements.push(format!("DROP TABLE IF EXISTS {}", t.object(view)));
+        statements.push(format!("CREATE VIEW {} AS {sql}", t.object(view)));
+    }
+    statements
+}
+
 /// Whether `error` says that a column being added exists already (a
 /// rerun of a migration on a server without `ADD COLUMN IF NOT EXISTS`).
 fn column_exists(sql: &str, error: &clickhouse::error::Error) -> bool {
@@ -658,7 +804,7 @@ mod tests {
                 .iter()
                 .filter(|s| s.starts_with("CREATE TABLE"))
                 .collect();
-            assert_eq!(tables.len(), 9, "{version}");
+            assert_eq!(tables.len(), 10, "{version}");
             for s in tables {
                 let table = s
                     .split_whitespace()
@@ -724,6 +870,27 @@ mod tests {
         assert!(v1(&target("26.1", None))[0].contains(
             "kind Enum8('daily' = 1, 'minute' = 2, 'app_daily' = 3, 'rejected' = 4, 'progress' = 5), "
         ));
+    }
+
+    /// Migration 6's views list the roll-ups' measures as they are now: a
+    /// new measure fails here until a migration recreates the views.
+    #[test]
+    fn the_latest_views_have_every_measure() {
+        assert_eq!(V6_DAILY.as_slice(), Rollup::Daily.measures());
+        assert_eq!(V6_DAILY.as_slice(), Rollup::Minute.measures());
+        assert_eq!(V6_APP_DAILY.as_slice(), Rollup::AppDaily.measures());
+        // Reasoning tokens are read from a column the engine sums; a column
+        // added after the table was created would be merged wrongly.
+        let v6 = v6(&target("18.16.1", None));
+        let views: Vec<&String> = v6
+            .iter()
+            .filter(|s| s.starts_with("CREATE VIEW db.usage_"))
+            .collect();
+        assert_eq!(views.len(), 3);
+        for view in views {
+            assert!(view.contains("sum(batches) AS reasoning_tokens"), "{view}");
+        }
+        assert!(v6.iter().all(|s| !s.contains("usage_deltas ADD COLUMN")));
     }
 
     #[test]

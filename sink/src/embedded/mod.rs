@@ -9,11 +9,13 @@
 //! DIR/tables/<table>/<gen>.parquet     roll-up deltas (c<gen>-l<level> = merged)
 //! DIR/dedup/<gen>.ids                  ids remembered for dedup
 //! DIR/dead-letter/<gen>.ndjson         refused records with their reasons
+//! DIR/prices/<valid_from>.json         price tables (see `prices`)
 //! ```
 
 mod idfile;
 mod levels;
 pub(crate) mod manifest;
+pub mod prices;
 mod query;
 mod verify;
 
