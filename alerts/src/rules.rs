@@ -397,14 +397,10 @@ pub fn evaluate(
     }
     if rules.first {
         for &t in &ladder {
-            // The earliest day anyone crossed it; on that day, the largest.
-            let winner = model_day.iter().filter(|(_, v)| **v >= t).min_by(
-                |((d1, m1), v1), ((d2, m2), v2)| d1.cmp(d2).then(v2.cmp(v1)).then(m1.cmp(m2)),
-            );
-            if let Some(((day, model), &v)) = winner {
+            if let Some((day, model, v)) = first_to(&model_day, t) {
                 let mut m = blank(format!("first:model:{t}"), Kind::First, "model", v);
-                m.model = Some(model.clone());
-                m.day = Some(day.clone());
+                m.model = Some(model.to_string());
+                m.day = Some(day.to_string());
                 m.threshold = Some(t);
                 push(m);
             }
@@ -438,11 +434,7 @@ fn spend(
     ladder.sort_unstable();
     ladder.dedup();
     for &t in &ladder {
-        let winner = model_day
-            .iter()
-            .filter(|(_, v)| **v >= usd(t))
-            .min_by(|((d1, m1), v1), ((d2, m2), v2)| d1.cmp(d2).then(v2.cmp(v1)).then(m1.cmp(m2)));
-        if let Some(((day, model), &v)) = winner {
+        if let Some((day, model, v)) = first_to(&model_day, usd(t)) {
             let mut m = blank(
                 format!("first_spend:model:{t}"),
                 Kind::First,
@@ -450,8 +442,8 @@ fn spend(
                 micros(v),
             );
             m.unit = Unit::UsdMicros;
-            m.model = Some(model.clone());
-            m.day = Some(day.clone());
+            m.model = Some(model.to_string());
+            m.day = Some(day.to_string());
             m.threshold = Some(t * MICROS_PER_USD);
             push(m);
         }
@@ -460,30 +452,94 @@ fn spend(
         return;
     }
     let min = usd(rules.record_min_usd);
-    let mut fleet_best = 0i128;
-    for (day, &v) in &fleet_day {
-        if fleet_best > 0 && v > fleet_best && v >= min {
-            let mut m = blank(
-                format!("spend_record:fleet:{day}"),
-                Kind::Record,
-                "fleet",
-                micros(v),
-            );
-            m.unit = Unit::UsdMicros;
-            m.day = Some(day.to_string());
-            m.previous_record = Some(micros(fleet_best));
-            push(m);
-        }
-        fleet_best = fleet_best.max(v);
+    for (day, v, previous) in record_days(&fleet_day, min) {
+        let mut m = blank(
+            format!("spend_record:fleet:{day}"),
+            Kind::Record,
+            "fleet",
+            micros(v),
+        );
+        m.unit = Unit::UsdMicros;
+        m.day = Some(day.to_string());
+        m.previous_record = Some(micros(previous));
+        push(m);
     }
-    // As for tokens: each day only its leader can take the record, from
-    // the highest other spend so far.
-    let mut holder: Option<(&str, i128)> = None;
-    let mut days: BTreeMap<&str, Vec<(&str, i128)>> = BTreeMap::new();
-    for ((day, model), &v) in &model_day {
+    for r in top_model_records(&model_day, min) {
+        let mut m = blank(
+            format!("spend_record:top_model:{}:{}", r.day, r.model),
+            Kind::Record,
+            "top_model",
+            micros(r.value),
+        );
+        m.unit = Unit::UsdMicros;
+        m.model = Some(r.model.to_string());
+        m.day = Some(r.day.to_string());
+        m.previous_record = Some(micros(r.beaten_value));
+        m.previous_holder = Some(r.beaten.to_string());
+        push(m);
+    }
+}
+
+/// Of the model-days at or above `t`, the one on the earliest day, and on
+/// that day the largest (then the smallest name): the first to reach it.
+fn first_to<V: Copy + Ord>(
+    model_day: &BTreeMap<(String, String), V>,
+    t: V,
+) -> Option<(&str, &str, V)> {
+    model_day
+        .iter()
+        .filter(|(_, v)| **v >= t)
+        .min_by(|((d1, m1), v1), ((d2, m2), v2)| d1.cmp(d2).then(v2.cmp(v1)).then(m1.cmp(m2)))
+        .map(|((day, model), &v)| (day.as_str(), model.as_str(), v))
+}
+
+/// The days whose total beat every earlier day's (a first day sets no
+/// record), at least `min`: (day, total, previous best). For a model's
+/// days, its own records; for the fleet's, the fleet's.
+fn record_days<'a, V: Copy + Ord + Default>(
+    fleet_day: &BTreeMap<&'a str, V>,
+    min: V,
+) -> Vec<(&'a str, V, V)> {
+    let zero = V::default();
+    let mut best = zero;
+    let mut out = Vec::new();
+    for (&day, &v) in fleet_day {
+        if best > zero && v > best && v >= min {
+            out.push((day, v, best));
+        }
+        best = best.max(v);
+    }
+    out
+}
+
+/// A day's leading model taking the highest daily total of any model.
+struct TopRecord<'a, V> {
+    day: &'a str,
+    model: &'a str,
+    value: V,
+    /// Who held the record it beat: the highest other total so far.
+    beaten: &'a str,
+    beaten_value: V,
+}
+
+/// The highest daily total of any model, taken from another model: each
+/// day, only that day's leader can take it. Within a day, the order in
+/// which models passed each other is not in the totals, so the models the
+/// leader passed on its way are not announced; the record it beat is the
+/// highest other total so far (an earlier day's holder, or a model it
+/// passed that day). At least `min`.
+fn top_model_records<V: Copy + Ord + Default>(
+    model_day: &BTreeMap<(String, String), V>,
+    min: V,
+) -> Vec<TopRecord<'_, V>> {
+    let zero = V::default();
+    let mut out = Vec::new();
+    let mut holder: Option<(&str, V)> = None;
+    let mut days: BTreeMap<&str, Vec<(&str, V)>> = BTreeMap::new();
+    for ((day, model), &v) in model_day {
         days.entry(day).or_default().push((model, v));
     }
-    let higher = |a: (&str, i128), b: (&str, i128)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
+    let higher = |a: (&str, V), b: (&str, V)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
     for (day, entries) in days {
         let Some(leader) = entries
             .iter()
@@ -501,28 +557,23 @@ fn spend(
         if let Some((bmodel, bv)) = beaten
             && bmodel != leader.0
             && leader.1 > bv
-            && bv > 0
+            && bv > zero
             && leader.1 >= min
         {
-            let mut m = blank(
-                format!("spend_record:top_model:{day}:{}", leader.0),
-                Kind::Record,
-                "top_model",
-                micros(leader.1),
-            );
-            m.unit = Unit::UsdMicros;
-            m.model = Some(leader.0.to_string());
-            m.day = Some(day.to_string());
-            m.previous_record = Some(micros(bv));
-            m.previous_holder = Some(bmodel.to_string());
-            push(m);
+            out.push(TopRecord {
+                day,
+                model: leader.0,
+                value: leader.1,
+                beaten: bmodel,
+                beaten_value: bv,
+            });
         }
         if holder.is_none_or(|h| higher(leader, h)) {
             holder = Some(leader);
         }
     }
+    out
 }
-
 fn records(
     rules: &RulesConfig,
     model_day: &BTreeMap<(String, String), u64>,
@@ -532,92 +583,44 @@ fn records(
 ) {
     let min = rules.record_min_tokens;
     // A model's best day beaten.
-    let mut best: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut per_model: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+    let mut per_model: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     for ((day, model), &v) in model_day {
-        per_model.entry(model).or_default().push((day, v));
+        per_model.entry(model).or_default().insert(day, v);
     }
     for (model, days) in &per_model {
-        for &(day, v) in days {
-            if let Some(&prev) = best.get(model)
-                && prev > 0
-                && v > prev
-                && v >= min
-            {
-                let mut m = blank(
-                    format!("record:model:{model}:{day}"),
-                    Kind::Record,
-                    "model",
-                    v,
-                );
-                m.model = Some(model.to_string());
-                m.day = Some(day.to_string());
-                m.previous_record = Some(prev);
-                push(m);
-            }
-            let b = best.entry(model).or_default();
-            *b = (*b).max(v);
-        }
-    }
-    // The fleet's best day beaten.
-    let mut fleet_best = 0u64;
-    for (day, &v) in fleet_day {
-        if fleet_best > 0 && v > fleet_best && v >= min {
-            let mut m = blank(format!("record:fleet:{day}"), Kind::Record, "fleet", v);
-            m.day = Some(day.clone());
-            m.previous_record = Some(fleet_best);
-            push(m);
-        }
-        fleet_best = fleet_best.max(v);
-    }
-    // The highest daily total of any model, taken from another model: each
-    // day, only that day's leader can take it. Within a day, the order in
-    // which models passed each other is not in the totals, so the models
-    // the leader passed on its way are not announced; the record it beat
-    // is the highest other total so far (an earlier day's holder, or a
-    // model it passed that day).
-    let mut holder: Option<(&str, u64)> = None; // (model, value)
-    let mut days: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
-    for ((day, model), &v) in model_day {
-        days.entry(day).or_default().push((model, v));
-    }
-    let higher = |a: (&str, u64), b: (&str, u64)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
-    for (day, entries) in days {
-        let Some(leader) = entries
-            .iter()
-            .copied()
-            .reduce(|best, e| if higher(e, best) { e } else { best })
-        else {
-            continue;
-        };
-        let beaten = entries
-            .iter()
-            .copied()
-            .filter(|e| e.0 != leader.0)
-            .chain(holder)
-            .reduce(|best, e| if higher(e, best) { e } else { best });
-        if let Some((bmodel, bv)) = beaten
-            && bmodel != leader.0
-            && leader.1 > bv
-            && bv > 0
-            && leader.1 >= min
-        {
-            let (model, v) = leader;
+        for (day, v, previous) in record_days(days, min) {
             let mut m = blank(
-                format!("record:top_model:{day}:{model}"),
+                format!("record:model:{model}:{day}"),
                 Kind::Record,
-                "top_model",
+                "model",
                 v,
             );
             m.model = Some(model.to_string());
             m.day = Some(day.to_string());
-            m.previous_record = Some(bv);
-            m.previous_holder = Some(bmodel.to_string());
+            m.previous_record = Some(previous);
             push(m);
         }
-        if holder.is_none_or(|h| higher(leader, h)) {
-            holder = Some(leader);
-        }
+    }
+    // The fleet's best day beaten.
+    let fleet_day: BTreeMap<&str, u64> = fleet_day.iter().map(|(d, v)| (d.as_str(), *v)).collect();
+    for (day, v, previous) in record_days(&fleet_day, min) {
+        let mut m = blank(format!("record:fleet:{day}"), Kind::Record, "fleet", v);
+        m.day = Some(day.to_string());
+        m.previous_record = Some(previous);
+        push(m);
+    }
+    for r in top_model_records(model_day, min) {
+        let mut m = blank(
+            format!("record:top_model:{}:{}", r.day, r.model),
+            Kind::Record,
+            "top_model",
+            r.value,
+        );
+        m.model = Some(r.model.to_string());
+        m.day = Some(r.day.to_string());
+        m.previous_record = Some(r.beaten_value);
+        m.previous_holder = Some(r.beaten.to_string());
+        push(m);
     }
 }
 

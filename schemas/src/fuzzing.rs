@@ -122,7 +122,11 @@ pub fn prices_are_sound(data: &[u8]) {
     }
     for p in &table.prices {
         for units in [p.input, p.output, p.cache_read, p.reasoning] {
-            assert!((0..=max).contains(&units), "{} out of bounds: {units}", p.model);
+            assert!(
+                (0..=max).contains(&units),
+                "{} out of bounds: {units}",
+                p.model
+            );
             let again = format!(
                 r#"{{"m": {{"input_cost_per_token": {}}}}}"#,
                 format_decimal(units)
