@@ -101,8 +101,12 @@ pub enum StoreError {
         "store {0} is in use by another tokentally process (its LOCK file is held); stop it or use another --store"
     )]
     Locked(PathBuf),
-    #[error("writing Parquet failed: {0}")]
-    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("writing {} failed: {source}", path.display())]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
     #[error("compaction query failed: {0}")]
     DataFusion(#[from] DataFusionError),
 }
@@ -221,11 +225,17 @@ impl EmbeddedStore {
         let props = WriterProperties::builder()
             .set_compression(Compression::LZ4_RAW)
             .build();
-        let mut w = ArrowWriter::try_new(file, schema, Some(props))?;
+        // The path in the error: a full disk shows up here, and the
+        // operator needs to know which disk.
+        let parquet = |source| StoreError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet)?;
         for b in batches {
-            w.write(b)?;
+            w.write(b).map_err(parquet)?;
         }
-        let file = w.into_inner()?;
+        let file = w.into_inner().map_err(parquet)?;
         file.sync_all().map_err(|source| StoreError::Io {
             dir: self.dir.clone(),
             source,
