@@ -19,7 +19,10 @@ use clickhouse::Client;
 use tokentally_aggregate::rollup::{Column, Rollup};
 use tokentally_schemas::prices::PRICE_SCALE;
 
+use std::time::{Duration, Instant};
+
 use super::ClickHouseError;
+use super::error::has_code;
 use super::fence::Action;
 
 /// What the server supports.
@@ -668,7 +671,10 @@ fn v6(t: &Target<'_>) -> Vec<String> {
     ];
     for (view, sql) in views {
         statements.push(format!("DROP TABLE IF EXISTS {}", t.object(view)));
-        statements.push(format!("CREATE VIEW {} AS {sql}", t.object(view)));
+        statements.push(format!(
+            "CREATE VIEW IF NOT EXISTS {} AS {sql}",
+            t.object(view)
+        ));
     }
     statements
 }
@@ -677,6 +683,31 @@ fn v6(t: &Target<'_>) -> Vec<String> {
 /// rerun of a migration on a server without `ADD COLUMN IF NOT EXISTS`).
 fn column_exists(sql: &str, error: &clickhouse::error::Error) -> bool {
     sql.contains(" ADD COLUMN ") && error.to_string().contains("already exists")
+}
+
+/// How long `migrate` waits for a replica to run a statement `ON CLUSTER`.
+const DDL_WAIT: Duration = Duration::from_secs(600);
+
+/// Run one statement of a migration. On a cluster, a statement that a
+/// replica has not run within `distributed_ddl_task_timeout` (code 159: the
+/// replica is down, restarting or behind on its DDL queue) stays queued
+/// and runs when the replica can; `migrate` waits for that by running the
+/// statement again (each is idempotent) for up to [`DDL_WAIT`].
+async fn run_ddl(client: &Client, sql: &str) -> Result<(), ClickHouseError> {
+    let started = Instant::now();
+    loop {
+        match client.query(sql).execute().await {
+            Err(e) if column_exists(sql, &e) => return Ok(()),
+            Err(e) if has_code(&e.to_string(), 159) && started.elapsed() < DDL_WAIT => {
+                tracing::warn!(
+                    statement = %sql.chars().take(120).collect::<String>(),
+                    "a replica has not run the statement yet; waiting for it"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            r => return r.map_err(ClickHouseError::query(sql)),
+        }
+    }
 }
 
 /// What `migrate` did.
@@ -710,11 +741,7 @@ pub async fn migrate(
         cluster,
     };
     for sql in bootstrap(&target) {
-        client
-            .query(&sql)
-            .execute()
-            .await
-            .map_err(ClickHouseError::query(&sql))?;
+        run_ddl(client, &sql).await?;
     }
     let applied = applied_versions(client, db).await?;
     let mut report = MigrationReport {
@@ -730,10 +757,7 @@ pub async fn migrate(
             continue;
         }
         for sql in (m.statements)(&target) {
-            match client.query(&sql).execute().await {
-                Err(e) if column_exists(&sql, &e) => {}
-                r => r.map_err(ClickHouseError::query(&sql))?,
-            }
+            run_ddl(client, &sql).await?;
         }
         let record = format!(
             "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",
@@ -884,7 +908,7 @@ mod tests {
         let v6 = v6(&target("18.16.1", None));
         let views: Vec<&String> = v6
             .iter()
-            .filter(|s| s.starts_with("CREATE VIEW db.usage_"))
+            .filter(|s| s.starts_with("CREATE VIEW IF NOT EXISTS db.usage_"))
             .collect();
         assert_eq!(views.len(), 3);
         for view in views {
