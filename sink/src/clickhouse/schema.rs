@@ -17,9 +17,10 @@
 
 use clickhouse::Client;
 use tokentally_aggregate::rollup::{Column, Rollup};
+use tokentally_common::retry::{RetryPolicy, Retryable, Verdict};
 use tokentally_schemas::prices::PRICE_SCALE;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::ClickHouseError;
 use super::error::has_code;
@@ -688,26 +689,52 @@ fn column_exists(sql: &str, error: &clickhouse::error::Error) -> bool {
 /// How long `migrate` waits for a replica to run a statement `ON CLUSTER`.
 const DDL_WAIT: Duration = Duration::from_secs(600);
 
+/// A statement's failure, worth repeating only when a replica has not run
+/// the statement yet (code 159: it stays queued for that replica).
+struct DdlError(clickhouse::error::Error);
+
+impl Retryable for DdlError {
+    fn verdict(&self) -> Verdict {
+        if has_code(&self.0.to_string(), 159) {
+            Verdict::Retry(None)
+        } else {
+            Verdict::Fail
+        }
+    }
+}
+
 /// Run one statement of a migration. On a cluster, a statement that a
 /// replica has not run within `distributed_ddl_task_timeout` (code 159: the
 /// replica is down, restarting or behind on its DDL queue) stays queued
 /// and runs when the replica can; `migrate` waits for that by running the
-/// statement again (each is idempotent) for up to [`DDL_WAIT`].
+/// statement again (each is idempotent), with the shared backoff, for up
+/// to [`DDL_WAIT`]. Any other error is final: a server that cannot be
+/// reached fails `migrate` at once.
 async fn run_ddl(client: &Client, sql: &str) -> Result<(), ClickHouseError> {
-    let started = Instant::now();
-    loop {
-        match client.query(sql).execute().await {
-            Err(e) if column_exists(sql, &e) => return Ok(()),
-            Err(e) if has_code(&e.to_string(), 159) && started.elapsed() < DDL_WAIT => {
+    let policy = RetryPolicy {
+        first: Duration::from_secs(1),
+        max: Duration::from_secs(10),
+        give_up_after: DDL_WAIT,
+    };
+    policy
+        .run(
+            |_| async {
+                match client.query(sql).execute().await {
+                    Err(e) if column_exists(sql, &e) => Ok(()),
+                    r => r.map_err(DdlError),
+                }
+            },
+            |_, attempt, wait| {
                 tracing::warn!(
                     statement = %sql.chars().take(120).collect::<String>(),
+                    attempt,
+                    retry_in = ?wait,
                     "a replica has not run the statement yet; waiting for it"
                 );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            r => return r.map_err(ClickHouseError::query(sql)),
-        }
-    }
+            },
+        )
+        .await
+        .map_err(|gave_up| ClickHouseError::query(sql)(gave_up.into_inner().0))
 }
 
 /// What `migrate` did.
