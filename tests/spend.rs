@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::services::{clickhouse_rows, migrated_database, produce, services, topic};
+use common::services::{aggregated_database, clickhouse_rows, migrated_database, services};
 use common::webhook::{SECRET, receiver};
 use common::{bin, query, run_ok, wait_until};
 use tokentally_alerts::webhook::webhook_id;
@@ -120,7 +120,6 @@ fn toml_string(s: &str) -> String {
 /// The events of `file` in a new store under `dir` and, through Kafka, in
 /// a new ClickHouse database: (store, database).
 fn both_sinks(dir: &Path, file: &Path, tag: &str) -> (std::path::PathBuf, String) {
-    let s = services();
     let store = dir.join("store");
     run_ok(
         bin()
@@ -129,16 +128,7 @@ fn both_sinks(dir: &Path, file: &Path, tag: &str) -> (std::path::PathBuf, String
             .arg("--file")
             .arg(file),
     );
-    let t = topic(tag);
-    produce(&t, file);
-    let db = migrated_database(&s.clickhouse, tag);
-    run_ok(
-        t.aggregate(tag)
-            .args(["--exit-on-idle", "3"])
-            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
-            .args(["--clickhouse-database", &db]),
-    );
-    (store, db)
+    (store, aggregated_database(file, tag))
 }
 
 /// `prices list --format json --on DAY`, without the load time.
@@ -266,23 +256,7 @@ fn cost_is_exact_and_the_same_on_both_sinks() {
         file("v1-fixed.json", V1_FIXED),
     );
 
-    let store = dir.path().join("store");
-    run_ok(
-        bin()
-            .args(["ingest", "--store"])
-            .arg(&store)
-            .arg("--file")
-            .arg(&events),
-    );
-    let t = topic("spend");
-    produce(&t, &events);
-    let db = migrated_database(&s.clickhouse, "spend");
-    run_ok(
-        t.aggregate("spend")
-            .args(["--exit-on-idle", "3"])
-            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
-            .args(["--clickhouse-database", &db]),
-    );
+    let (store, db) = both_sinks(dir.path(), &events, "spend");
     let sinks = [Sink::Store(&store), Sink::ClickHouse(&s.clickhouse, &db)];
 
     for sink in &sinks {

@@ -296,7 +296,7 @@ impl Totals {
 
 /// Days since 1970-01-01 as `YYYY-MM-DD`, the form both stores print.
 fn date(day: i32) -> String {
-    chrono::NaiveDate::from_num_days_from_ce_opt(day + 719_163)
+    chrono::NaiveDate::from_epoch_days(day)
         .map(|d| d.to_string())
         .unwrap_or_else(|| day.to_string())
 }

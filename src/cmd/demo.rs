@@ -231,7 +231,8 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let store = EmbeddedStore::open(config.store.clone())?;
     let prices = parse_litellm(EXAMPLE_PRICES.as_bytes(), &config.prices.aliases)
         .context("the example price table")?;
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+    // Valid from 1970-01-01: every simulated day is priced.
+    let epoch = chrono::NaiveDate::from_epoch_days(0).expect("a valid date");
     store_prices::save(&args.store, epoch, &prices.prices)?;
     let mut alerts = config.alerts.clone();
     alerts.webhooks = args

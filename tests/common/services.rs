@@ -310,6 +310,22 @@ pub fn modern_engine(queries: &[String]) {
     assert_eq!(report.matches("ok (").count(), queries.len(), "{report}");
 }
 
+/// The events of `file` produced to a new topic and aggregated from it
+/// into a new migrated database (both named after `tag`): the database.
+pub fn aggregated_database(file: &Path, tag: &str) -> String {
+    let s = services();
+    let t = topic(tag);
+    produce(&t, file);
+    let db = migrated_database(&s.clickhouse, tag);
+    run_ok(
+        t.aggregate(tag)
+            .args(["--exit-on-idle", "3"])
+            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
+            .args(["--clickhouse-database", &db]),
+    );
+    db
+}
+
 /// A migrated ClickHouse database holding a simulated day (2026-11-27) of a
 /// 20T-token fleet, with duplicates, late and malformed events, produced to
 /// Kafka and aggregated into it, plus one milestone as `alerts run
@@ -325,15 +341,7 @@ pub fn analyst_database(dir: &Path, tag: &str) -> String {
             .args(["--late-rate", "0.05", "--malformed-rate", "0.01", "--out"])
             .arg(&file),
     );
-    let t = topic(tag);
-    produce(&t, &file);
-    let db = migrated_database(&s.clickhouse, tag);
-    run_ok(
-        t.aggregate(tag)
-            .args(["--exit-on-idle", "3"])
-            .args(["--sink", "clickhouse", "--clickhouse", &s.clickhouse])
-            .args(["--clickhouse-database", &db]),
-    );
+    let db = aggregated_database(&file, tag);
     run_ok(
         bin()
             .args(["prices", "load"])

@@ -47,8 +47,7 @@ async fn check_schema(client: &Client, db: &str) -> Result<(), ClickHouseError> 
 }
 
 fn days(date: NaiveDate) -> Result<u16, ClickHouseError> {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
-    u16::try_from((date - epoch).num_days())
+    u16::try_from(date.to_epoch_days())
         .map_err(|_| ClickHouseError::Config(format!("{date} is outside ClickHouse's Date range")))
 }
 
@@ -106,12 +105,12 @@ pub async fn in_force(
     let sql = format!(
         "SELECT valid_from, toUInt64(0) AS loaded_ns, model, provider, alias_of, input, output, cache_read, \
          reasoning, toUInt32(loaded_at) AS loaded_at FROM {db}.prices WHERE valid_from = \
-         (SELECT max(valid_from) FROM {db}.prices WHERE valid_from <= toDate(?)) \
-         AND (SELECT count() FROM {db}.prices WHERE valid_from <= toDate(?)) > 0 ORDER BY model"
+         (SELECT max(valid_from) FROM {db}.prices WHERE valid_from <= toDate(?)) ORDER BY model"
     );
+    // With no version on or before `day`, max() is 1970-01-01, which no
+    // version has (it would be on or before `day`): no rows.
     let rows: Vec<PriceRow> = client
         .query(&sql)
-        .bind(day.to_string())
         .bind(day.to_string())
         .fetch_all()
         .await
@@ -119,9 +118,9 @@ pub async fn in_force(
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
     Ok(Some(PriceVersion {
-        valid_from: epoch + chrono::Days::new(u64::from(first.valid_from)),
+        valid_from: NaiveDate::from_epoch_days(i32::from(first.valid_from))
+            .expect("a ClickHouse Date is a valid date"),
         loaded_at_ms: i64::from(first.loaded_at) * 1000,
         prices: rows
             .into_iter()

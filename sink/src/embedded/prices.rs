@@ -122,7 +122,6 @@ pub fn prices_batch(versions: &[PriceVersion]) -> Result<RecordBatch, ArrowError
         .flat_map(|v| v.prices.iter().map(move |p| (v, p)))
         .collect();
     let rows = || all.iter().copied();
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
     let strings = |f: fn(&Price) -> &str| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(rows().map(|(_, p)| f(p))))
     };
@@ -134,7 +133,7 @@ pub fn prices_batch(versions: &[PriceVersion]) -> Result<RecordBatch, ArrowError
     };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Date32Array::from_iter_values(
-            rows().map(|(v, _)| (v.valid_from - epoch).num_days() as i32),
+            rows().map(|(v, _)| v.valid_from.to_epoch_days()),
         )),
         strings(|p| &p.model),
         strings(|p| &p.provider),
