@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::history::{check_history, commits, committed_all, partition_bounds};
+use common::proxy::Proxy;
 use common::services::{
     Private, Topic, ch_totals, clickhouse_rows, clickhouse_sql, corpus, migrated_database, produce,
     reference, services, topic, topic_on, unique,
@@ -173,6 +174,46 @@ fn kafka_to_clickhouse_is_exact_and_replays_change_nothing() {
         &db,
     ]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+}
+
+/// A batch's insert cut off mid-body, as by a client SIGKILLed while
+/// sending it: ClickHouse reads a clean end of stream and, on old servers,
+/// would insert the rows it had parsed so far as a finished insert. The
+/// aggregator (alive here, behind a proxy that cuts its first commit)
+/// retries; the batch must count once. Before a batch became one row of
+/// arrays, its roll-up rows before the cut counted twice.
+#[test]
+fn an_insert_cut_off_mid_body_counts_nothing_of_it() {
+    let _serial = serial();
+    let s = services();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("ch-cut-insert");
+    let file = corpus(dir.path(), 30_000, 23);
+    produce(&t, &file);
+    let reference = reference(dir.path(), &file);
+    let db = migrated_database(&s.clickhouse, "cut_insert");
+    let server = s.clickhouse.trim_start_matches("http://");
+    // Large batches: bodies of several chunks.
+    let proxy = Proxy::cutting_one_body("127.0.0.1:39397", server, b"%60writer_");
+    let out = run_ok(
+        t.aggregate("g")
+            .args([
+                "--sink",
+                "clickhouse",
+                "--clickhouse",
+                "http://127.0.0.1:39397",
+            ])
+            .args(["--clickhouse-database", &db, "--batch-records", "20000"])
+            .args(["--exit-on-idle", "3", "--json"]),
+    );
+    assert_eq!(proxy.bodies_cut(), 1, "no insert was cut off");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("retrying"),
+        "the cut insert was not retried:\n{log}"
+    );
+    assert_same_totals(&ch_totals(&s.clickhouse, &db), &totals(&reference));
+    assert_history(&s.clickhouse, &db, &t);
 }
 
 #[test]

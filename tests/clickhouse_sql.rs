@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::services::{analyst_database, clickhouse_sql, modern_engine, services};
+use common::services::{
+    analyst_database, clickhouse_rows, clickhouse_sql, migrated_database, modern_engine, services,
+};
 use common::{bin, read, root, run_ok};
 
 /// The ```sql blocks of docs/SQL.md.
@@ -107,4 +109,34 @@ fn compatible_and_modern_ddl_differ_where_the_server_does() {
             && new.contains("CODEC(ZSTD(1))")
     );
     assert!(new.contains("non_replicated_deduplication_window"));
+}
+
+/// `migrate --print-ddl` shows a writer's table built from the columns
+/// `usage_deltas` has once every migration ran; an aggregator reads them
+/// from its server. Both must agree.
+#[test]
+fn the_printed_writer_table_has_the_columns_of_a_migrated_database() {
+    use tokentally_sink::clickhouse::ServerInfo;
+    use tokentally_sink::clickhouse::schema::delta_columns;
+    let s = services();
+    let db = migrated_database(&s.clickhouse, "columns");
+    let version = clickhouse_sql(&s.clickhouse, "SELECT version()").unwrap();
+    let server = ServerInfo::from_version(version.trim());
+    let mut found: Vec<(String, String)> = clickhouse_rows(
+        &s.clickhouse,
+        &format!(
+            "SELECT name, type FROM system.columns WHERE database = '{db}' \
+             AND table = 'usage_deltas'"
+        ),
+    )
+    .into_iter()
+    .map(|r| {
+        let text = |k: &str| r[k].as_str().unwrap().to_string();
+        (text("name"), text("type"))
+    })
+    .collect();
+    let mut printed = delta_columns(&server);
+    found.sort();
+    printed.sort();
+    assert_eq!(printed, found);
 }

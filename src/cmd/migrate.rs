@@ -1,5 +1,5 @@
 use clap::{Args, ValueEnum};
-use tokentally_sink::clickhouse::schema::{MIGRATIONS, Target, bootstrap};
+use tokentally_sink::clickhouse::schema::{MIGRATIONS, Target, bootstrap, delta_columns};
 use tokentally_sink::clickhouse::{ClickHouseError, ServerInfo, cannot_reach, fence, migrate};
 
 use super::clickhouse_args::ClickHouseArgs;
@@ -54,10 +54,12 @@ fn print_ddl(db: &str, cluster: Option<&str>, kind: DdlKind, json: bool) -> anyh
         server: &server,
         cluster,
     };
+    let writer = fence::create_writer(db, EXAMPLE_WRITER, &delta_columns(&server))
+        .map_err(anyhow::Error::msg)?;
     let statements: Vec<String> = bootstrap(&target)
         .into_iter()
         .chain(MIGRATIONS.iter().flat_map(|m| (m.statements)(&target)))
-        .chain(fence::create_writer(db, EXAMPLE_WRITER))
+        .chain(writer)
         .chain(fence::drop_writer(&target, EXAMPLE_WRITER))
         .collect();
     if json {

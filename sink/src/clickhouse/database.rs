@@ -120,7 +120,10 @@ impl Database {
             .insert::<R>(table)
             .await
             .map_err(ClickHouseError::query(&full))?
-            .with_setting("max_insert_block_size", "100000000");
+            .with_setting("max_insert_block_size", "100000000")
+            // A writer's view unfolds a batch's row (see `fence`) in one
+            // block, so the batch lands as one part.
+            .with_setting("max_block_size", "100000000");
         if let Some(token) = dedup_token {
             // Inserts go through a writer's view (see `fence`): the repeat
             // is dropped in `usage_deltas`, the view's target.

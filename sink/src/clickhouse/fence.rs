@@ -6,7 +6,9 @@
 //! replaced under its `--instance-id` without knowing it yet). So each
 //! aggregator commits through a table of its own, a `Null` table named
 //! after it whose materialized view forwards every insert into
-//! `usage_deltas` (one part per insert, as before). An aggregator that is
+//! `usage_deltas` (one part per insert, as before). A batch is one row of
+//! that table, its roll-up rows in an array the view unfolds: a request
+//! cut off mid-body ends inside that row, and the server refuses it whole. An aggregator that is
 //! assigned partitions first records its claim in `writers`, then drops the
 //! table of every other aggregator whose last word on one of them is a
 //! claim (one that never released it), and only then reads the ledger.
@@ -30,7 +32,7 @@ use rand::Rng;
 
 use super::database::{quote, quote_all};
 use super::error::has_code;
-use super::rows::DeltaRow;
+use super::rows::{BatchRow, DeltaRow};
 use super::schema::{Target, enum8};
 
 /// This aggregator, as a writer of partitions.
@@ -106,9 +108,10 @@ impl Writer {
         table_of(&self.id)
     }
 
-    /// Statements creating this writer's table and its view.
-    pub fn create(&self, db: &str) -> Vec<String> {
-        create_writer(db, &self.id)
+    /// Statements creating this writer's table and its view, from the
+    /// columns of `usage_deltas` (name, type).
+    pub fn create(&self, db: &str, columns: &[(String, String)]) -> Result<Vec<String>, String> {
+        create_writer(db, &self.id, columns)
     }
 
     /// Rows recording `action` on `keys` by this writer.
@@ -130,33 +133,65 @@ impl Default for Writer {
     }
 }
 
-/// Statements creating writer `id`'s table and its view. The view forwards
-/// the columns a batch writes ([`DeltaRow`]) and `committed_at` (the
-/// server's time when the insert arrived) as they are, except that a
-/// commit-time progress row (`minute` not 0) gets `committed_at` as its
-/// `minute`: one clock for every aggregator, and a batch whose insert was
-/// retried for hours is found by its arrival, not by when it was cut.
-pub fn create_writer(db: &str, id: &str) -> Vec<String> {
+/// Statements creating writer `id`'s table and its view, given the
+/// `(name, type)` of every column of `usage_deltas`.
+///
+/// The table holds a batch as ONE row ([`BatchRow`]): its `usage_deltas`
+/// rows as a `Nested` column, an array per column of [`DeltaRow`], and
+/// `committed_at`, the server's time when the insert arrived. The view
+/// unfolds the arrays (`ARRAY JOIN`) into `usage_deltas`, as they are,
+/// except that a commit-time progress row (`minute` not 0) gets
+/// `committed_at` as its `minute`: one clock for every aggregator, and a
+/// batch whose insert was retried for hours is found by its arrival, not by
+/// when it was cut.
+///
+/// One row, because a request cut off mid-body (its client killed, or a
+/// connection closed cleanly mid-request) reads to the server as a clean
+/// end of stream: rows parsed before it would be inserted as a finished
+/// insert, and counted again by the retry. A row cut off is refused whole.
+pub fn create_writer(
+    db: &str,
+    id: &str,
+    columns: &[(String, String)],
+) -> Result<Vec<String>, String> {
     use clickhouse::Row;
     let table = table_of(id);
+    let nested = BatchRow::NESTED;
+    let type_of = |name: &str| {
+        columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
+            .ok_or_else(|| format!("{db}.usage_deltas has no column {name}"))
+    };
+    let fields = DeltaRow::COLUMN_NAMES
+        .iter()
+        .map(|c| Ok(format!("{c} {}", type_of(c)?)))
+        .collect::<Result<Vec<_>, String>>()?
+        .join(", ");
     let select = DeltaRow::COLUMN_NAMES
         .iter()
-        .chain(&["committed_at"])
         .map(|c| match *c {
-            "minute" => {
-                "if(kind = 'progress' AND minute != toDateTime(0), committed_at, minute) AS minute"
-            }
-            c => c,
+            "minute" => format!(
+                "if({nested}.kind = 'progress' AND {nested}.minute != toDateTime(0), \
+                 committed_at, {nested}.minute) AS minute"
+            ),
+            c => format!("{nested}.{c} AS {c}"),
         })
+        .chain(["committed_at".to_string()])
         .collect::<Vec<_>>()
         .join(", ");
-    vec![
-        format!("CREATE TABLE IF NOT EXISTS {db}.{table} AS {db}.usage_deltas ENGINE = Null"),
+    Ok(vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{table} ({nested} Nested({fields}), \
+             committed_at {} DEFAULT now()) ENGINE = Null",
+            type_of("committed_at")?
+        ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{table}_mv TO {db}.usage_deltas \
-             AS SELECT {select} FROM {db}.{table}"
+             AS SELECT {select} FROM {db}.{table} ARRAY JOIN {nested}"
         ),
-    ]
+    ])
 }
 
 /// The table of writer `id`.
@@ -228,6 +263,7 @@ mod tests {
 
     #[test]
     fn fencing_sql() {
+        use clickhouse::Row;
         let old = ServerInfo::from_version("18.16.1");
         let new = ServerInfo::from_version("26.1");
         let on = |server, cluster| Target {
@@ -250,18 +286,51 @@ mod tests {
                 "DROP TABLE IF EXISTS db.writer_ab_mv ON CLUSTER c1 SYNC"
             ]
         );
-        let create = create_writer("db", "ab");
-        assert_eq!(
-            create[0],
-            "CREATE TABLE IF NOT EXISTS db.writer_ab AS db.usage_deltas ENGINE = Null"
+        let columns: Vec<(String, String)> = DeltaRow::COLUMN_NAMES
+            .iter()
+            .map(|c| (c.to_string(), format!("T_{c}")))
+            .chain([("committed_at".into(), "DateTime('UTC')".into())])
+            .collect();
+        let create = create_writer("db", "ab", &columns).unwrap();
+        assert!(
+            create[0].starts_with(
+                "CREATE TABLE IF NOT EXISTS db.writer_ab (batch Nested(kind T_kind, day T_day, \
+                 minute T_minute, model T_model,"
+            ),
+            "{}",
+            create[0]
+        );
+        assert!(
+            create[0].ends_with(
+                ", watermark_ms T_watermark_ms), committed_at DateTime('UTC') DEFAULT now()) \
+                 ENGINE = Null"
+            ),
+            "{}",
+            create[0]
         );
         // Every column a batch writes goes through, and commit-time rows
         // take the server's arrival time.
-        assert!(create[1].contains("SELECT kind, day, if(kind = 'progress' AND minute != toDateTime(0), committed_at, minute) AS minute, model,"), "{}", create[1]);
         assert!(
-            create[1].ends_with(", watermark_ms, committed_at FROM db.writer_ab"),
+            create[1].contains(
+                "SELECT batch.kind AS kind, batch.day AS day, if(batch.kind = 'progress' AND \
+                 batch.minute != toDateTime(0), committed_at, batch.minute) AS minute, \
+                 batch.model AS model,"
+            ),
             "{}",
             create[1]
+        );
+        assert!(
+            create[1].ends_with(
+                ", batch.watermark_ms AS watermark_ms, committed_at FROM db.writer_ab \
+                 ARRAY JOIN batch"
+            ),
+            "{}",
+            create[1]
+        );
+        let missing = &columns[1..];
+        assert_eq!(
+            create_writer("db", "ab", missing).unwrap_err(),
+            "db.usage_deltas has no column kind"
         );
         let sql = holders_sql("db", &["kafka:t:0".into(), "kafka:it's:1".into()], "me");
         assert!(sql.contains("IN ('kafka:t:0', 'kafka:it\\'s:1')"), "{sql}");

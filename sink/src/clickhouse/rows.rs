@@ -73,6 +73,83 @@ impl<'a> DeltaRow<'a> {
     }
 }
 
+/// A batch's `usage_deltas` rows as the ONE row a writer's table takes
+/// (see [`create_writer`](super::fence::create_writer)): column `c` of
+/// [`DeltaRow`] becomes array `batch.c` of a `Nested` column, which the
+/// table's view unfolds (`ARRAY JOIN`).
+#[derive(Debug, Default, Clone, PartialEq, clickhouse::Row, Serialize)]
+pub struct BatchRow<'a> {
+    #[serde(rename = "batch.kind")]
+    pub kind: Vec<Kind>,
+    #[serde(rename = "batch.day")]
+    pub day: Vec<u16>,
+    #[serde(rename = "batch.minute")]
+    pub minute: Vec<u32>,
+    #[serde(rename = "batch.model")]
+    pub model: Vec<&'a str>,
+    #[serde(rename = "batch.provider")]
+    pub provider: Vec<&'a str>,
+    #[serde(rename = "batch.app")]
+    pub app: Vec<&'a str>,
+    #[serde(rename = "batch.reason")]
+    pub reason: Vec<&'a str>,
+    #[serde(rename = "batch.source")]
+    pub source: Vec<&'a str>,
+    #[serde(rename = "batch.next_offset")]
+    pub next_offset: Vec<i64>,
+    #[serde(rename = "batch.start_offset")]
+    pub start_offset: Vec<i64>,
+    #[serde(rename = "batch.batch_id")]
+    pub batch_id: Vec<&'a str>,
+    #[serde(rename = "batch.requests")]
+    pub requests: Vec<u64>,
+    #[serde(rename = "batch.prompt_tokens")]
+    pub prompt_tokens: Vec<u64>,
+    #[serde(rename = "batch.completion_tokens")]
+    pub completion_tokens: Vec<u64>,
+    #[serde(rename = "batch.total_tokens")]
+    pub total_tokens: Vec<u64>,
+    #[serde(rename = "batch.cached_tokens")]
+    pub cached_tokens: Vec<u64>,
+    #[serde(rename = "batch.error_requests")]
+    pub error_requests: Vec<u64>,
+    #[serde(rename = "batch.batches")]
+    pub batches: Vec<u64>,
+    #[serde(rename = "batch.watermark_ms")]
+    pub watermark_ms: Vec<i64>,
+}
+
+impl<'a> BatchRow<'a> {
+    /// The name of the `Nested` column.
+    pub const NESTED: &'static str = "batch";
+
+    pub fn of(rows: &[DeltaRow<'a>]) -> Self {
+        let mut b = BatchRow::default();
+        for r in rows {
+            b.kind.push(r.kind);
+            b.day.push(r.day);
+            b.minute.push(r.minute);
+            b.model.push(r.model);
+            b.provider.push(r.provider);
+            b.app.push(r.app);
+            b.reason.push(r.reason);
+            b.source.push(r.source);
+            b.next_offset.push(r.next_offset);
+            b.start_offset.push(r.start_offset);
+            b.batch_id.push(r.batch_id);
+            b.requests.push(r.requests);
+            b.prompt_tokens.push(r.prompt_tokens);
+            b.completion_tokens.push(r.completion_tokens);
+            b.total_tokens.push(r.total_tokens);
+            b.cached_tokens.push(r.cached_tokens);
+            b.error_requests.push(r.error_requests);
+            b.batches.push(r.batches);
+            b.watermark_ms.push(r.watermark_ms);
+        }
+        b
+    }
+}
+
 /// One row of `dedup_id_sets`: the ids one batch counted in one dedup
 /// bucket (hour), as two parallel arrays (high and low words).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize)]
@@ -434,6 +511,24 @@ mod tests {
                 && message.contains("not the roll-up's (day Date32, model Utf8, provider Utf8, "),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_batch_row_has_an_array_for_every_column_of_a_delta_row() {
+        use clickhouse::Row;
+        let nested: Vec<String> = DeltaRow::COLUMN_NAMES
+            .iter()
+            .map(|c| format!("{}.{c}", BatchRow::NESTED))
+            .collect();
+        assert_eq!(BatchRow::COLUMN_NAMES, nested);
+        let row = |model, requests| DeltaRow {
+            model,
+            requests,
+            ..DeltaRow::empty(Kind::Daily, "b")
+        };
+        let b = BatchRow::of(&[row("m", 1), row("n", 2)]);
+        assert_eq!((b.model, b.requests), (vec!["m", "n"], vec![1, 2]));
+        assert_eq!(b.kind, vec![Kind::Daily; 2]);
     }
 
     #[test]

@@ -288,6 +288,44 @@ const V1_APP_DAILY: [Column; 4] = [
     Column::TotalTokens,
 ];
 
+/// The columns of `usage_deltas` once every migration has run, as
+/// `system.columns` lists them on `server` (name, type): what
+/// `migrate --print-ddl` shows a writer's table from. An aggregator reads
+/// them from its server instead.
+pub fn delta_columns(server: &ServerInfo) -> Vec<(String, String)> {
+    let name = server.name_type();
+    let datetime = "DateTime('UTC')".to_string();
+    let mut columns = vec![
+        ("kind", Kind::column_type()),
+        ("day", "Date".into()),
+        ("minute", datetime.clone()),
+    ];
+    for c in ["model", "provider", "app", "reason", "source"] {
+        columns.push((c, name.to_string()));
+    }
+    columns.extend([
+        ("next_offset", "Int64".into()),
+        ("start_offset", "Int64".into()),
+        ("batch_id", "String".into()),
+    ]);
+    for c in [
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "error_requests",
+        "batches",
+    ] {
+        columns.push((c, "UInt64".into()));
+    }
+    columns.extend([("watermark_ms", "Int64".into()), ("committed_at", datetime)]);
+    columns
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect()
+}
+
 fn v1(t: &Target<'_>) -> Vec<String> {
     let (db, server) = (t.db, t.server);
     let name = server.name_type();

@@ -17,7 +17,7 @@ use super::database::{Database, quote};
 use super::error::{cannot_reach, timed, with_retries};
 use super::fence::{self, Action, Writer, WriterRow};
 use super::ledger::Ledger;
-use super::rows::{self, DeltaRow, HeadRow, IdSetRow, RejectedRow};
+use super::rows::{self, BatchRow, HeadRow, IdSetRow, RejectedRow};
 use super::schema::{self, ServerInfo, Target};
 use super::{ClickHouseConfig, ClickHouseError, SinkMetrics};
 
@@ -171,7 +171,19 @@ impl ClickHouseSink {
         if self.writer_ready {
             return Ok(());
         }
-        for sql in self.writer.create(self.db.name()) {
+        let columns: Vec<(String, String)> = self
+            .db
+            .fetch(format!(
+                "SELECT name, type FROM system.columns WHERE database = {} \
+                 AND table = 'usage_deltas'",
+                quote(self.db.name())
+            ))
+            .await?;
+        let create = self
+            .writer
+            .create(self.db.name(), &columns)
+            .map_err(ClickHouseError::Config)?;
+        for sql in create {
             self.db.execute(sql).await?;
         }
         self.writer_ready = true;
@@ -402,6 +414,7 @@ impl UsageSink for ClickHouseSink {
         )?;
         self.ledger.headed(new_heads);
         let deltas = rows::delta_rows(&batch_id, outcome, received_at)?;
+        let batch = BatchRow::of(&deltas);
         let token = self.server.modern.then_some(batch_id.as_str());
         let table = self.writer.table();
         let table = table.as_str();
@@ -411,7 +424,7 @@ impl UsageSink for ClickHouseSink {
             budget,
             this.db.metrics(),
             |attempt| {
-                let deltas = &deltas;
+                let batch = &batch;
                 let batch_id = &batch_id;
                 async move {
                     if attempt > 0 {
@@ -430,7 +443,8 @@ impl UsageSink for ClickHouseSink {
                     timed(
                         timeout,
                         "insert usage_deltas",
-                        this.db.insert_rows::<DeltaRow>(table, deltas, token),
+                        this.db
+                            .insert_rows::<BatchRow>(table, std::slice::from_ref(batch), token),
                     )
                     .await
                 }
