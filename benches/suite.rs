@@ -11,15 +11,22 @@
 //!   minutes, and a ratio of two single runs minutes apart drifts with it;
 //! - `kafka_engine`: ClickHouse's own Kafka table engine + a materialized view
 //!   (`benches/kafka_engine.sql`) reading the same topic, totals checked too;
-//! - `memory`: RSS over a long `ingest` run with a large dedup horizon;
+//! - `memory`: RSS over a long `ingest` run with a large dedup horizon, and
+//!   end_to_end's peak RSS and rate per batch size (`--batch-curve`);
 //! - `trillion_day`: a projection from `end_to_end`;
 //!
-//! then merges `core` (criterion's estimate) and `freshness`, computes the
-//! ratios, prints a table and writes `bench/results.json`.
+//! - CPU seconds per million events (`/proc/PID/stat`): the aggregator plus
+//!   the ClickHouse server during `end_to_end`, the server during
+//!   `kafka_engine`, the broker apart (the pids from `scripts/services`'
+//!   pid files);
+//!
+//! then merges `core` (criterion's estimate), `freshness` and `gateway`
+//! (the HTTP gateway against its producer ceiling, `benches/gateway.rs`),
+//! computes the ratios, prints a table and writes `bench/results.json`.
 //!
 //!   suite [--events 5000000] [--partitions 12] [--rounds 3] [--memory-events 20000000]
 //!         [--memory-max-ids 5000000] [--core PATH] [--freshness PATH]
-//!         [--out bench/results.json]
+//!         [--gateway PATH] [--batch-curve 65536,131072,262144] [--out bench/results.json]
 //!
 //! Why one long file: every measure shares the pre-filled topic, the
 //! services and the one report, and reads as a step of one run; a measure
@@ -63,6 +70,57 @@ fn rss_mb(pid: u32) -> Option<(f64, f64)> {
 }
 
 /// POST one statement to ClickHouse's HTTP interface.
+/// CPU seconds (user + system, all threads) `pid` has used so far, from
+/// `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 14th and 15th of the line.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
+}
+
+/// The pid of a service `scripts/services` started (its pid file).
+fn service_pid(name: &str) -> Option<u32> {
+    let dir = std::env::var("TOKENTALLY_SERVICES_DIR")
+        .unwrap_or_else(|_| "/tmp/tokentally-services".to_string());
+    std::fs::read_to_string(format!("{dir}/{name}/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU seconds the Kafka broker and the ClickHouse server use from now to
+/// [`ServiceCpu::since`].
+struct ServiceCpu {
+    start: [Option<f64>; 2],
+}
+
+impl ServiceCpu {
+    const NAMES: [&str; 2] = ["kafka", "clickhouse"];
+
+    fn start() -> ServiceCpu {
+        ServiceCpu {
+            start: Self::NAMES.map(|n| service_pid(n).and_then(cpu_seconds)),
+        }
+    }
+
+    /// (broker, ClickHouse) CPU seconds since `start`.
+    fn since(&self) -> [Option<f64>; 2] {
+        let now = Self::NAMES.map(|n| service_pid(n).and_then(cpu_seconds));
+        [0, 1].map(|i| Some(now[i]? - self.start[i]?))
+    }
+}
+
+/// CPU seconds per million of `events`, when known.
+fn per_million(cpu: Option<f64>, events: u64) -> Value {
+    cpu.map_or(Value::Null, |c| json!(c / events as f64 * 1e6))
+}
+
 fn clickhouse(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", "--data-binary", "@-", url])
@@ -268,8 +326,10 @@ fn end_to_end(
     db: &str,
     truth: &Totals,
     events: u64,
+    extra: &[&str],
 ) -> Value {
     run(tokentally().args(["migrate", "--clickhouse", url, "--clickhouse-database", db]));
+    let services = ServiceCpu::start();
     let started = Instant::now();
     let mut child = Kill(
         tokentally()
@@ -282,6 +342,7 @@ fn end_to_end(
             ])
             .args(["--sink", "clickhouse", "--clickhouse", url])
             .args(["--clickhouse-database", db])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("start the aggregator"),
@@ -299,6 +360,8 @@ fn end_to_end(
     if let Some((_, hwm)) = rss_mb(pid) {
         peak = peak.max(hwm);
     }
+    let aggregator_cpu = cpu_seconds(pid);
+    let [broker_cpu, clickhouse_cpu] = services.since();
     drop(child);
     let got = clickhouse_totals(url, &format!("{db}.usage_daily"));
     let exact = &got == truth;
@@ -310,7 +373,19 @@ fn end_to_end(
         "exact": exact,
         "daily_rows": truth.len(),
         "peak_rss_mb": peak.round(),
-        "note": "process start (incl. consumer group join) until usage_daily counts every event",
+        "cpu_seconds": {
+            "aggregator": aggregator_cpu,
+            "clickhouse": clickhouse_cpu,
+            "broker": broker_cpu,
+        },
+        "cpu_per_million_events": per_million(
+            aggregator_cpu.zip(clickhouse_cpu).map(|(a, c)| a + c),
+            events,
+        ),
+        "broker_cpu_per_million_events": per_million(broker_cpu, events),
+        "note": "process start (incl. consumer group join) until usage_daily counts every event; \
+                 CPU: the aggregator plus the ClickHouse server over that time (/proc/PID/stat), \
+                 the broker apart",
     })
 }
 
@@ -346,9 +421,11 @@ fn kafka_engine(
     for s in setup {
         clickhouse(url, s).expect("peer setup");
     }
+    let services = ServiceCpu::start();
     let started = Instant::now();
     clickhouse(url, view).expect("peer view");
     let (secs, counted) = wait_counted(url, db, events, started, "kafka engine", || {});
+    let [broker_cpu, clickhouse_cpu] = services.since();
     let got = clickhouse_totals(url, &format!("{db}.usage_daily"));
     // Detach the consumer before dropping the rest (see the SQL file).
     let _ = clickhouse(url, &format!("DROP TABLE {db}.usage_daily_mv"));
@@ -361,6 +438,9 @@ fn kafka_engine(
         "events_per_s": (events as f64 / secs).round(),
         "exact": got == *truth,
         "consumers": 1,
+        "cpu_seconds": { "clickhouse": clickhouse_cpu, "broker": broker_cpu },
+        "cpu_per_million_events": per_million(clickhouse_cpu, events),
+        "broker_cpu_per_million_events": per_million(broker_cpu, events),
         "note": "Kafka table engine (JSONEachRow, kafka_max_block_size 65536) + materialized view \
                  into a SummingMergeTree daily roll-up; one roll-up, no validation, no dedup; \
                  at-least-once (offsets are committed before the insert, so an insert error \
@@ -512,6 +592,7 @@ fn main() {
     let memory_events: u64 = arg("--memory-events", "20000000").parse().expect("N");
     let memory_max_ids: u64 = arg("--memory-max-ids", "5000000").parse().expect("N");
     let out_path = arg("--out", "bench/results.json");
+    let batch_sizes = arg("--batch-curve", "65536,131072,262144");
     let brokers = env("TOKENTALLY_KAFKA_BROKERS");
     let url = env("TOKENTALLY_CLICKHOUSE_URL");
     let stamp = SystemTime::now()
@@ -546,6 +627,7 @@ fn main() {
             &format!("bench_e2e_{stamp}_{round}"),
             &truth,
             events,
+            &[],
         ));
         log(&format!("end to end: {}", e2es[round - 1]));
     }
@@ -567,6 +649,28 @@ fn main() {
         events,
     );
     log(&format!("peer: {peer}"));
+    // Memory against speed: end_to_end once per batch size.
+    let mut batch_curve = Vec::new();
+    for size in batch_sizes.split(',').filter(|s| !s.is_empty()) {
+        log(&format!("end to end with --batch-records {size}"));
+        let run = end_to_end(
+            &brokers,
+            &url,
+            &topic,
+            &format!("bench_batch_{stamp}_{size}"),
+            &truth,
+            events,
+            &["--batch-records", size],
+        );
+        log(&format!("batch {size}: {run}"));
+        batch_curve.push(json!({
+            "batch_records": size.parse::<u64>().expect("--batch-curve N,N,..."),
+            "events_per_s": run["events_per_s"],
+            "peak_rss_mb": run["peak_rss_mb"],
+            "cpu_per_million_events": run["cpu_per_million_events"],
+            "exact": run["exact"],
+        }));
+    }
     log(&format!("memory: {memory_events} events through ingest"));
     let long_run = memory(memory_events, memory_max_ids);
     log(&format!("memory: {long_run}"));
@@ -578,6 +682,8 @@ fn main() {
     let freshness = read_json(&arg("--freshness", "bench/freshness.json"))
         .map(|v| v["freshness"].clone())
         .unwrap_or_else(|| json!({ "error": "no freshness result" }));
+    let gateway = read_json(&arg("--gateway", "bench/gateway.json"))
+        .unwrap_or_else(|| json!({ "error": "no gateway result" }));
 
     let e2e_eps = eps(&e2e);
     let requests_per_day = 1e12 / MEAN_TOKENS as f64;
@@ -590,12 +696,26 @@ fn main() {
         "average_events_per_s_needed": (requests_per_day / 86_400.0).round(),
         "note": "wall time for one aggregator at the end_to_end rate to process a day of 1T-token traffic",
     });
+    let cpu = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let cpu_per_million_events = json!({
+        "tokentally": e2e["cpu_per_million_events"],
+        "kafka_engine": peer["cpu_per_million_events"],
+        "broker_tokentally": e2e["broker_cpu_per_million_events"],
+        "broker_kafka_engine": peer["broker_cpu_per_million_events"],
+        "note": "CPU seconds per million events: tokentally = the aggregator + the ClickHouse server \
+                 during end_to_end (its median run); kafka_engine = the ClickHouse server during its \
+                 run; the broker serves both and is reported apart",
+    });
     let ratios = json!({
         "end_to_end_over_ceiling": e2e_eps / eps(&ceiling),
         "end_to_end_over_ceiling_by_round": by_round,
         "end_to_end_over_kafka_engine": e2e_eps / eps(&peer),
+        "kafka_engine_cpu_over_tokentally_cpu": cpu(&peer, "cpu_per_million_events")
+            / cpu(&e2e, "cpu_per_million_events"),
+        "gateway_over_ceiling": eps(&gateway["gateway"]) / eps(&gateway["gateway_ceiling"]),
         "core_events_per_s_over_2m": eps(&core) / 2e6,
-        "targets": "end_to_end >= 0.6 x ceiling, >= 3 x kafka_engine; core >= 2M events/s/core",
+        "targets": "end_to_end >= 0.8 x ceiling; kafka_engine CPU per event >= 3 x tokentally's; \
+                    gateway >= 0.6 x its producer ceiling; core >= 2M events/s/core",
     });
     let results = json!({
         "date": chrono::Utc::now().to_rfc3339(),
@@ -610,9 +730,14 @@ fn main() {
         "memory": {
             "end_to_end_peak_rss_mb": e2e["peak_rss_mb"],
             "long_run": long_run,
+            "batch_curve": batch_curve,
             "peak_rss_mb": long_run["peak_rss_mb"].as_f64().unwrap_or(0.0).max(e2e["peak_rss_mb"].as_f64().unwrap_or(0.0)),
         },
         "trillion_day": trillion_day,
+        "cpu_per_million_events": cpu_per_million_events,
+        "gateway": gateway["gateway"],
+        "gateway_ceiling": gateway["gateway_ceiling"],
+        "gateway_latency": gateway["gateway_latency"],
         "ratios": ratios,
     });
     if let Some(dir) = Path::new(&out_path).parent() {
@@ -679,16 +804,55 @@ fn print_table(r: &Value) {
         num(&r["memory"]["long_run"]["peak_rss_mb"]),
         r["memory"]["long_run"]["max_rss_mb_by_quarter"]
     );
+    for point in r["memory"]["batch_curve"].as_array().into_iter().flatten() {
+        println!(
+            "| end_to_end, --batch-records {} | {} | | {} | {} |",
+            num(&point["batch_records"]),
+            rate(&point["events_per_s"]),
+            num(&point["peak_rss_mb"]),
+            exact(point)
+        );
+    }
     println!(
         "| trillion_day | {:.1} h per 1T-token day | | | |",
         r["trillion_day"]["hours"].as_f64().unwrap_or(f64::NAN)
     );
-    let ratio = |k: &str| r["ratios"][k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "| gateway_ceiling | {} | | | rdkafka producer, the gateway's settings |",
+        rate(&r["gateway_ceiling"]["events_per_s"])
+    );
+    println!(
+        "| gateway | {} | {} / {} at {} | | {} clients, bodies of {} |",
+        rate(&r["gateway"]["events_per_s"]),
+        num(&r["gateway_latency"]["p50_ms"]),
+        num(&r["gateway_latency"]["p99_ms"]),
+        rate(&r["gateway_latency"]["events_per_s"]),
+        num(&r["gateway"]["clients"]),
+        num(&r["gateway"]["body_events"])
+    );
+    let cpu = |k: &str| {
+        r["cpu_per_million_events"][k]
+            .as_f64()
+            .map_or("-".to_string(), |x| format!("{x:.2}"))
+    };
     println!();
     println!(
-        "end_to_end / ceiling = {:.2} (target >= 0.60); end_to_end / kafka_engine = {:.2} (target >= 3); core / 2M = {:.2} (target >= 1)",
+        "CPU s per million events: tokentally (aggregator + ClickHouse) {}, kafka_engine (ClickHouse) {}; \
+         broker {} / {}",
+        cpu("tokentally"),
+        cpu("kafka_engine"),
+        cpu("broker_tokentally"),
+        cpu("broker_kafka_engine")
+    );
+    let ratio = |k: &str| r["ratios"][k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "end_to_end / ceiling = {:.2} (target >= 0.80); kafka_engine CPU / tokentally CPU = {:.2} \
+         (target >= 3); end_to_end / kafka_engine = {:.2}; gateway / ceiling = {:.2} (target >= 0.60); \
+         core / 2M = {:.2} (target >= 1)",
         ratio("end_to_end_over_ceiling"),
+        ratio("kafka_engine_cpu_over_tokentally_cpu"),
         ratio("end_to_end_over_kafka_engine"),
+        ratio("gateway_over_ceiling"),
         ratio("core_events_per_s_over_2m")
     );
 }
