@@ -95,8 +95,7 @@ fn ceiling(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) -> Value {
         .expect("producer settings")
         .create()
         .expect("producer");
-    // The first record, acknowledged before the clock starts: the
-    // gateway is connected (and has its producer id) before it is timed.
+    // Send one record, waiting while the local queue is full.
     let send = |(key, line): &(String, Vec<u8>)| {
         let mut record = BaseRecord::to(topic).key(key.as_str()).payload(&line[..]);
         loop {
@@ -110,6 +109,8 @@ fn ceiling(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) -> Value {
             }
         }
     };
+    // The first record, acknowledged before the clock starts: connected,
+    // with its producer id, as the gateway is before it is timed.
     send(&records[0]);
     producer.flush(Duration::from_secs(60)).expect("flush");
     let started = Instant::now();

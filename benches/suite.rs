@@ -69,7 +69,6 @@ fn rss_mb(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// POST one statement to ClickHouse's HTTP interface.
 /// CPU seconds (user + system, all threads) `pid` has used so far, from
 /// `/proc/<pid>/stat`.
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -121,6 +120,7 @@ fn per_million(cpu: Option<f64>, events: u64) -> Value {
     cpu.map_or(Value::Null, |c| json!(c / events as f64 * 1e6))
 }
 
+/// POST one statement to ClickHouse's HTTP interface.
 fn clickhouse(url: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", "--data-binary", "@-", url])

@@ -7,11 +7,12 @@
 //! aggregator commits through a table of its own, a `Null` table named
 //! after it whose materialized view forwards every insert into
 //! `usage_deltas` (one part per insert, as before). A batch is one row of
-//! that table, its roll-up rows in an array the view unfolds: a request
-//! cut off mid-body ends inside that row, and the server refuses it whole. An aggregator that is
-//! assigned partitions first records its claim in `writers`, then drops the
-//! table of every other aggregator whose last word on one of them is a
-//! claim (one that never released it), and only then reads the ledger.
+//! that table, its roll-up rows in arrays the view unfolds: a request cut
+//! off mid-body ends inside that row, and the server refuses it whole. An
+//! aggregator that is assigned partitions first records its claim in
+//! `writers`, then drops the table of every other aggregator whose last
+//! word on one of them is a claim (one that never released it), and only
+//! then reads the ledger.
 //!
 //! `DROP TABLE` waits for the inserts into that table already running (they
 //! hold its structure lock; `SYNC` on servers with the Atomic database
