@@ -25,12 +25,11 @@ pub fn registry() -> Registry {
 /// `simulate --kafka`'s count of the events it handed to the producer,
 /// registered in `registry`.
 pub fn register_simulate(registry: &Registry) -> prometheus::Result<IntCounter> {
-    let produced = IntCounter::new(
+    prometheus::register_int_counter_with_registry!(
         "tokentally_simulate_events_produced_total",
         "Simulated events handed to the Kafka producer.",
-    )?;
-    registry.register(Box::new(produced.clone()))?;
-    Ok(produced)
+        registry
+    )
 }
 
 /// Every metric a command exports, in one [`registry`], each registered by

@@ -1,8 +1,10 @@
 //! Prometheus metrics of the aggregation core.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    register_gauge_with_registry, register_histogram_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
 };
 use tokentally_schemas::RejectReason;
 
@@ -33,73 +35,68 @@ impl PipelineMetrics {
     /// Create the metrics and register them in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = PipelineMetrics {
-            events_received: IntCounter::new(
+            events_received: register_int_counter_with_registry!(
                 "tokentally_events_received_total",
                 "Input records read from the source (valid or not, duplicates included).",
+                registry
             )?,
-            events_accepted: IntCounter::new(
+            events_accepted: register_int_counter_with_registry!(
                 "tokentally_events_accepted_total",
                 "Valid, first-seen events counted in the roll-ups.",
+                registry
             )?,
-            events_rejected: IntCounterVec::new(
-                Opts::new(
-                    "tokentally_events_rejected_total",
-                    "Invalid records sent to the dead-letter destination, by reason.",
-                ),
+            events_rejected: register_int_counter_vec_with_registry!(
+                "tokentally_events_rejected_total",
+                "Invalid records sent to the dead-letter destination, by reason.",
                 &["reason"],
+                registry
             )?,
-            duplicates: IntCounter::new(
+            duplicates: register_int_counter_with_registry!(
                 "tokentally_duplicates_dropped_total",
                 "Valid events dropped because their event_id was already counted.",
+                registry
             )?,
-            late_events: IntCounter::new(
+            late_events: register_int_counter_with_registry!(
                 "tokentally_late_events_total",
                 "Events older than the watermark by more than the allowed lateness (counted, never dropped).",
+                registry
             )?,
-            dedup_ids: IntGauge::new(
+            dedup_ids: register_int_gauge_with_registry!(
                 "tokentally_dedup_ids",
                 "Event ids currently remembered for dedup.",
+                registry
             )?,
-            dedup_effective_horizon: Gauge::new(
+            dedup_effective_horizon: register_gauge_with_registry!(
                 "tokentally_dedup_effective_horizon_seconds",
                 "How far behind the watermark event ids are still remembered: the configured \
                  dedup horizon, or less once max_ids forced the oldest hours out (retries \
                  older than this count again).",
+                registry
             )?,
-            batch_events: Histogram::with_opts(
-                HistogramOpts::new("tokentally_batch_events", "Records per micro-batch.")
-                    .buckets(prometheus::exponential_buckets(16.0, 4.0, 9)?),
+            batch_events: register_histogram_with_registry!(
+                "tokentally_batch_events",
+                "Records per micro-batch.",
+                prometheus::exponential_buckets(16.0, 4.0, 9)?,
+                registry
             )?,
-            commit_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tokentally_commit_seconds",
-                    "Time to commit one micro-batch to the sink.",
-                )
-                .buckets(prometheus::exponential_buckets(0.001, 2.5, 12)?),
+            commit_seconds: register_histogram_with_registry!(
+                "tokentally_commit_seconds",
+                "Time to commit one micro-batch to the sink.",
+                prometheus::exponential_buckets(0.001, 2.5, 12)?,
+                registry
             )?,
-            last_commit: Gauge::new(
+            last_commit: register_gauge_with_registry!(
                 "tokentally_last_commit_timestamp_seconds",
                 "Unix time of the last micro-batch committed to the sink.",
+                registry
             )?,
-            consumer_lag: IntGaugeVec::new(
-                Opts::new(
-                    "tokentally_consumer_lag_messages",
-                    "Messages between the consumer's position and the end of the partition.",
-                ),
+            consumer_lag: register_int_gauge_vec_with_registry!(
+                "tokentally_consumer_lag_messages",
+                "Messages between the consumer's position and the end of the partition.",
                 &["topic", "partition"],
+                registry
             )?,
         };
-        registry.register(Box::new(m.events_received.clone()))?;
-        registry.register(Box::new(m.events_accepted.clone()))?;
-        registry.register(Box::new(m.events_rejected.clone()))?;
-        registry.register(Box::new(m.duplicates.clone()))?;
-        registry.register(Box::new(m.late_events.clone()))?;
-        registry.register(Box::new(m.dedup_ids.clone()))?;
-        registry.register(Box::new(m.dedup_effective_horizon.clone()))?;
-        registry.register(Box::new(m.batch_events.clone()))?;
-        registry.register(Box::new(m.commit_seconds.clone()))?;
-        registry.register(Box::new(m.last_commit.clone()))?;
-        registry.register(Box::new(m.consumer_lag.clone()))?;
         for r in RejectReason::ALL {
             m.events_rejected.with_label_values(&[r.as_str()]);
         }

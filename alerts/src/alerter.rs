@@ -22,28 +22,24 @@ pub struct AlertMetrics {
 impl AlertMetrics {
     pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let m = AlertMetrics {
-            deliveries: prometheus::IntCounterVec::new(
-                prometheus::Opts::new(
-                    "tokentally_webhook_deliveries_total",
-                    "Webhook delivery attempts, by outcome (delivered, retry, gone, rejected).",
-                ),
+            deliveries: prometheus::register_int_counter_vec_with_registry!(
+                "tokentally_webhook_deliveries_total",
+                "Webhook delivery attempts, by outcome (delivered, retry, gone, rejected).",
                 &["outcome"],
+                registry
             )?,
-            disabled: prometheus::IntGauge::new(
+            disabled: prometheus::register_int_gauge_with_registry!(
                 "tokentally_webhook_endpoints_disabled",
                 "Webhook endpoints disabled after answering 410 Gone.",
+                registry
             )?,
-            milestones: prometheus::IntCounterVec::new(
-                prometheus::Opts::new(
-                    "tokentally_milestones_total",
-                    "Milestones detected, by type.",
-                ),
+            milestones: prometheus::register_int_counter_vec_with_registry!(
+                "tokentally_milestones_total",
+                "Milestones detected, by type.",
                 &["type"],
+                registry
             )?,
         };
-        registry.register(Box::new(m.deliveries.clone()))?;
-        registry.register(Box::new(m.disabled.clone()))?;
-        registry.register(Box::new(m.milestones.clone()))?;
         for outcome in ["delivered", "retry", "gone", "rejected"] {
             m.deliveries.with_label_values(&[outcome]);
         }

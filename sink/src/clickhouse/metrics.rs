@@ -1,51 +1,52 @@
 //! Prometheus metrics of the ClickHouse sink.
 
+use prometheus::{
+    GaugeVec, IntCounter, IntCounterVec, IntGauge, Registry, register_gauge_vec_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_with_registry,
+};
+
 /// Prometheus metrics of the ClickHouse sink.
 #[derive(Clone)]
 pub struct SinkMetrics {
-    pub rows: prometheus::IntCounterVec,
-    pub errors: prometheus::IntCounter,
-    pub retries: prometheus::IntCounter,
-    pub recovery_seconds: prometheus::GaugeVec,
-    pub ledger_rows: prometheus::IntGauge,
+    pub rows: IntCounterVec,
+    pub errors: IntCounter,
+    pub retries: IntCounter,
+    pub recovery_seconds: GaugeVec,
+    pub ledger_rows: IntGauge,
 }
 
 impl SinkMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
-        let m = SinkMetrics {
-            rows: prometheus::IntCounterVec::new(
-                prometheus::Opts::new(
-                    "tokentally_sink_rows_total",
-                    "Rows inserted into ClickHouse, by table.",
-                ),
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(SinkMetrics {
+            rows: register_int_counter_vec_with_registry!(
+                "tokentally_sink_rows_total",
+                "Rows inserted into ClickHouse, by table.",
                 &["table"],
+                registry
             )?,
-            errors: prometheus::IntCounter::new(
+            errors: register_int_counter_with_registry!(
                 "tokentally_sink_errors_total",
                 "ClickHouse requests that failed (retried or not).",
+                registry
             )?,
-            retries: prometheus::IntCounter::new(
+            retries: register_int_counter_with_registry!(
                 "tokentally_sink_retries_total",
                 "ClickHouse requests retried after a retriable error.",
+                registry
             )?,
-            recovery_seconds: prometheus::GaugeVec::new(
-                prometheus::Opts::new(
-                    "tokentally_sink_recovery_seconds",
-                    "How long the last recovery from the ClickHouse ledger took, by kind \
-                     (startup, or partitions assigned by a rebalance).",
-                ),
+            recovery_seconds: register_gauge_vec_with_registry!(
+                "tokentally_sink_recovery_seconds",
+                "How long the last recovery from the ClickHouse ledger took, by kind \
+                 (startup, or partitions assigned by a rebalance).",
                 &["kind"],
+                registry
             )?,
-            ledger_rows: prometheus::IntGauge::new(
+            ledger_rows: register_int_gauge_with_registry!(
                 "tokentally_sink_ledger_rows",
                 "Rows in usage_deltas (deltas and ledger) when this aggregator started.",
+                registry
             )?,
-        };
-        registry.register(Box::new(m.rows.clone()))?;
-        registry.register(Box::new(m.errors.clone()))?;
-        registry.register(Box::new(m.retries.clone()))?;
-        registry.register(Box::new(m.recovery_seconds.clone()))?;
-        registry.register(Box::new(m.ledger_rows.clone()))?;
-        Ok(m)
+        })
     }
 }
