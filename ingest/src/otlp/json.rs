@@ -9,6 +9,9 @@
 //! values that are arrays, key-value lists or bytes keep their kind, not
 //! their content.
 
+use std::marker::PhantomData;
+use std::str::FromStr;
+
 use data_encoding::HEXLOWER_PERMISSIVE;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -81,9 +84,9 @@ struct Span {
     #[serde(alias = "span_id")]
     span_id: Option<HexId>,
     #[serde(alias = "start_time_unix_nano")]
-    start_time_unix_nano: Option<U64>,
+    start_time_unix_nano: Option<Int<u64>>,
     #[serde(alias = "end_time_unix_nano")]
-    end_time_unix_nano: Option<U64>,
+    end_time_unix_nano: Option<Int<u64>>,
     #[serde(deserialize_with = "list")]
     attributes: Vec<KeyValue>,
     status: Option<Status>,
@@ -119,56 +122,39 @@ impl<'de> Deserialize<'de> for HexId {
     }
 }
 
-/// A 64-bit unsigned integer: a number or a decimal string.
-struct U64(u64);
+/// An integer, `u64` or `i64`: a number or a decimal string (OTLP JSON
+/// writes 64-bit integers as strings; exporters also send numbers).
+struct Int<T>(T);
 
-impl<'de> Deserialize<'de> for U64 {
+impl<'de, T: TryFrom<u64> + TryFrom<i64> + FromStr> Deserialize<'de> for Int<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = U64;
+        struct V<T>(PhantomData<T>);
+        impl<T: TryFrom<u64> + TryFrom<i64> + FromStr> Visitor<'_> for V<T> {
+            type Value = Int<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an unsigned 64-bit integer, as a number or a decimal string")
+                write!(
+                    f,
+                    "a 64-bit integer ({}), as a number or a decimal string",
+                    std::any::type_name::<T>()
+                )
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<U64, E> {
-                Ok(U64(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<U64, E> {
-                v.parse()
-                    .map(U64)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A 64-bit signed integer: a number or a decimal string.
-struct I64(i64);
-
-impl<'de> Deserialize<'de> for I64 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = I64;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a 64-bit integer, as a number or a decimal string")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<I64, E> {
-                Ok(I64(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<I64, E> {
-                i64::try_from(v)
-                    .map(I64)
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int<T>, E> {
+                T::try_from(v)
+                    .map(Int)
                     .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<I64, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int<T>, E> {
+                T::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Int<T>, E> {
                 v.parse()
-                    .map(I64)
+                    .map(Int)
                     .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(PhantomData))
     }
 }
 
@@ -264,7 +250,7 @@ impl<'de> Deserialize<'de> for AnyValue {
                             map.next_value::<Option<bool>>()?.map(Value::BoolValue)
                         }
                         "intValue" | "int_value" => map
-                            .next_value::<Option<I64>>()?
+                            .next_value::<Option<Int<i64>>>()?
                             .map(|v| Value::IntValue(v.0)),
                         "doubleValue" | "double_value" => map
                             .next_value::<Option<F64>>()?
@@ -433,7 +419,7 @@ mod tests {
             ),
             (
                 r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"endTimeUnixNano":"-1"}]}]}]}"#,
-                "unsigned",
+                "64-bit integer (u64)",
             ),
             (
                 r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"status":{"code":"STATUS_CODE_MAYBE"}}]}]}]}"#,
