@@ -6,6 +6,9 @@
 //! as ignored. Without the cluster's addresses in the environment they
 //! fail, they do not skip.
 //!
+//! Over 600 lines: every case shares one started cluster and one corpus,
+//! which `cargo test` can only share within a file.
+//!
 //! The fault tests run a million events (retries straddling every fault,
 //! late and malformed lines) through four aggregators, two connected to
 //! each replica, and inject one kind of fault at random moments, printing

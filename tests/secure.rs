@@ -7,6 +7,9 @@
 //! an unknown or expired server certificate, a receiver whose certificate
 //! does not verify) failing with one line naming the cause, in bounded
 //! time, without reading, counting or committing anything.
+//!
+//! Over 600 lines: every case shares the certificates, users and secure
+//! listeners of one `scripts/services` start.
 
 mod common;
 

@@ -3,6 +3,9 @@
 //! `[kafka]` into a [`Connection`] that producers, the admin client and the
 //! consumer all start from. The SASL password is read here and nowhere
 //! else (from `sasl_password_file`, else `TOKENTALLY_KAFKA_PASSWORD`).
+//!
+//! Over 600 lines: a quarter is unit tests of the settings each protocol
+//! accepts and refuses, kept beside their parser.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -14,6 +14,10 @@
 //!   batch id; only rows of committed batches count.
 //! - `rejected_events`: the raw dead letters of committed batches.
 //! - `schema_migrations`: the migrations applied.
+//!
+//! Over 600 lines: the migrations are read in order, v1 to the newest,
+//! with the DDL each writes for an old and a modern server; splitting
+//! them would scatter one history.
 
 use clickhouse::Client;
 use tokentally_aggregate::rollup::{Column, Rollup};
