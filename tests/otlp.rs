@@ -354,7 +354,7 @@ fn otlp_json_gzip_retries_partial_success_and_bad_requests() {
     );
     let proto_json = serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [one]}]}]});
     let proto = tokentally_ingest::otlp::decode(
-        proto_json.to_string().as_bytes(),
+        proto_json.to_string().into(),
         tokentally_ingest::otlp::Encoding::Json,
     )
     .unwrap()

@@ -144,6 +144,84 @@ impl TokenEvent<'_> {
     pub fn minute_ms(&self) -> i64 {
         self.ts - self.ts.rem_euclid(MS_PER_MINUTE)
     }
+
+    /// The contract's rules for an event built in code rather than decoded
+    /// (the OTLP mapping), with the reasons [`decode`] gives: its fields'
+    /// lengths and bounds. The size of its record is [`check_size`]'s,
+    /// once it is written.
+    pub fn check(&self, limits: &Limits) -> Result<(), Rejection> {
+        name_rule("event_id", &self.event_id, MAX_EVENT_ID_BYTES, false)?;
+        name_rule("model", &self.model, MAX_NAME_BYTES, false)?;
+        name_rule("provider", &self.provider, MAX_NAME_BYTES, false)?;
+        name_rule("app", &self.app, MAX_NAME_BYTES, true)?;
+        for (name, v) in [("node", &self.node), ("region", &self.region)] {
+            if let Some(v) = v {
+                name_rule(name, v, MAX_NAME_BYTES, true)?;
+            }
+        }
+        if !(0..=MAX_TS_MS).contains(&self.ts) {
+            return Err(Rejection::new(
+                RejectReason::InvalidTs,
+                Some("ts"),
+                format!("`ts` {} is outside 1970-01-01..=2105-12-31", self.ts),
+            ));
+        }
+        for (name, v) in [
+            ("prompt_tokens", self.prompt_tokens),
+            ("completion_tokens", self.completion_tokens),
+            ("cached_tokens", self.cached_tokens),
+            ("reasoning_tokens", self.reasoning_tokens),
+        ] {
+            count_rule(name, v, limits.max_tokens)?;
+        }
+        Ok(())
+    }
+}
+
+/// A record of `len` bytes is within `limits.max_record_bytes`.
+pub fn check_size(len: usize, limits: &Limits) -> Result<(), Rejection> {
+    if len > limits.max_record_bytes {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            None,
+            format!(
+                "the record is {len} bytes, above the limit of {} (aggregate.limits.max_record_bytes)",
+                limits.max_record_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A name field: at most `max` bytes, and not empty unless `empty_ok`.
+fn name_rule(name: &'static str, v: &str, max: usize, empty_ok: bool) -> Result<(), Rejection> {
+    if v.is_empty() && !empty_ok {
+        return Err(Rejection::new(
+            RejectReason::EmptyValue,
+            Some(name),
+            format!("`{name}` must not be empty"),
+        ));
+    }
+    if v.len() > max {
+        return Err(Rejection::new(
+            RejectReason::TooLong,
+            Some(name),
+            format!("`{name}` is {} bytes, more than {max}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A count: at most `max`.
+fn count_rule(name: &'static str, v: u64, max: u64) -> Result<u64, Rejection> {
+    if v > max {
+        return Err(Rejection::new(
+            RejectReason::OutOfRange,
+            Some(name),
+            format!("`{name}` is {v}, above the maximum {max}"),
+        ));
+    }
+    Ok(v)
 }
 
 /// The UTC day of an epoch-millisecond timestamp, as days since 1970-01-01.
@@ -159,17 +237,7 @@ pub fn day_of(ts_ms: i64) -> i32 {
 /// a hand-written visitor, which accepts any valid JSON layout and names the
 /// reason for a rejection. See `cargo bench --bench core`.
 pub fn decode<'a>(input: &'a [u8], limits: &Limits) -> Result<TokenEvent<'a>, Rejection> {
-    if input.len() > limits.max_record_bytes {
-        return Err(Rejection::new(
-            RejectReason::TooLarge,
-            None,
-            format!(
-                "the record is {} bytes, above the limit of {} (aggregate.limits.max_record_bytes)",
-                input.len(),
-                limits.max_record_bytes
-            ),
-        ));
-    }
+    check_size(input.len(), limits)?;
     let text = std::str::from_utf8(input).map_err(|e| {
         Rejection::new(
             RejectReason::InvalidJson,
@@ -245,8 +313,11 @@ struct ParseState<'l> {
 
 impl ParseState<'_> {
     fn reject<E: de::Error>(&self, reason: RejectReason, field: &'static str, detail: String) -> E {
-        self.rejection
-            .set(Some(Rejection::new(reason, Some(field), detail)));
+        self.fail(Rejection::new(reason, Some(field), detail))
+    }
+
+    fn fail<E: de::Error>(&self, rejection: Rejection) -> E {
+        self.rejection.set(Some(rejection));
         E::custom("rejected")
     }
 }
@@ -593,21 +664,7 @@ fn check_name<E: de::Error>(
     max: usize,
     empty_ok: bool,
 ) -> Result<(), E> {
-    if v.is_empty() && !empty_ok {
-        return Err(st.reject(
-            RejectReason::EmptyValue,
-            name,
-            format!("`{name}` must not be empty"),
-        ));
-    }
-    if v.len() > max {
-        return Err(st.reject(
-            RejectReason::TooLong,
-            name,
-            format!("`{name}` is {} bytes, more than {max}", v.len()),
-        ));
-    }
-    Ok(())
+    name_rule(name, v, max, empty_ok).map_err(|r| st.fail(r))
 }
 
 fn check_int<E: de::Error>(
@@ -617,12 +674,7 @@ fn check_int<E: de::Error>(
     max: u64,
 ) -> Result<u64, E> {
     match num {
-        Num::Unsigned(v) if v <= max => Ok(v),
-        Num::Unsigned(v) => Err(st.reject(
-            RejectReason::OutOfRange,
-            name,
-            format!("`{name}` is {v}, above the maximum {max}"),
-        )),
+        Num::Unsigned(v) => count_rule(name, v, max).map_err(|r| st.fail(r)),
         Num::Negative => Err(st.reject(
             RejectReason::OutOfRange,
             name,
@@ -675,6 +727,60 @@ fn check_ts<E: de::Error>(st: &ParseState<'_>, ts: Ts<'_>) -> Result<i64, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_refuses_what_decode_refuses_with_the_same_reason() {
+        let limits = Limits {
+            max_tokens: 1_000,
+            ..Limits::default()
+        };
+        let valid = ok(
+            r#"{"event_id":"e","ts":1795737600000,"model":"m","provider":"p","node":"n","prompt_tokens":1,"completion_tokens":2}"#,
+        );
+        assert_eq!(valid.check(&limits), Ok(()));
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        type Change<'a> = Box<dyn Fn(&mut TokenEvent<'_>) + 'a>;
+        let cases: Vec<(&str, Change<'_>)> = vec![
+            ("empty event_id", Box::new(|e| e.event_id = "".into())),
+            (
+                "long event_id",
+                Box::new(|e| e.event_id = "e".repeat(129).into()),
+            ),
+            ("empty model", Box::new(|e| e.model = "".into())),
+            (
+                "long provider",
+                Box::new(|e| e.provider = long.clone().into()),
+            ),
+            ("long app", Box::new(|e| e.app = long.clone().into())),
+            (
+                "long node",
+                Box::new(|e| e.node = Some(long.clone().into())),
+            ),
+            ("ts before 1970", Box::new(|e| e.ts = -1)),
+            ("ts after 2105", Box::new(|e| e.ts = MAX_TS_MS + 1)),
+            ("prompt_tokens", Box::new(|e| e.prompt_tokens = 1_001)),
+            ("reasoning_tokens", Box::new(|e| e.reasoning_tokens = 1_001)),
+        ];
+        for (case, change) in cases {
+            let mut event = valid.clone();
+            change(&mut event);
+            let checked = event.check(&limits).expect_err(case);
+            let json = serde_json::to_vec(&event).unwrap();
+            let decoded = decode(&json, &limits).expect_err(case);
+            assert_eq!(
+                (checked.reason, checked.field),
+                (decoded.reason, decoded.field),
+                "{case}"
+            );
+        }
+        assert_eq!(check_size(1 << 20, &Limits::default()), Ok(()));
+        assert_eq!(
+            check_size((1 << 20) + 1, &Limits::default())
+                .unwrap_err()
+                .reason,
+            RejectReason::TooLarge
+        );
+    }
 
     fn ok(json: &str) -> TokenEvent<'_> {
         decode(json.as_bytes(), &Limits::default()).expect("valid event")

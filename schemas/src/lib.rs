@@ -19,5 +19,7 @@ pub mod fuzzing;
 pub mod prices;
 pub mod reject;
 
-pub use event::{DEAD_LETTER_RAW_BYTES, Limits, Status, TokenEvent, check_depth, decode};
+pub use event::{
+    DEAD_LETTER_RAW_BYTES, Limits, Status, TokenEvent, check_depth, check_size, decode,
+};
 pub use reject::{RejectReason, Rejection};

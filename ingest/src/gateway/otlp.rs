@@ -83,15 +83,14 @@ async fn accept(
     if body.is_empty() {
         return Err(Refusal::bad_request("the body is empty"));
     }
-    let (inflated, _inflated_permit);
+    let _inflated_permit;
     let body = if gzip {
         let size = gunzipped_size(&body, gw.config.max_body_bytes)?;
         // The inflated body needs room among the bytes in flight too.
         _inflated_permit = gw.admit(size).await?;
-        inflated = gunzip(&body, size)?;
-        inflated.as_slice()
+        gunzip(&body, size)?.into()
     } else {
-        &body[..]
+        body
     };
     // The decoded request (many small allocations) is freed here, on the
     // thread that made it, not after waiting for Kafka on another one.

@@ -2,30 +2,45 @@
 //! `scripts/fuzz`), written here so that its committed corpus replays as an
 //! ordinary test on stable (`ingest/tests/fuzz_corpus.rs`).
 
+use opentelemetry_proto::tonic::collector::trace::v1 as full;
+use opentelemetry_proto::tonic::common::v1 as common;
 use prost::Message;
+use prost::bytes::Bytes;
 use tokentally_schemas::Limits;
 use tokentally_schemas::body::MAX_RECORDS;
 
+use super::wire::{self, Skipped, Value};
 use super::{Encoding, decode, events, span_count};
 
 /// Any bytes, read as protobuf and as OTLP JSON, decode to a request or an
 /// error without panicking; a request's spans are each an event, a
 /// rejection or skipped; each event is valid under the contract with the
 /// limits it was mapped under and keyed by its `event_id` (trace id `-`
-/// span id in hex); and a request survives protobuf's round trip.
+/// span id in hex); a request survives protobuf's round trip; and bytes
+/// that `opentelemetry-proto`'s complete types decode, the pruned types of
+/// [`wire`] decode to the same fields.
 pub fn decode_is_sound(data: &[u8]) {
+    if let Ok(complete) = full::ExportTraceServiceRequest::decode(data) {
+        let request = decode(Bytes::copy_from_slice(data), Encoding::Protobuf)
+            .expect("what the complete types decode, the pruned ones decode");
+        assert!(
+            request == pruned(complete),
+            "the pruned types read other fields"
+        );
+    }
     let tight = Limits {
         max_tokens: 1_000,
         max_depth: 3,
         max_record_bytes: 512,
     };
     for encoding in [Encoding::Protobuf, Encoding::Json] {
-        let Ok(request) = decode(data, encoding) else {
+        let Ok(request) = decode(Bytes::copy_from_slice(data), encoding) else {
             continue;
         };
         // Compared as bytes: a NaN attribute is not equal to itself.
         let bytes = request.encode_to_vec();
-        let again = decode(&bytes, Encoding::Protobuf).expect("an encoded request decodes");
+        let again =
+            decode(bytes.clone().into(), Encoding::Protobuf).expect("an encoded request decodes");
         assert_eq!(again.encode_to_vec(), bytes);
         let spans = span_count(&request);
         for limits in [Limits::default(), tight] {
@@ -50,5 +65,60 @@ pub fn decode_is_sound(data: &[u8]) {
                 );
             }
         }
+    }
+}
+
+/// The fields of `request` that [`wire`] keeps.
+fn pruned(request: full::ExportTraceServiceRequest) -> wire::ExportTraceServiceRequest {
+    let attributes = |list: Vec<common::KeyValue>| -> Vec<wire::KeyValue> {
+        list.into_iter()
+            .map(|kv| wire::KeyValue {
+                key: kv.key.into(),
+                value: kv.value.map(|v| wire::AnyValue {
+                    value: v.value.map(|v| {
+                        use common::any_value::Value as V;
+                        match v {
+                            V::StringValue(s) => Value::StringValue(s.into()),
+                            V::BoolValue(b) => Value::BoolValue(b),
+                            V::IntValue(i) => Value::IntValue(i),
+                            V::DoubleValue(d) => Value::DoubleValue(d),
+                            V::ArrayValue(_) => Value::ArrayValue(Skipped {}),
+                            V::KvlistValue(_) => Value::KvlistValue(Skipped {}),
+                            V::BytesValue(b) => Value::BytesValue(b.into()),
+                            V::StringValueStrindex(i) => Value::StringValueStrindex(i),
+                        }
+                    }),
+                }),
+            })
+            .collect()
+    };
+    wire::ExportTraceServiceRequest {
+        resource_spans: request
+            .resource_spans
+            .into_iter()
+            .map(|r| wire::ResourceSpans {
+                resource: r.resource.map(|r| wire::Resource {
+                    attributes: attributes(r.attributes),
+                }),
+                scope_spans: r
+                    .scope_spans
+                    .into_iter()
+                    .map(|s| wire::ScopeSpans {
+                        spans: s
+                            .spans
+                            .into_iter()
+                            .map(|s| wire::Span {
+                                trace_id: s.trace_id.into(),
+                                span_id: s.span_id.into(),
+                                start_time_unix_nano: s.start_time_unix_nano,
+                                end_time_unix_nano: s.end_time_unix_nano,
+                                attributes: attributes(s.attributes),
+                                status: s.status.map(|st| wire::Status { code: st.code }),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }

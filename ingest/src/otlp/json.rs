@@ -13,16 +13,14 @@ use std::marker::PhantomData;
 use std::str::FromStr;
 
 use data_encoding::HEXLOWER_PERMISSIVE;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{self as common, ArrayValue, KeyValueList};
-use opentelemetry_proto::tonic::resource::v1 as resource;
-use opentelemetry_proto::tonic::trace::v1 as trace;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as ProtoStatusCode;
+use prost::bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, de::DeserializeOwned};
 use tokentally_schemas::check_depth;
 
 use super::MAX_JSON_DEPTH;
+use super::wire::{self, ExportTraceServiceRequest, Skipped, Value};
 
 /// The request in `body`, or why it is not one (for a 400).
 pub(super) fn decode(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
@@ -217,7 +215,7 @@ impl<'de> Deserialize<'de> for StatusCode {
                     .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusCode, E> {
-                trace::status::StatusCode::from_str_name(v)
+                ProtoStatusCode::from_str_name(v)
                     .map(|c| StatusCode(c as i32))
                     .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
             }
@@ -243,9 +241,9 @@ impl<'de> Deserialize<'de> for AnyValue {
                 let mut value = None;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     let next = match key.as_ref() {
-                        "stringValue" | "string_value" => {
-                            map.next_value::<Option<String>>()?.map(Value::StringValue)
-                        }
+                        "stringValue" | "string_value" => map
+                            .next_value::<Option<String>>()?
+                            .map(|s| Value::StringValue(s.into())),
                         "boolValue" | "bool_value" => {
                             map.next_value::<Option<bool>>()?.map(Value::BoolValue)
                         }
@@ -257,13 +255,13 @@ impl<'de> Deserialize<'de> for AnyValue {
                             .map(|v| Value::DoubleValue(v.0)),
                         "arrayValue" | "array_value" => map
                             .next_value::<Option<IgnoredAny>>()?
-                            .map(|_| Value::ArrayValue(ArrayValue::default())),
+                            .map(|_| Value::ArrayValue(Skipped {})),
                         "kvlistValue" | "kvlist_value" => map
                             .next_value::<Option<IgnoredAny>>()?
-                            .map(|_| Value::KvlistValue(KeyValueList::default())),
+                            .map(|_| Value::KvlistValue(Skipped {})),
                         "bytesValue" | "bytes_value" => map
                             .next_value::<Option<IgnoredAny>>()?
-                            .map(|_| Value::BytesValue(Vec::new())),
+                            .map(|_| Value::BytesValue(Bytes::new())),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -288,49 +286,43 @@ impl From<Request> for ExportTraceServiceRequest {
     }
 }
 
-impl From<ResourceSpans> for trace::ResourceSpans {
+impl From<ResourceSpans> for wire::ResourceSpans {
     fn from(r: ResourceSpans) -> Self {
-        trace::ResourceSpans {
-            resource: r.resource.map(|r| resource::Resource {
+        wire::ResourceSpans {
+            resource: r.resource.map(|r| wire::Resource {
                 attributes: attributes(r.attributes),
-                ..Default::default()
             }),
             scope_spans: r
                 .scope_spans
                 .into_iter()
-                .map(|s| trace::ScopeSpans {
+                .map(|s| wire::ScopeSpans {
                     spans: s.spans.into_iter().map(Into::into).collect(),
-                    ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
         }
     }
 }
 
-impl From<Span> for trace::Span {
+impl From<Span> for wire::Span {
     fn from(s: Span) -> Self {
-        trace::Span {
-            trace_id: s.trace_id.map(|h| h.0).unwrap_or_default(),
-            span_id: s.span_id.map(|h| h.0).unwrap_or_default(),
+        wire::Span {
+            trace_id: s.trace_id.map(|h| h.0.into()).unwrap_or_default(),
+            span_id: s.span_id.map(|h| h.0.into()).unwrap_or_default(),
             start_time_unix_nano: s.start_time_unix_nano.map_or(0, |t| t.0),
             end_time_unix_nano: s.end_time_unix_nano.map_or(0, |t| t.0),
             attributes: attributes(s.attributes),
-            status: s.status.map(|st| trace::Status {
+            status: s.status.map(|st| wire::Status {
                 code: st.code.map_or(0, |c| c.0),
-                ..Default::default()
             }),
-            ..Default::default()
         }
     }
 }
 
-fn attributes(list: Vec<KeyValue>) -> Vec<common::KeyValue> {
+fn attributes(list: Vec<KeyValue>) -> Vec<wire::KeyValue> {
     list.into_iter()
-        .map(|kv| common::KeyValue {
-            key: kv.key,
-            value: kv.value.map(|v| common::AnyValue { value: v.0 }),
-            ..Default::default()
+        .map(|kv| wire::KeyValue {
+            key: kv.key.into(),
+            value: kv.value.map(|v| wire::AnyValue { value: v.0 }),
         })
         .collect()
 }
@@ -403,7 +395,7 @@ mod tests {
         );
         let span = &request.resource_spans[0].scope_spans[0].spans[1];
         assert_eq!(span.status.as_ref().unwrap().code, 1);
-        assert_eq!(span.span_id, [0, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(span.span_id[..], [0, 0, 0, 0, 0, 0, 0, 2]);
     }
 
     #[test]
@@ -454,30 +446,32 @@ mod tests {
     }
 
     #[test]
-    fn protobuf_that_is_truncated_or_nests_without_end_is_an_error() {
-        let body = crate::otlp::decode(BODY.as_bytes(), Encoding::Json)
+    fn protobuf_that_is_truncated_is_an_error_and_deep_values_are_skipped() {
+        let body = crate::otlp::decode(Bytes::from_static(BODY.as_bytes()), Encoding::Json)
             .unwrap()
             .encode_to_vec();
-        let err = crate::otlp::decode(&body[..body.len() - 3], Encoding::Protobuf).unwrap_err();
+        let err = crate::otlp::decode(
+            Bytes::copy_from_slice(&body[..body.len() - 3]),
+            Encoding::Protobuf,
+        )
+        .unwrap_err();
         assert!(err.contains("protobuf"), "{err}");
-        // An attribute value of arrays nested 10,000 deep: prost stops at
-        // its recursion limit, on a small stack.
+        // An attribute value of arrays nested 10,000 deep: its content is
+        // skipped, not decoded, so it costs no recursion on a small stack.
         let mut value = Vec::new();
         for _ in 0..10_000 {
             // AnyValue.array_value (5) holding ArrayValue.values (1).
-            let mut outer = vec![0x2a];
-            prost::encoding::encode_varint(value.len() as u64 + 2, &mut outer);
-            outer.push(0x0a);
-            prost::encoding::encode_varint(value.len() as u64, &mut outer);
-            outer.extend_from_slice(&value);
-            value = outer;
+            let mut array = vec![0x0a];
+            prost::encoding::encode_varint(value.len() as u64, &mut array);
+            array.extend_from_slice(&value);
+            value = vec![0x2a];
+            prost::encoding::encode_varint(array.len() as u64, &mut value);
+            value.extend_from_slice(&array);
         }
         let handle = std::thread::Builder::new()
-            .stack_size(2 << 20)
-            .spawn(move || {
-                opentelemetry_proto::tonic::common::v1::AnyValue::decode(value.as_slice()).is_err()
-            })
+            .stack_size(64 << 10)
+            .spawn(move || wire::AnyValue::decode(value.as_slice()).unwrap().value)
             .unwrap();
-        assert!(handle.join().unwrap());
+        assert_eq!(handle.join().unwrap(), Some(Value::ArrayValue(Skipped {})));
     }
 }

@@ -7,14 +7,10 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use super::wire::{ExportTraceServiceRequest, KeyValue, Span, Status as SpanStatus, Value};
 use data_encoding::HEXLOWER;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tokentally_schemas::body::MAX_RECORDS;
-use tokentally_schemas::{Limits, RejectReason, Rejection, Status, TokenEvent, decode};
+use tokentally_schemas::{Limits, RejectReason, Rejection, Status, TokenEvent, check_size};
 
 /// A span's event: its contract JSON (validated) and its `event_id`, the
 /// record's key.
@@ -130,8 +126,8 @@ fn value(kv: &KeyValue) -> Option<&Value> {
     kv.value.as_ref()?.value.as_ref()
 }
 
-/// The resource attributes the mapping reads: strings only (others are
-/// ignored, as absent).
+/// The resource attributes the mapping reads: UTF-8 strings only (others
+/// are ignored, as absent).
 #[derive(Default)]
 struct ResourceAttrs<'a> {
     service_name: Option<&'a str>,
@@ -145,16 +141,16 @@ impl<'a> ResourceAttrs<'a> {
     fn of(attributes: &'a [KeyValue]) -> Self {
         let mut r = ResourceAttrs::default();
         for kv in attributes {
-            let slot = match kv.key.as_str() {
-                "service.name" => &mut r.service_name,
-                "tokentally.app" => &mut r.app,
-                "host.name" => &mut r.host_name,
-                "service.instance.id" => &mut r.instance_id,
-                "cloud.region" => &mut r.region,
+            let slot = match &kv.key[..] {
+                b"service.name" => &mut r.service_name,
+                b"tokentally.app" => &mut r.app,
+                b"host.name" => &mut r.host_name,
+                b"service.instance.id" => &mut r.instance_id,
+                b"cloud.region" => &mut r.region,
                 _ => continue,
             };
             if let (None, Some(Value::StringValue(s))) = (&slot, value(kv)) {
-                *slot = Some(s.as_str());
+                *slot = std::str::from_utf8(s).ok();
             }
         }
         r
@@ -185,32 +181,32 @@ impl<'a> SpanAttrs<'a> {
     fn of(attributes: &'a [KeyValue]) -> Self {
         let mut a = SpanAttrs::default();
         for kv in attributes {
-            let (name, slot) = match kv.key.as_str() {
-                "gen_ai.response.model" => ("gen_ai.response.model", &mut a.response_model),
-                "gen_ai.request.model" => ("gen_ai.request.model", &mut a.request_model),
-                "gen_ai.provider.name" => ("gen_ai.provider.name", &mut a.provider_name),
-                "gen_ai.system" => ("gen_ai.system", &mut a.system),
-                "gen_ai.usage.input_tokens" => ("gen_ai.usage.input_tokens", &mut a.input_tokens),
-                "gen_ai.usage.prompt_tokens" => {
+            let (name, slot) = match &kv.key[..] {
+                b"gen_ai.response.model" => ("gen_ai.response.model", &mut a.response_model),
+                b"gen_ai.request.model" => ("gen_ai.request.model", &mut a.request_model),
+                b"gen_ai.provider.name" => ("gen_ai.provider.name", &mut a.provider_name),
+                b"gen_ai.system" => ("gen_ai.system", &mut a.system),
+                b"gen_ai.usage.input_tokens" => ("gen_ai.usage.input_tokens", &mut a.input_tokens),
+                b"gen_ai.usage.prompt_tokens" => {
                     ("gen_ai.usage.prompt_tokens", &mut a.prompt_tokens)
                 }
-                "gen_ai.usage.output_tokens" => {
+                b"gen_ai.usage.output_tokens" => {
                     ("gen_ai.usage.output_tokens", &mut a.output_tokens)
                 }
-                "gen_ai.usage.completion_tokens" => {
+                b"gen_ai.usage.completion_tokens" => {
                     ("gen_ai.usage.completion_tokens", &mut a.completion_tokens)
                 }
-                "gen_ai.usage.cache_read.input_tokens" => {
+                b"gen_ai.usage.cache_read.input_tokens" => {
                     ("gen_ai.usage.cache_read.input_tokens", &mut a.cache_read)
                 }
-                "gen_ai.usage.cache_read_input_tokens" => (
+                b"gen_ai.usage.cache_read_input_tokens" => (
                     "gen_ai.usage.cache_read_input_tokens",
                     &mut a.cache_read_legacy,
                 ),
-                "gen_ai.usage.reasoning.output_tokens" => {
+                b"gen_ai.usage.reasoning.output_tokens" => {
                     ("gen_ai.usage.reasoning.output_tokens", &mut a.reasoning)
                 }
-                "tokentally.app" => ("tokentally.app", &mut a.app),
+                b"tokentally.app" => ("tokentally.app", &mut a.app),
                 _ => continue,
             };
             if slot.is_none() {
@@ -314,14 +310,17 @@ fn event(
             && span.end_time_unix_nano >= span.start_time_unix_nano)
             .then(|| (span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000),
         status: match span.status.as_ref().map(|s| s.code) {
-            Some(code) if code == StatusCode::Error as i32 => Status::Error,
+            Some(SpanStatus::ERROR) => Status::Error,
             _ => Status::Ok,
         },
     };
+    // The contract's own rules (lengths, the time's range, the bounds), on
+    // the event rather than on its JSON: the fuzz property checks that the
+    // contract's decoder accepts every event mapped.
+    event.check(limits)?;
     let json_start = json.len();
-    serde_json::to_writer(&mut *json, &event).expect("a TokenEvent always serializes");
-    // The contract's own checks (lengths, the time's range, the bounds).
-    decode(&json[json_start..], limits)?;
+    sonic_rs::to_writer(&mut *json, &event).expect("a TokenEvent always serializes");
+    check_size(json.len() - json_start, limits)?;
     Ok(true)
 }
 
@@ -372,7 +371,13 @@ fn first_text<'a>(
 
 fn text<'a>((name, value): Attr<'a>, field: &'static str) -> Result<&'a str, Rejection> {
     match value {
-        Value::StringValue(s) => Ok(s),
+        Value::StringValue(s) => std::str::from_utf8(s).map_err(|_| {
+            Rejection::new(
+                RejectReason::InvalidValue,
+                Some(field),
+                format!("{name} is not valid UTF-8"),
+            )
+        }),
         other => Err(Rejection::new(
             RejectReason::WrongType,
             Some(field),
@@ -437,30 +442,28 @@ fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as SpanStatus};
+    use crate::otlp::wire::{AnyValue, Resource, ResourceSpans, ScopeSpans};
+    use prost::bytes::Bytes;
 
     pub(crate) fn kv(key: &str, value: Value) -> KeyValue {
         KeyValue {
-            key: key.into(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
             value: Some(AnyValue { value: Some(value) }),
-            ..Default::default()
         }
     }
 
     fn s(v: &str) -> Value {
-        Value::StringValue(v.into())
+        Value::StringValue(Bytes::copy_from_slice(v.as_bytes()))
     }
 
     fn span(n: u8, attributes: Vec<KeyValue>) -> Span {
         Span {
-            trace_id: vec![0xab; 16],
-            span_id: vec![0, 0, 0, 0, 0, 0, 0, n],
+            trace_id: vec![0xab; 16].into(),
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, n].into(),
             start_time_unix_nano: 1_795_737_600_000_000_000,
             end_time_unix_nano: 1_795_737_601_250_999_999,
             attributes,
-            ..Default::default()
+            status: None,
         }
     }
 
@@ -469,13 +472,8 @@ mod tests {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource {
                     attributes: resource,
-                    ..Default::default()
                 }),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
+                scope_spans: vec![ScopeSpans { spans }],
             }],
         }
     }
@@ -526,8 +524,7 @@ mod tests {
             ],
         );
         legacy.status = Some(SpanStatus {
-            code: StatusCode::Error as i32,
-            ..Default::default()
+            code: SpanStatus::ERROR,
         });
         let m = events(
             &request(resource, vec![current, legacy]),
@@ -708,8 +705,23 @@ mod tests {
                 "model",
             ),
             (
+                span(
+                    16,
+                    vec![
+                        kv(
+                            "gen_ai.request.model",
+                            Value::StringValue(Bytes::from_static(b"qwen\xff")),
+                        ),
+                        kv("gen_ai.system", s("p")),
+                        kv("gen_ai.usage.input_tokens", Value::IntValue(1)),
+                    ],
+                ),
+                RejectReason::InvalidValue,
+                "model",
+            ),
+            (
                 Span {
-                    trace_id: vec![],
+                    trace_id: Bytes::new(),
                     ..span(12, tokens(Value::IntValue(1)))
                 },
                 RejectReason::MissingField,
@@ -717,7 +729,7 @@ mod tests {
             ),
             (
                 Span {
-                    span_id: vec![0; 8],
+                    span_id: vec![0; 8].into(),
                     ..span(13, tokens(Value::IntValue(1)))
                 },
                 RejectReason::InvalidValue,

@@ -5,11 +5,13 @@
 //! ("OpenTelemetry spans").
 //!
 //! - [`decode`]: a body, protobuf or OTLP JSON, into the request message
-//!   (bounded: the body's size is the caller's, JSON nesting is checked
-//!   before parsing, prost bounds its own recursion);
-//! - [`events`]: the request's spans as contract JSON, each validated by the
-//!   contract's decoder, with the rejected spans and their reasons and a
-//!   count of the skipped (non-GenAI) ones;
+//!   of [`wire`], which keeps only what the mapping reads (bounded: the
+//!   body's size is the caller's, JSON nesting is checked before parsing,
+//!   and the messages nest at most six deep: array and key-value-list
+//!   values are skipped, not decoded);
+//! - [`events`]: the request's spans as contract JSON, each held to the
+//!   contract's rules (`TokenEvent::check`), with the rejected spans and
+//!   their reasons and a count of the skipped (non-GenAI) ones;
 //! - [`response`] and [`status`]: the bodies OTLP/HTTP answers with.
 //!
 //! Pure, without I/O: the gateway's `/v1/traces` route wraps it in HTTP.
@@ -18,14 +20,17 @@
 pub mod fuzzing;
 mod json;
 mod map;
+pub mod wire;
 
 use prost::Message;
+use prost::bytes::Bytes;
 use serde_json::json;
 
 pub use map::{Mapped, MappedEvent, SpanRejection, events, span_count};
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
+pub use wire::ExportTraceServiceRequest;
 
 /// Deepest nesting of arrays and objects in an OTLP JSON body. A span's
 /// attribute value sits at depth 10 (request, resourceSpans, …, value);
@@ -64,13 +69,14 @@ impl Encoding {
     }
 }
 
-/// The request `body` holds, or why it holds none (for a 400).
-pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, String> {
+/// The request `body` holds, or why it holds none (for a 400). A protobuf
+/// request's strings are slices of `body`.
+pub fn decode(body: Bytes, encoding: Encoding) -> Result<ExportTraceServiceRequest, String> {
     match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
             format!("the body is not an OTLP ExportTraceServiceRequest in protobuf: {e}")
         }),
-        Encoding::Json => json::decode(body),
+        Encoding::Json => json::decode(&body),
     }
 }
 
