@@ -92,8 +92,9 @@ async fn accept(
     } else {
         body
     };
-    // The decoded request (many small allocations) is freed here, on the
-    // thread that made it, not after waiting for Kafka on another one.
+    // The decoded request (a vector of attributes per span) is freed here,
+    // on the thread that made it, not after waiting for Kafka on another
+    // one.
     let mapped = {
         let request = otlp::decode(body, encoding).map_err(Refusal::bad_request)?;
         otlp::events(&request, &gw.config.limits).map_err(Refusal::bad_request)?

@@ -1,4 +1,5 @@
-//! OTLP JSON (`application/json`) into the protobuf message types.
+//! OTLP JSON (`application/json`) into the message types of [`super::wire`],
+//! the ones the protobuf body decodes to.
 //!
 //! Written to the OTLP specification's JSON encoding rather than derived:
 //! trace and span ids are hex (not base64, as protobuf's JSON mapping has

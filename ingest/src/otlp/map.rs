@@ -7,10 +7,11 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use super::wire::{ExportTraceServiceRequest, KeyValue, Span, Status as SpanStatus, Value};
 use data_encoding::HEXLOWER;
 use tokentally_schemas::body::MAX_RECORDS;
 use tokentally_schemas::{Limits, RejectReason, Rejection, Status, TokenEvent, check_size};
+
+use super::wire::{ExportTraceServiceRequest, KeyValue, Span, Status as SpanStatus, Value};
 
 /// A span's event: its contract JSON (validated) and its `event_id`, the
 /// record's key.
