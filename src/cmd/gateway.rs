@@ -120,17 +120,7 @@ pub struct GatewayArgs {
 }
 
 fn auth(args: &GatewayArgs) -> anyhow::Result<Auth> {
-    let mut tokens = Tokens::default();
-    let source =
-        SecretSource::new(TOKENS_ENV, args.tokens_file.as_deref()).with_limit(TOKENS_FILE_BYTES);
-    if let Some(text) = source.read()? {
-        let origin = text.origin().to_string();
-        match text.origin() {
-            Origin::File(_) => tokens.add_file_text(text.expose(), &origin),
-            Origin::Env(_) => tokens.add_list(text.expose(), &origin),
-        }
-        .map_err(|e| anyhow::anyhow!("invalid bearer tokens: {e}"))?;
-    }
+    let tokens = bearer_tokens(TOKENS_ENV, args.tokens_file.as_deref())?;
     match (args.no_auth, tokens.is_empty()) {
         (true, true) => Ok(Auth::Disabled),
         (true, false) => anyhow::bail!(
@@ -142,6 +132,22 @@ fn auth(args: &GatewayArgs) -> anyhow::Result<Auth> {
         ),
         (false, false) => Ok(Auth::Tokens(tokens)),
     }
+}
+
+/// Bearer tokens from `file` (one `name:token` per line) or else the
+/// variable `env` (`name:token,name:token`); none when neither is set.
+pub(super) fn bearer_tokens(env: &str, file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
+    let mut tokens = Tokens::default();
+    let source = SecretSource::new(env, file).with_limit(TOKENS_FILE_BYTES);
+    if let Some(text) = source.read()? {
+        let origin = text.origin().to_string();
+        match text.origin() {
+            Origin::File(_) => tokens.add_file_text(text.expose(), &origin),
+            Origin::Env(_) => tokens.add_list(text.expose(), &origin),
+        }
+        .map_err(|e| anyhow::anyhow!("invalid bearer tokens: {e}"))?;
+    }
+    Ok(tokens)
 }
 
 pub async fn run(mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {

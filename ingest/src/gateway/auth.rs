@@ -124,6 +124,21 @@ impl Tokens {
         }
         self.name_of(rest.trim_ascii())
     }
+
+    /// The name of the token in an `Authorization: Basic` header value
+    /// whose user is the token's name and whose password is the token (what
+    /// a browser sends once asked).
+    pub fn authorize_basic(&self, authorization: Option<&[u8]>) -> Option<&str> {
+        let value = authorization?;
+        let (scheme, rest) = value.split_at_checked(6)?;
+        if !scheme.eq_ignore_ascii_case(b"basic ") {
+            return None;
+        }
+        let decoded = data_encoding::BASE64.decode(rest.trim_ascii()).ok()?;
+        let colon = decoded.iter().position(|b| *b == b':')?;
+        let (user, token) = (&decoded[..colon], &decoded[colon + 1..]);
+        self.name_of(token).filter(|name| name.as_bytes() == user)
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -137,6 +152,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_auth_takes_the_name_as_user_and_the_token_as_password() {
+        let mut t = Tokens::default();
+        t.add_list("viewer:0123456789abcdef0123", "test").unwrap();
+        let basic = |s: &str| format!("Basic {}", data_encoding::BASE64.encode(s.as_bytes()));
+        let ok = basic("viewer:0123456789abcdef0123");
+        assert_eq!(t.authorize_basic(Some(ok.as_bytes())), Some("viewer"));
+        for bad in [
+            basic("other:0123456789abcdef0123"),
+            basic("viewer:0123456789abcdef012"),
+            basic("viewer"),
+            "Basic !!!".to_string(),
+            "Bearer 0123456789abcdef0123".to_string(),
+        ] {
+            assert_eq!(t.authorize_basic(Some(bad.as_bytes())), None, "{bad}");
+        }
+    }
 
     #[test]
     fn file_and_list_formats() {
