@@ -62,6 +62,8 @@ enum Command {
     Migrate(cmd::migrate::MigrateArgs),
     /// Price tables for spend: `prices load FILE`, `prices list`.
     Prices(cmd::prices::PricesArgs),
+    /// The rankings page: tokens per model per day in a browser, live, read-only.
+    Serve(cmd::serve::ServeArgs),
     /// HTTP ingest gateway: POST /v1/events and OTLP's POST /v1/traces → validated → Kafka, answered after Kafka acknowledged.
     Gateway(cmd::gateway::GatewayArgs),
 }
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
                 Command::Prices(a) => cmd::prices::run(config, a).await,
                 Command::Alerts(a) => cmd::alerts::run(config, a).await,
                 Command::Gateway(a) => cmd::gateway::run(config, a).await,
+                Command::Serve(a) => cmd::serve::run(config, a).await,
             }
         })
     });

@@ -6,7 +6,7 @@ use common::{bin, run_ok};
 
 #[test]
 fn every_command_explains_itself() {
-    for cmd in ["demo", "ingest", "query", "simulate"] {
+    for cmd in ["demo", "ingest", "query", "simulate", "serve"] {
         let out = run_ok(bin().args([cmd, "--help"]));
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("Usage: tokentally"), "{cmd}: {text}");

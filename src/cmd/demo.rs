@@ -20,7 +20,10 @@ use tokentally_sink::embedded::prices as store_prices;
 use tokentally_sink::embedded::{EmbeddedStore, StoreConfig, open_query_context};
 
 use super::alerts::WebhookFormatArgs;
+use super::serve::PageArgs;
+use super::shutdown_signal;
 use tokentally::config::Config;
+use tokentally::serve::data::Backend;
 
 /// Marker file that makes a directory a demo store (safe to reset).
 const MARKER: &str = ".tokentally-demo";
@@ -64,6 +67,18 @@ pub struct DemoArgs {
     pub webhook: Option<String>,
     #[command(flatten)]
     pub webhook_format: WebhookFormatArgs,
+    /// Serve the rankings page (`tokentally serve`) while the day runs, and
+    /// after it until Ctrl-C; prints the URL to open.
+    #[arg(long)]
+    pub serve: bool,
+    /// Address of the rankings page, with --serve.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8700",
+        requires = "serve"
+    )]
+    pub listen: std::net::SocketAddr,
 }
 
 /// What the demo's milestone task ends with.
@@ -115,6 +130,14 @@ fn spawn_watch(
             milestones,
         })
     })
+}
+
+/// Resolves once `stop` says so.
+fn stopped(stop: &tokio::sync::watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
 }
 
 fn reset_store(dir: &Path) -> anyhow::Result<()> {
@@ -241,6 +264,32 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         .map(|u| args.webhook_format.endpoint(u))
         .collect();
     let mut alerter = Alerter::open(&args.store.join("alerts"), alerts)?;
+    // With the page up, Ctrl-C stops the day and then the page (without
+    // it, Ctrl-C ends the process as usual).
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let page = if args.serve {
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            signal.send_replace(true);
+        });
+        let page = PageArgs {
+            listen: args.listen,
+            alerts_state: None,
+            query_timeout: Duration::from_secs(10),
+            tokens_file: None,
+            no_auth: false,
+        };
+        let backend = Backend::Store {
+            dir: args.store.clone(),
+            alerts: args.store.join("alerts"),
+        };
+        let (addr, server) = page.start(backend, stopped(&stop)).await?;
+        println!("  rankings page: open http://{addr}/\n");
+        Some((addr, tokio::spawn(server)))
+    } else {
+        None
+    };
     // A first look at the empty store, so that everything after is news.
     alerter.detect(&Totals::default())?;
     if let Some(url) = &args.webhook {
@@ -312,7 +361,17 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
                 );
             }
         },
-        std::future::pending(),
+        {
+            let serving = page.is_some();
+            let stopped = stopped(&stop);
+            async move {
+                if serving {
+                    stopped.await
+                } else {
+                    std::future::pending().await
+                }
+            }
+        },
     )
     .await?;
     drop(deltas);
@@ -394,5 +453,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  tokentally query --store {s} \"SELECT * FROM rejected\"");
     println!("(from a checkout: cargo run --release -- query --store {s} \"...\")");
+    if let Some((addr, server)) = page {
+        println!("\nThe rankings page stays up until Ctrl-C: open http://{addr}/");
+        server.await??;
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod migrate;
 pub mod prices;
 pub mod produce;
 pub mod query;
+pub mod serve;
 pub mod simulate;
 pub mod store;
 mod summary;

@@ -74,14 +74,14 @@ pub struct ListArgs {
     pub target: Where,
 }
 
-/// Where the prices go: the store unless ClickHouse was named and the
-/// store was not.
-enum Destination {
+/// Which sink a command reads or writes (prices, `serve`): the store
+/// unless ClickHouse was named and the store was not.
+pub(super) enum Destination {
     Store(PathBuf),
     ClickHouse(Box<clickhouse::Client>, String),
 }
 
-fn destination(config: &mut Config, target: &Where) -> anyhow::Result<Destination> {
+pub(super) fn destination(config: &mut Config, target: &Where) -> anyhow::Result<Destination> {
     if target.store.store.is_none() && target.clickhouse.url.is_some() {
         target.clickhouse.apply(config)?;
         let ch = &config.clickhouse;
