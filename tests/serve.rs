@@ -176,17 +176,25 @@ fn api(addr: &str, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
-/// A store holding `events`, with the example prices, and its milestones
-/// as `tokentally alerts run` records them.
-fn store_with(dir: &Path, file: &Path) -> PathBuf {
+/// `events` written to DIR/events.ndjson and ingested into DIR/store:
+/// (file, store).
+fn ingested(dir: &Path, days: &[String], events: &[Event]) -> (PathBuf, PathBuf) {
+    let file = dir.join("events.ndjson");
+    write_events(&file, days, events);
     let store = dir.join("store");
     run_ok(
         bin()
             .args(["ingest", "--store"])
             .arg(&store)
             .arg("--file")
-            .arg(file),
+            .arg(&file),
     );
+    (file, store)
+}
+
+/// The store, with the example prices and its milestones as `tokentally
+/// alerts run` records them.
+fn with_alerts(store: PathBuf) -> PathBuf {
     load_prices(&["--store", store.to_str().unwrap()]);
     let state = store.join("alerts");
     let mut alerter = bin()
@@ -231,9 +239,7 @@ fn the_api_agrees_with_the_events_and_with_query() {
     let dir = tempfile::tempdir().unwrap();
     let days = days();
     let events = events(&days, 12);
-    let file = dir.path().join("events.ndjson");
-    write_events(&file, &days, &events);
-    let store = store_with(dir.path(), &file);
+    let store = with_alerts(ingested(dir.path(), &days, &events).1);
     let page = serve(&["--store", store.to_str().unwrap()], &[]);
 
     // The series: every day, the top 10 models, the rest as others; each
@@ -325,6 +331,8 @@ fn the_api_agrees_with_the_events_and_with_query() {
         "/api/series?from=2025-01-01&to=2026-11-27",
         "/api/series?from=2026-11-01&days=3",
         "/api/leaderboard?day=2026-13-01",
+        "/api/leaderboard?day=-262143-01-01",
+        "/api/leaderboard?day=+2026-11-27",
         "/api/leaderboard?day=2026-11-27%27%20OR%201=1",
         "/api/leaderboard?day=2026-11-27&day=2026-11-26",
         "/api/apps?app=x",
@@ -388,16 +396,7 @@ fn query_ranked(store: &Path, day: &str) -> Vec<(String, String, u64, u64)> {
 fn tokens_guard_the_page_and_an_open_page_stays_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let days = days();
-    let file = dir.path().join("events.ndjson");
-    write_events(&file, &days, &events(&days, 4));
-    let store = dir.path().join("store");
-    run_ok(
-        bin()
-            .args(["ingest", "--store"])
-            .arg(&store)
-            .arg("--file")
-            .arg(&file),
-    );
+    let (_, store) = ingested(dir.path(), &days, &events(&days, 4));
     let store = store.to_str().unwrap();
 
     let token = "0123456789abcdef0123456789abcdef";
@@ -489,9 +488,7 @@ fn the_page_in_a_browser_shows_the_data_as_text() {
     let dir = tempfile::tempdir().unwrap();
     let days = days();
     let events = events(&days, 12);
-    let file = dir.path().join("events.ndjson");
-    write_events(&file, &days, &events);
-    let store = store_with(dir.path(), &file);
+    let store = with_alerts(ingested(dir.path(), &days, &events).1);
     let page = serve(&["--store", store.to_str().unwrap()], &[]);
     let shot = std::env::var_os("TOKENTALLY_SCREENSHOT")
         .map(PathBuf::from)
@@ -564,16 +561,7 @@ fn ninety_days_of_thirty_models_load_in_the_browser() {
         .map(|i| (start + chrono::Duration::days(i)).to_string())
         .collect();
     let events = events(&days, 30);
-    let file = dir.path().join("events.ndjson");
-    write_events(&file, &days, &events);
-    let store = dir.path().join("store");
-    run_ok(
-        bin()
-            .args(["ingest", "--store"])
-            .arg(&store)
-            .arg("--file")
-            .arg(&file),
-    );
+    let (_, store) = ingested(dir.path(), &days, &events);
     let page = serve(&["--store", store.to_str().unwrap()], &[]);
     let seen = browse(
         &format!("http://{}/?days=90", page.addr),
@@ -599,16 +587,7 @@ fn clickhouse_serves_the_same_page_as_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let days = days();
     let events = events(&days, 12);
-    let file = dir.path().join("events.ndjson");
-    write_events(&file, &days, &events);
-    let store = dir.path().join("store");
-    run_ok(
-        bin()
-            .args(["ingest", "--store"])
-            .arg(&store)
-            .arg("--file")
-            .arg(&file),
-    );
+    let (file, store) = ingested(dir.path(), &days, &events);
     load_prices(&["--store", store.to_str().unwrap()]);
     let db = aggregated_database(&file, "serve");
     load_prices(&["--clickhouse", &s.clickhouse, "--clickhouse-database", &db]);

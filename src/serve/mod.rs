@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use tokentally_ingest::gateway::Tokens;
 
 use data::{Backend, DataError};
@@ -208,15 +208,20 @@ fn params<'a>(
     Ok(out)
 }
 
+/// A date parameter: `YYYY-MM-DD`, from 1970 to 9999 (so that a range
+/// around it stays within what dates can hold).
 fn date(p: &BTreeMap<&str, &str>, name: &str) -> Result<Option<NaiveDate>, ApiError> {
     p.get(name)
         .map(|v| {
-            NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("{name}: expected a date, YYYY-MM-DD"),
-                )
-            })
+            NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .ok()
+                .filter(|d| (1970..=9999).contains(&d.year()) && v.len() == 10)
+                .ok_or_else(|| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{name}: expected a date from 1970 to 9999, YYYY-MM-DD"),
+                    )
+                })
         })
         .transpose()
 }
