@@ -92,13 +92,8 @@ async fn accept(
     } else {
         body
     };
-    // The decoded request (a vector of attributes per span) is freed here,
-    // on the thread that made it, not after waiting for Kafka on another
-    // one.
-    let mapped = {
-        let request = otlp::decode(body, encoding).map_err(Refusal::bad_request)?;
-        otlp::events(&request, &gw.config.limits).map_err(Refusal::bad_request)?
-    };
+    let mapped =
+        otlp::request_events(body, encoding, &gw.config.limits).map_err(Refusal::bad_request)?;
     let events: Vec<_> = mapped
         .events()
         .map(|e| (e.index, e.json, e.event_id))

@@ -10,15 +10,17 @@ use tokentally_schemas::Limits;
 use tokentally_schemas::body::MAX_RECORDS;
 
 use super::wire::{self, Skipped, Value};
-use super::{Encoding, decode, events, span_count};
+use super::{Encoding, decode, events, span_count, walk};
 
 /// Any bytes, read as protobuf and as OTLP JSON, decode to a request or an
 /// error without panicking; a request's spans are each an event, a
 /// rejection or skipped; each event is valid under the contract with the
 /// limits it was mapped under and keyed by its `event_id` (trace id `-`
-/// span id in hex); a request survives protobuf's round trip; and bytes
+/// span id in hex); a request survives protobuf's round trip; bytes
 /// that `opentelemetry-proto`'s complete types decode, the pruned types of
-/// [`wire`] decode to the same fields.
+/// [`wire`] decode to the same fields; and the walk over protobuf bytes
+/// (`walk.rs`) maps what decoding them into [`wire`]'s messages maps, with
+/// the same events, rejections and skipped spans, or both refuse.
 pub fn decode_is_sound(data: &[u8]) {
     if let Ok(complete) = full::ExportTraceServiceRequest::decode(data) {
         let request = decode(Bytes::copy_from_slice(data), Encoding::Protobuf)
@@ -44,6 +46,9 @@ pub fn decode_is_sound(data: &[u8]) {
         assert_eq!(again.encode_to_vec(), bytes);
         let spans = span_count(&request);
         for limits in [Limits::default(), tight] {
+            if encoding == Encoding::Protobuf {
+                walk_agrees(data, &request, &limits);
+            }
             let Ok(mapped) = events(&request, &limits) else {
                 assert!(spans > MAX_RECORDS);
                 continue;
@@ -65,6 +70,31 @@ pub fn decode_is_sound(data: &[u8]) {
                 );
             }
         }
+    }
+    if decode(Bytes::copy_from_slice(data), Encoding::Protobuf).is_err() {
+        assert!(
+            walk::events(data, &Limits::default()).is_err(),
+            "the walk maps bytes that the messages refuse"
+        );
+    }
+}
+
+/// The walk over `data` maps what `request`, decoded from it, maps.
+fn walk_agrees(data: &[u8], request: &wire::ExportTraceServiceRequest, limits: &Limits) {
+    match (walk::events(data, limits), events(request, limits)) {
+        (Ok(walked), Ok(decoded)) => {
+            assert!(walked.events().eq(decoded.events()), "other events");
+            assert_eq!(
+                (&walked.rejected, walked.rejected_count, walked.skipped),
+                (&decoded.rejected, decoded.rejected_count, decoded.skipped)
+            );
+        }
+        (Err(_), Err(_)) => {}
+        (walked, decoded) => panic!(
+            "the walk gave {:?}, the messages {:?}",
+            walked.map(|m| m.events().len()),
+            decoded.map(|m| m.events().len())
+        ),
     }
 }
 

@@ -11,7 +11,7 @@ use data_encoding::HEXLOWER;
 use tokentally_schemas::body::MAX_RECORDS;
 use tokentally_schemas::{Limits, RejectReason, Rejection, Status, TokenEvent, check_size};
 
-use super::wire::{ExportTraceServiceRequest, KeyValue, Span, Status as SpanStatus, Value};
+use super::wire::{ExportTraceServiceRequest, KeyValue, Status as SpanStatus, Value};
 
 /// A span's event: its contract JSON (validated) and its `event_id`, the
 /// record's key.
@@ -60,6 +60,16 @@ impl Mapped {
     /// Rejected spans kept with their reasons; the rest are only counted.
     pub const LISTED: usize = 100;
 
+    /// Room for `json_bytes` of events' JSON. A protobuf body's size is
+    /// close to its events' JSON (a span names each attribute, an event
+    /// each field), so one allocation mostly holds it.
+    pub(super) fn with_capacity(json_bytes: usize) -> Self {
+        Mapped {
+            json: Vec::with_capacity(json_bytes),
+            ..Mapped::default()
+        }
+    }
+
     /// The events, in request order.
     pub fn events(&self) -> impl ExactSizeIterator<Item = MappedEvent<'_>> {
         self.cuts.iter().map(|c| MappedEvent {
@@ -67,6 +77,34 @@ impl Mapped {
             json: &self.json[c.json.clone()],
             event_id: &self.ids[c.id.clone()],
         })
+    }
+
+    /// Maps the span at `index` of the request: an event, a rejection or
+    /// a skipped span.
+    pub(super) fn push(
+        &mut self,
+        index: usize,
+        span: &SpanFields<'_>,
+        resource: &ResourceAttrs<'_>,
+        limits: &Limits,
+    ) {
+        let (json_start, id_start) = (self.json.len(), self.ids.len());
+        match event(span, resource, limits, &mut self.json, &mut self.ids) {
+            Ok(true) => self.cuts.push(Cut {
+                index,
+                json: json_start..self.json.len(),
+                id: id_start..self.ids.len(),
+            }),
+            Ok(false) => self.skipped += 1,
+            Err(rejection) => {
+                self.json.truncate(json_start);
+                self.ids.truncate(id_start);
+                self.rejected_count += 1;
+                if self.rejected.len() < Mapped::LISTED {
+                    self.rejected.push(SpanRejection { index, rejection });
+                }
+            }
+        }
     }
 }
 
@@ -82,30 +120,24 @@ pub fn events(request: &ExportTraceServiceRequest, limits: &Limits) -> Result<Ma
     let mut mapped = Mapped::default();
     let mut index = 0;
     for resource_spans in &request.resource_spans {
-        let resource = ResourceAttrs::of(
-            resource_spans
-                .resource
-                .as_ref()
-                .map_or(&[][..], |r| r.attributes.as_slice()),
-        );
+        let mut resource = ResourceAttrs::default();
+        for kv in resource_spans.resource.iter().flat_map(|r| &r.attributes) {
+            resource.offer(&kv.key, value(kv));
+        }
         for span in resource_spans.scope_spans.iter().flat_map(|s| &s.spans) {
-            let (json_start, id_start) = (mapped.json.len(), mapped.ids.len());
-            match event(span, &resource, limits, &mut mapped.json, &mut mapped.ids) {
-                Ok(true) => mapped.cuts.push(Cut {
-                    index,
-                    json: json_start..mapped.json.len(),
-                    id: id_start..mapped.ids.len(),
-                }),
-                Ok(false) => mapped.skipped += 1,
-                Err(rejection) => {
-                    mapped.json.truncate(json_start);
-                    mapped.ids.truncate(id_start);
-                    mapped.rejected_count += 1;
-                    if mapped.rejected.len() < Mapped::LISTED {
-                        mapped.rejected.push(SpanRejection { index, rejection });
-                    }
-                }
+            let mut attrs = SpanAttrs::default();
+            for kv in &span.attributes {
+                attrs.offer(&kv.key, value(kv));
             }
+            let fields = SpanFields {
+                trace_id: &span.trace_id,
+                span_id: &span.span_id,
+                start_time_unix_nano: span.start_time_unix_nano,
+                end_time_unix_nano: span.end_time_unix_nano,
+                status_code: span.status.as_ref().map_or(0, |s| s.code),
+                attrs,
+            };
+            mapped.push(index, &fields, &resource, limits);
             index += 1;
         }
     }
@@ -123,14 +155,55 @@ pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
 }
 
 /// The value of an attribute, if it has one.
-fn value(kv: &KeyValue) -> Option<&Value> {
-    kv.value.as_ref()?.value.as_ref()
+fn value(kv: &KeyValue) -> Option<ValueRef<'_>> {
+    kv.value.as_ref()?.value.as_ref().map(ValueRef::of)
+}
+
+/// An attribute's value as the mapping reads it: a string's bytes, a
+/// number, or only the kind of the others.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ValueRef<'a> {
+    String(&'a [u8]),
+    Bool,
+    Int(i64),
+    Double(f64),
+    Array,
+    Kvlist,
+    Bytes,
+    StringIndex,
+}
+
+impl<'a> ValueRef<'a> {
+    fn of(value: &'a Value) -> Self {
+        match value {
+            Value::StringValue(s) => ValueRef::String(s),
+            Value::BoolValue(_) => ValueRef::Bool,
+            Value::IntValue(n) => ValueRef::Int(*n),
+            Value::DoubleValue(d) => ValueRef::Double(*d),
+            Value::ArrayValue(_) => ValueRef::Array,
+            Value::KvlistValue(_) => ValueRef::Kvlist,
+            Value::BytesValue(_) => ValueRef::Bytes,
+            Value::StringValueStrindex(_) => ValueRef::StringIndex,
+        }
+    }
+}
+
+/// A span as the mapping reads it, borrowed from the decoded messages or
+/// straight from a protobuf body (`walk.rs`).
+pub(super) struct SpanFields<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    /// The status code, 0 (unset) without a status.
+    pub status_code: i32,
+    pub attrs: SpanAttrs<'a>,
 }
 
 /// The resource attributes the mapping reads: UTF-8 strings only (others
 /// are ignored, as absent).
 #[derive(Default)]
-struct ResourceAttrs<'a> {
+pub(super) struct ResourceAttrs<'a> {
     service_name: Option<&'a str>,
     app: Option<&'a str>,
     host_name: Option<&'a str>,
@@ -139,29 +212,27 @@ struct ResourceAttrs<'a> {
 }
 
 impl<'a> ResourceAttrs<'a> {
-    fn of(attributes: &'a [KeyValue]) -> Self {
-        let mut r = ResourceAttrs::default();
-        for kv in attributes {
-            let slot = match &kv.key[..] {
-                b"service.name" => &mut r.service_name,
-                b"tokentally.app" => &mut r.app,
-                b"host.name" => &mut r.host_name,
-                b"service.instance.id" => &mut r.instance_id,
-                b"cloud.region" => &mut r.region,
-                _ => continue,
-            };
-            if let (None, Some(Value::StringValue(s))) = (&slot, value(kv)) {
-                *slot = std::str::from_utf8(s).ok();
-            }
+    /// Takes the resource attribute `key` (in order: the first valid
+    /// string of each key is kept).
+    pub(super) fn offer(&mut self, key: &[u8], value: Option<ValueRef<'a>>) {
+        let slot = match key {
+            b"service.name" => &mut self.service_name,
+            b"tokentally.app" => &mut self.app,
+            b"host.name" => &mut self.host_name,
+            b"service.instance.id" => &mut self.instance_id,
+            b"cloud.region" => &mut self.region,
+            _ => return,
+        };
+        if let (None, Some(ValueRef::String(s))) = (&slot, value) {
+            *slot = std::str::from_utf8(s).ok();
         }
-        r
     }
 }
 
 /// The span attributes the mapping reads: the first occurrence of each,
 /// with its name (for the details of rejections).
 #[derive(Default)]
-struct SpanAttrs<'a> {
+pub(super) struct SpanAttrs<'a> {
     response_model: Option<Attr<'a>>,
     request_model: Option<Attr<'a>>,
     provider_name: Option<Attr<'a>>,
@@ -176,45 +247,44 @@ struct SpanAttrs<'a> {
     app: Option<Attr<'a>>,
 }
 
-type Attr<'a> = (&'static str, &'a Value);
+type Attr<'a> = (&'static str, ValueRef<'a>);
 
 impl<'a> SpanAttrs<'a> {
-    fn of(attributes: &'a [KeyValue]) -> Self {
-        let mut a = SpanAttrs::default();
-        for kv in attributes {
-            let (name, slot) = match &kv.key[..] {
-                b"gen_ai.response.model" => ("gen_ai.response.model", &mut a.response_model),
-                b"gen_ai.request.model" => ("gen_ai.request.model", &mut a.request_model),
-                b"gen_ai.provider.name" => ("gen_ai.provider.name", &mut a.provider_name),
-                b"gen_ai.system" => ("gen_ai.system", &mut a.system),
-                b"gen_ai.usage.input_tokens" => ("gen_ai.usage.input_tokens", &mut a.input_tokens),
-                b"gen_ai.usage.prompt_tokens" => {
-                    ("gen_ai.usage.prompt_tokens", &mut a.prompt_tokens)
-                }
-                b"gen_ai.usage.output_tokens" => {
-                    ("gen_ai.usage.output_tokens", &mut a.output_tokens)
-                }
-                b"gen_ai.usage.completion_tokens" => {
-                    ("gen_ai.usage.completion_tokens", &mut a.completion_tokens)
-                }
-                b"gen_ai.usage.cache_read.input_tokens" => {
-                    ("gen_ai.usage.cache_read.input_tokens", &mut a.cache_read)
-                }
-                b"gen_ai.usage.cache_read_input_tokens" => (
-                    "gen_ai.usage.cache_read_input_tokens",
-                    &mut a.cache_read_legacy,
-                ),
-                b"gen_ai.usage.reasoning.output_tokens" => {
-                    ("gen_ai.usage.reasoning.output_tokens", &mut a.reasoning)
-                }
-                b"tokentally.app" => ("tokentally.app", &mut a.app),
-                _ => continue,
-            };
-            if slot.is_none() {
-                *slot = value(kv).map(|v| (name, v));
+    /// Takes the span attribute `key` (in order: the first value of each
+    /// key is kept).
+    pub(super) fn offer(&mut self, key: &[u8], value: Option<ValueRef<'a>>) {
+        let (name, slot) = match key {
+            b"gen_ai.response.model" => ("gen_ai.response.model", &mut self.response_model),
+            b"gen_ai.request.model" => ("gen_ai.request.model", &mut self.request_model),
+            b"gen_ai.provider.name" => ("gen_ai.provider.name", &mut self.provider_name),
+            b"gen_ai.system" => ("gen_ai.system", &mut self.system),
+            b"gen_ai.usage.input_tokens" => ("gen_ai.usage.input_tokens", &mut self.input_tokens),
+            b"gen_ai.usage.prompt_tokens" => {
+                ("gen_ai.usage.prompt_tokens", &mut self.prompt_tokens)
             }
+            b"gen_ai.usage.output_tokens" => {
+                ("gen_ai.usage.output_tokens", &mut self.output_tokens)
+            }
+            b"gen_ai.usage.completion_tokens" => (
+                "gen_ai.usage.completion_tokens",
+                &mut self.completion_tokens,
+            ),
+            b"gen_ai.usage.cache_read.input_tokens" => {
+                ("gen_ai.usage.cache_read.input_tokens", &mut self.cache_read)
+            }
+            b"gen_ai.usage.cache_read_input_tokens" => (
+                "gen_ai.usage.cache_read_input_tokens",
+                &mut self.cache_read_legacy,
+            ),
+            b"gen_ai.usage.reasoning.output_tokens" => {
+                ("gen_ai.usage.reasoning.output_tokens", &mut self.reasoning)
+            }
+            b"tokentally.app" => ("tokentally.app", &mut self.app),
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = value.map(|v| (name, v));
         }
-        a
     }
 
     fn has_usage(&self) -> bool {
@@ -236,13 +306,13 @@ impl<'a> SpanAttrs<'a> {
 /// `ids`; `false` when it carries no GenAI usage (no token count). On a
 /// rejection, the caller cuts what was appended.
 fn event(
-    span: &Span,
+    span: &SpanFields<'_>,
     resource: &ResourceAttrs<'_>,
     limits: &Limits,
     json: &mut Vec<u8>,
     ids: &mut String,
 ) -> Result<bool, Rejection> {
-    let attrs = SpanAttrs::of(&span.attributes);
+    let attrs = &span.attrs;
     if !attrs.has_usage() {
         return Ok(false);
     }
@@ -310,8 +380,8 @@ fn event(
         latency_ms: (span.start_time_unix_nano > 0
             && span.end_time_unix_nano >= span.start_time_unix_nano)
             .then(|| (span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000),
-        status: match span.status.as_ref().map(|s| s.code) {
-            Some(SpanStatus::ERROR) => Status::Error,
+        status: match span.status_code {
+            SpanStatus::ERROR => Status::Error,
             _ => Status::Ok,
         },
     };
@@ -326,7 +396,7 @@ fn event(
 }
 
 /// `trace id-span id` in lowercase hex, appended to `out`.
-fn event_id(span: &Span, out: &mut String) -> Result<(), Rejection> {
+fn event_id(span: &SpanFields<'_>, out: &mut String) -> Result<(), Rejection> {
     let invalid =
         |detail: String| Rejection::new(RejectReason::InvalidValue, Some("event_id"), detail);
     if span.trace_id.is_empty() || span.span_id.is_empty() {
@@ -346,9 +416,9 @@ fn event_id(span: &Span, out: &mut String) -> Result<(), Rejection> {
     if span.trace_id.iter().all(|b| *b == 0) || span.span_id.iter().all(|b| *b == 0) {
         return Err(invalid("an all-zero traceId or spanId is invalid".into()));
     }
-    HEXLOWER.encode_append(&span.trace_id, out);
+    HEXLOWER.encode_append(span.trace_id, out);
     out.push('-');
-    HEXLOWER.encode_append(&span.span_id, out);
+    HEXLOWER.encode_append(span.span_id, out);
     Ok(())
 }
 
@@ -372,7 +442,7 @@ fn first_text<'a>(
 
 fn text<'a>((name, value): Attr<'a>, field: &'static str) -> Result<&'a str, Rejection> {
     match value {
-        Value::StringValue(s) => std::str::from_utf8(s).map_err(|_| {
+        ValueRef::String(s) => std::str::from_utf8(s).map_err(|_| {
             Rejection::new(
                 RejectReason::InvalidValue,
                 Some(field),
@@ -382,7 +452,7 @@ fn text<'a>((name, value): Attr<'a>, field: &'static str) -> Result<&'a str, Rej
         other => Err(Rejection::new(
             RejectReason::WrongType,
             Some(field),
-            format!("{name} is {}, not a string", kind(other)),
+            format!("{name} is {}, not a string", kind(&other)),
         )),
     }
 }
@@ -398,25 +468,25 @@ fn tokens((name, value): Attr<'_>, field: &'static str, max: u64) -> Result<u64,
         )
     };
     let n = match value {
-        Value::IntValue(n) => u64::try_from(*n).map_err(|_| out_of_range(n.to_string()))?,
-        Value::DoubleValue(d) if d.is_finite() && d.fract() != 0.0 => {
+        ValueRef::Int(n) => u64::try_from(n).map_err(|_| out_of_range(n.to_string()))?,
+        ValueRef::Double(d) if d.is_finite() && d.fract() != 0.0 => {
             return Err(Rejection::new(
                 RejectReason::NotAnInteger,
                 Some(field),
                 format!("{name} is {d}, not a whole number"),
             ));
         }
-        Value::DoubleValue(d) if d.is_finite() => {
-            if *d < 0.0 || *d > max as f64 {
+        ValueRef::Double(d) if d.is_finite() => {
+            if d < 0.0 || d > max as f64 {
                 return Err(out_of_range(d.to_string()));
             }
-            *d as u64
+            d as u64
         }
         other => {
             return Err(Rejection::new(
                 RejectReason::WrongType,
                 Some(field),
-                format!("{name} is {}, not an integer", kind(other)),
+                format!("{name} is {}, not an integer", kind(&other)),
             ));
         }
     };
@@ -426,24 +496,24 @@ fn tokens((name, value): Attr<'_>, field: &'static str, max: u64) -> Result<u64,
     Ok(n)
 }
 
-fn kind(value: &Value) -> &'static str {
+fn kind(value: &ValueRef<'_>) -> &'static str {
     match value {
-        Value::StringValue(_) => "a string",
-        Value::StringValueStrindex(_) => "a string-table reference",
-        Value::BoolValue(_) => "a boolean",
-        Value::IntValue(_) => "an integer",
-        Value::DoubleValue(d) if d.is_nan() => "NaN",
-        Value::DoubleValue(_) => "an infinite double",
-        Value::ArrayValue(_) => "an array",
-        Value::KvlistValue(_) => "a key-value list",
-        Value::BytesValue(_) => "bytes",
+        ValueRef::String(_) => "a string",
+        ValueRef::StringIndex => "a string-table reference",
+        ValueRef::Bool => "a boolean",
+        ValueRef::Int(_) => "an integer",
+        ValueRef::Double(d) if d.is_nan() => "NaN",
+        ValueRef::Double(_) => "an infinite double",
+        ValueRef::Array => "an array",
+        ValueRef::Kvlist => "a key-value list",
+        ValueRef::Bytes => "bytes",
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::otlp::wire::{AnyValue, Resource, ResourceSpans, ScopeSpans};
+    use crate::otlp::wire::{AnyValue, Resource, ResourceSpans, ScopeSpans, Span};
     use prost::bytes::Bytes;
 
     pub(crate) fn kv(key: &str, value: Value) -> KeyValue {
@@ -453,11 +523,11 @@ mod tests {
         }
     }
 
-    fn s(v: &str) -> Value {
+    pub(crate) fn s(v: &str) -> Value {
         Value::StringValue(Bytes::copy_from_slice(v.as_bytes()))
     }
 
-    fn span(n: u8, attributes: Vec<KeyValue>) -> Span {
+    pub(crate) fn span(n: u8, attributes: Vec<KeyValue>) -> Span {
         Span {
             trace_id: vec![0xab; 16].into(),
             span_id: vec![0, 0, 0, 0, 0, 0, 0, n].into(),

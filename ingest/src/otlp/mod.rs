@@ -4,6 +4,10 @@
 //! export counts once. The mapping is documented in `docs/EVENTS.md`
 //! ("OpenTelemetry spans").
 //!
+//! - [`request_events`]: a body's events, what the gateway calls. A
+//!   protobuf body is mapped straight from its bytes (`walk.rs`); an OTLP
+//!   JSON body, and a protobuf body the walk refuses, go through
+//!   [`decode`] and [`events`];
 //! - [`decode`]: a body, protobuf or OTLP JSON, into the request message
 //!   of [`wire`], which keeps only what the mapping reads (bounded: the
 //!   body's size is the caller's, JSON nesting is checked before parsing,
@@ -20,11 +24,13 @@
 pub mod fuzzing;
 mod json;
 mod map;
+mod walk;
 pub mod wire;
 
 use prost::Message;
 use prost::bytes::Bytes;
 use serde_json::json;
+use tokentally_schemas::Limits;
 
 pub use map::{Mapped, MappedEvent, SpanRejection, events, span_count};
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -67,6 +73,19 @@ impl Encoding {
             Encoding::Json => "application/json",
         }
     }
+}
+
+/// The events of the request `body` holds, validated under `limits`, or
+/// why it holds none (for a 400). A protobuf body is mapped as it is
+/// walked; one that the walk refuses is decoded into messages, whose
+/// decoder says what is wrong with it.
+pub fn request_events(body: Bytes, encoding: Encoding, limits: &Limits) -> Result<Mapped, String> {
+    if encoding == Encoding::Protobuf
+        && let Ok(mapped) = walk::events(&body, limits)
+    {
+        return Ok(mapped);
+    }
+    events(&decode(body, encoding)?, limits)
 }
 
 /// The request `body` holds, or why it holds none (for a 400). A protobuf

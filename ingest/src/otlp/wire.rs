@@ -1,4 +1,5 @@
-//! The OTLP trace messages as the mapping reads them: prost messages with
+//! The OTLP trace messages as the mapping reads them, for OTLP JSON and
+//! for a protobuf body the walk (`walk.rs`) refuses: prost messages with
 //! the field numbers and wire types of the official `.proto` files
 //! (`opentelemetry/proto/collector/trace/v1/trace_service.proto` and the
 //! `trace`, `resource` and `common` files it imports), holding only the
